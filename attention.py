@@ -1,0 +1,107 @@
+"""Scaled dot-product attention: one function, three backends.
+
+    attention(q, k, v, backend="naive" | "sdpa" | "flash", ...)
+
+Notation: B batch, nh heads, Tq queries, Tk keys, hd head size.
+
+- `naive` is the specification: scores = q @ k^T * scale, masked, softmax, @ v. It can return the
+  probabilities (for inspection and teaching). Read this one.
+- `sdpa` hands the same computation to `torch.nn.functional.scaled_dot_product_attention`, which picks a
+  fused kernel (flash / memory-efficient / math) for the device and dtype.
+- `flash` calls the `flash_attn` package (CUDA, fp16/bf16 only). When it is missing or the inputs are not
+  supported it raises; it never falls back silently to another backend.
+
+Queries are the *last* Tq positions of the Tk keys ("bottom-right" alignment): query i sits at key
+position Tk - Tq + i. That is how a KV cache works (the keys are the past plus the new tokens) and it is
+the convention of flash_attn >= 2.1.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("naive", "sdpa", "flash")
+
+
+def attention(q, k, v, *, backend="sdpa", causal=True, padding_mask=None, scale=None, window=None,
+              return_probs=False):
+    """q: (B, nh, Tq, hd); k, v: (B, nh, Tk, hd). Returns (B, nh, Tq, hd), and the probabilities
+    (B, nh, Tq, Tk) too when `return_probs` (naive only).
+
+    causal:       a query sees keys at its own position and before.
+    padding_mask: (B, Tk) or wider, 1/True for real tokens, 0/False for padding; only its last Tk columns
+                  are read (a windowed cache may keep fewer keys than the mask has columns).
+    scale:        multiplies the scores; default 1/sqrt(hd). GPT-Neo passes 1.0 (it never scales).
+    window:       a query sees only the last `window` positions, itself included (GPT-Neo local layers).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if q.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"expected q (B, nh, Tq, hd) and k, v (B, nh, Tk, hd); got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if return_probs and backend != "naive":
+        raise ValueError("return_probs needs backend='naive' (the fused kernels never form the probabilities)")
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    if padding_mask is not None:
+        padding_mask = padding_mask[:, -k.size(2):].bool()  # (B, Tk)
+    if backend == "flash":
+        return _flash(q, k, v, causal, padding_mask, scale, window)
+    mask = build_mask(q.size(2), k.size(2), causal, padding_mask, window, q.device)
+    if backend == "naive":
+        out, probs = _naive(q, k, v, mask, scale)
+        return (out, probs) if return_probs else out
+    return _sdpa(q, k, v, mask, scale)
+
+
+def build_mask(Tq, Tk, causal, padding_mask, window, device):
+    """The boolean mask of who may attend to whom: (B or 1, 1, Tq, Tk), True = allowed; None = all allowed."""
+    if not causal and padding_mask is None and window is None:
+        return None
+    q_pos = torch.arange(Tk - Tq, Tk, device=device)[:, None]  # (Tq, 1) query positions, bottom-right
+    k_pos = torch.arange(Tk, device=device)[None, :]  # (1, Tk)
+    mask = torch.ones(Tq, Tk, dtype=torch.bool, device=device)
+    if causal:
+        mask = mask & (k_pos <= q_pos)
+    if window is not None:
+        mask = mask & (k_pos > q_pos - window)  # itself and the window - 1 before it
+    mask = mask[None, None]  # (1, 1, Tq, Tk)
+    if padding_mask is not None:
+        mask = mask & padding_mask[:, None, None, :]  # (B, 1, Tq, Tk)
+    return mask
+
+
+def _naive(q, k, v, mask, scale):
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, nh, Tq, Tk)
+    if mask is not None:
+        # The most negative finite number, not -inf: a row with no visible key (a padding query) then
+        # gets a uniform softmax instead of NaN, and NaN would leak into real rows through `probs @ v`.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = F.softmax(scores, dim=-1).to(v.dtype)
+    return probs @ v, probs  # (B, nh, Tq, hd)
+
+
+def _sdpa(q, k, v, mask, scale):
+    if mask is not None:
+        # SDPA gives NaN for a query that sees no key at all; let such (padding) rows see every key, as
+        # the finfo.min fill does in `_naive`. Their outputs are never read.
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _flash(q, k, v, causal, padding_mask, scale, window):
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError as e:
+        raise RuntimeError("attention backend 'flash' needs the flash_attn package (pip install flash-attn, "
+                           "CUDA only); use backend 'sdpa' otherwise") from e
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        raise RuntimeError(f"attention backend 'flash' needs CUDA tensors in float16 or bfloat16; got "
+                           f"{q.device.type} {q.dtype}. Use --dtype bfloat16 --device cuda, or backend 'sdpa'")
+    if padding_mask is not None and not bool(padding_mask.all()):
+        raise RuntimeError("attention backend 'flash' does not take a padding mask here; use 'sdpa' for "
+                           "padded batches")
+    # flash_attn wants (B, T, nh, hd); its window is (left, right) and excludes the query itself.
+    window_size = (window - 1, 0) if window is not None else (-1, -1)
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale,
+                          causal=causal, window_size=window_size)
+    return out.transpose(1, 2)  # (B, nh, Tq, hd)

@@ -1,0 +1,78 @@
+"""KV caches: the keys and values of the tokens seen so far, one entry per layer.
+
+Generating token t+1 needs the attention keys and values of tokens 0..t in every layer. Recomputing them
+at every step costs O(T^2); keeping them costs memory. Both caches here have one interface:
+
+    cache = DynamicCache(n_layer)              # grows by concatenation (simple, reallocates each step)
+    cache = StaticCache(n_layer, max_len)      # preallocated once, written in place (gpt-fast style)
+    k_all, v_all = cache.update(layer_idx, k, v)   # k, v: (B, nh, T_new, hd) -> (B, nh, T_kept, hd)
+    cache.seen                                 # tokens seen so far (read by the model for positions)
+
+`window_sizes` (one int or None per layer) bounds a layer's memory: it then keeps only the last `window`
+keys and values, which is all a local-attention layer (GPT-Neo) can ever look at again. `update` still
+returns every key the *current* queries may need; the trimming happens to what is kept for later.
+The model calls `update` for every layer and then `advance(T_new)` once per forward pass.
+"""
+import torch
+
+
+class DynamicCache:
+    def __init__(self, n_layer, window_sizes=None):
+        self.windows = list(window_sizes) if window_sizes is not None else [None] * n_layer
+        if len(self.windows) != n_layer:
+            raise ValueError(f"window_sizes has {len(self.windows)} entries for {n_layer} layers")
+        self.k = [None] * n_layer
+        self.v = [None] * n_layer
+        self.seen = 0
+
+    def update(self, layer_idx, k, v):
+        if self.k[layer_idx] is not None:
+            k = torch.cat([self.k[layer_idx], k], dim=2)  # (B, nh, T_past + T_new, hd)
+            v = torch.cat([self.v[layer_idx], v], dim=2)
+        window = self.windows[layer_idx]
+        self.k[layer_idx] = k if window is None else k[:, :, -window:]
+        self.v[layer_idx] = v if window is None else v[:, :, -window:]
+        return k, v
+
+    def advance(self, n):
+        self.seen += n
+
+
+class StaticCache:
+    """Buffers of `max_len` positions (or `window` for a windowed layer) allocated on the first `update`,
+    when the batch size, heads, dtype and device are known. No reallocation while generating."""
+
+    def __init__(self, n_layer, max_len, window_sizes=None):
+        self.windows = list(window_sizes) if window_sizes is not None else [None] * n_layer
+        if len(self.windows) != n_layer:
+            raise ValueError(f"window_sizes has {len(self.windows)} entries for {n_layer} layers")
+        self.max_len = max_len
+        self.k = [None] * n_layer
+        self.v = [None] * n_layer
+        self.length = [0] * n_layer  # valid positions in each layer's buffer
+        self.seen = 0
+
+    def update(self, layer_idx, k, v):
+        B, nh, T, hd = k.shape
+        if self.seen + T > self.max_len:
+            raise ValueError(f"StaticCache is full: {self.seen} + {T} tokens > max_len {self.max_len}")
+        window = self.windows[layer_idx]
+        capacity = self.max_len if window is None else min(window, self.max_len)
+        if self.k[layer_idx] is None:
+            self.k[layer_idx] = k.new_zeros(B, nh, capacity, hd)
+            self.v[layer_idx] = v.new_zeros(B, nh, capacity, hd)
+        K, V, n = self.k[layer_idx], self.v[layer_idx], self.length[layer_idx]
+        if n + T <= capacity:  # the common case: write in place, return a view of the valid part
+            K[:, :, n:n + T] = k
+            V[:, :, n:n + T] = v
+            self.length[layer_idx] = n + T
+            return K[:, :, :n + T], V[:, :, :n + T]
+        # A full windowed layer: the queries need all of past + new, then keep only the last `capacity`.
+        k_all, v_all = torch.cat([K[:, :, :n], k], dim=2), torch.cat([V[:, :, :n], v], dim=2)
+        K.copy_(k_all[:, :, -capacity:])
+        V.copy_(v_all[:, :, -capacity:])
+        self.length[layer_idx] = capacity
+        return k_all, v_all
+
+    def advance(self, n):
+        self.seen += n

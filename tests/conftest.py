@@ -1,0 +1,34 @@
+"""Shared test settings: hypothesis profiles and where the real tokenizer files are."""
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Building a reference model per example is slow-ish, so examples are capped. HYPOTHESIS_PROFILE=thorough
+# runs many more (minutes per test) when you change the model code.
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=8, **_common)
+settings.register_profile("thorough", max_examples=200, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+HOW_TO_GET = ("put the files in ../shared/tokenizers/ beside the project (see ../shared/README.md) or in the "
+              "Hub cache: `huggingface-cli download {repo} {files}` while online")
+
+
+def shared_tokenizer_dir(name: str, repo: str, files: list[str]) -> Path:
+    """The directory holding a real tokenizer's `files`: ../shared/tokenizers/<name>, else the Hub cache
+    of `repo`, else the test is skipped with a reason that says how to get them."""
+    local = SHARED / "tokenizers" / name
+    if all((local / f).exists() for f in files):
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+        cached = Path(snapshot_download(repo, allow_patterns=files, local_files_only=True))
+        if all((cached / f).exists() for f in files):
+            return cached
+    except Exception:
+        pass
+    pytest.skip(f"{name} tokenizer files {files} not found: " + HOW_TO_GET.format(repo=repo, files=" ".join(files)))
