@@ -16,6 +16,7 @@ load_state_dict after one visible key transform (`convert_hub_state_dict`).
 import argparse
 import json
 import math
+import pickle
 import re
 import sys
 import time
@@ -299,7 +300,7 @@ def read_weights_file(path):
             return load_file(path)
         # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (SafetensorError, RuntimeError, EOFError, ValueError, OSError) as e:
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
 
 
@@ -373,12 +374,13 @@ def top_k_filter(logits, k):
 
 
 def top_p_filter(logits, p):
-    """Nucleus: keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    """Nucleus: keep the most likely tokens until their probability reaches p (at least one token;
+    ties with the last kept logit are all kept)."""
+    sorted_logits = torch.sort(logits, dim=-1, descending=True).values  # (B, V)
     probs = F.softmax(sorted_logits.float(), dim=-1)
-    drop = probs.cumsum(dim=-1) - probs >= p  # the mass before this token already reaches p
-    drop[:, 0] = False
-    return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    n_keep = (probs.cumsum(dim=-1) - probs < p).sum(dim=-1, keepdim=True)  # mass before a token < p: keep
+    threshold = sorted_logits.gather(1, n_keep - 1)  # (B, 1) the smallest kept logit
+    return logits.masked_fill(logits < threshold, float("-inf"))
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

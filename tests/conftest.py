@@ -1,5 +1,6 @@
 """Shared test settings: hypothesis profiles and where the real tokenizer files are."""
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Healt
 settings.register_profile("ci", max_examples=8, **_common)
 settings.register_profile("thorough", max_examples=200, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # save_pretrained's bars, once per example
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/reference.py
 SHARED = ROOT.parent / "shared"
 HOW_TO_GET = ("put the files in ../shared/tokenizers/ beside the project (see ../shared/README.md) or in the "
               "Hub cache: `huggingface-cli download {repo} {files}` while online")
@@ -32,3 +35,12 @@ def shared_tokenizer_dir(name: str, repo: str, files: list[str]) -> Path:
     except Exception:
         pass
     pytest.skip(f"{name} tokenizer files {files} not found: " + HOW_TO_GET.format(repo=repo, files=" ".join(files)))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the largest |Δ| against the reference that each comparison saw (for the issue notes)."""
+    from reference import LARGEST
+    if LARGEST:
+        terminalreporter.section("largest |Δ| against the reference")
+        for name, worst in sorted(LARGEST.items()):
+            terminalreporter.write_line(f"{name:60s} {worst:.3e}")
