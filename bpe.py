@@ -19,6 +19,11 @@ Real tokenizer files add two things: special tokens such as "<|endoftext|>" (one
 the text itself must not be able to produce by accident, see `Tokenizer.encode`) and, in GPT-NeoX,
 "added tokens" for runs of spaces that are cut out of the text before the regex runs.
 
+Exactness: the ids equal tiktoken's for GPT-2 and HF tokenizers' for GPT-NeoX on any text (tests/test_bpe.py
+checks this on random unicode). Speed: pure Python, so the two slow parts are kept off the hot path: a
+word cache (section 5) makes BPE run once per distinct word, and ASCII text is split with the standard
+library's faster `re` (section 2). See bench/bpe.py for figures against tiktoken.
+
 Usage:
     tok = Tokenizer.from_pretrained("../shared/tokenizers/gpt2")   # or "gpt2", "EleutherAI/pythia-160m"
     tok.encode("Hello world")                   # [15496, 995]
@@ -28,11 +33,12 @@ Usage:
 import argparse
 import codecs
 import json
+import numbers
 import re
 import sys
 import unicodedata
 from collections import Counter
-from itertools import chain, repeat
+from itertools import chain, pairwise, repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -53,7 +59,8 @@ def bytes_to_unicode() -> dict[int, str]:
     is chr(256 + 32), the stand-in for the space byte 0x20; 'Ċ' is the newline.
     This table is GPT-2's, byte for byte; every byte-level BPE file on the Hub uses it.
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     table = {b: chr(b) for b in printable}
     shifted = 0
     for b in range(256):
@@ -65,12 +72,15 @@ def bytes_to_unicode() -> dict[int, str]:
 
 BYTE_TO_CHAR = bytes_to_unicode()                             # 0x20 -> 'Ġ'
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}        # 'Ġ' -> 0x20
-_BYTES_AS_CHARS = [BYTE_TO_CHAR[b] for b in range(256)]       # a list is the fastest lookup by byte value
+_LATIN1_TO_PRINTABLE = str.maketrans({chr(b): c for b, c in BYTE_TO_CHAR.items()})
 
 
 def to_printable(text: str) -> str:
-    """ "Hi there" -> "HiĠthere": the UTF-8 bytes of `text`, one printable character per byte."""
-    return "".join([_BYTES_AS_CHARS[b] for b in text.encode("utf-8")])
+    """ "Hi there" -> "HiĠthere": the UTF-8 bytes of `text`, one printable character per byte.
+    (Decoding bytes as latin-1 gives the character with the same number, chr(byte), for each byte; a
+    translate table then swaps in the printable stand-ins. Same as "".join(BYTE_TO_CHAR[b] for b in
+    text.encode()), only faster.)"""
+    return text.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_PRINTABLE)
 
 
 def token_bytes(token: str) -> bytes:
@@ -95,6 +105,45 @@ def token_bytes(token: str) -> bytes:
 #                              "a", "  ", " b" (the lookahead refuses to end right before a non-space)
 #   \s+                        whitespace at the end of the text
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+SPLIT = regex.compile(GPT2_SPLIT_PATTERN)       # SPLIT.findall(text) -> the words
+
+# The same split, twice as fast on ASCII text (the split is most of the encoding time once words are
+# cached): the standard library's `re` is faster than `regex` but has no \p{L}. On ASCII text the pattern
+# needs none: the letters are [A-Za-z], the numbers [0-9], the spaces [\t\n\v\f\r ] (what \s means with
+# re.ASCII, and the ASCII part of Unicode's White_Space). So split_words() gives the ASCII stretches of a
+# text to ASCII_SPLIT and the rest to SPLIT. It cuts the text only right after an ASCII non-space that is
+# followed by an ASCII space: no word spans such a point (no alternative of the pattern puts a non-space
+# before a space in one word), and no word before it looks beyond it (the lookahead (?!\S) only follows
+# whitespace), so each part splits into exactly the words it has inside the whole text.
+ASCII_SPLIT = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""",
+                         re.ASCII)
+ASCII_SPACES = " \t\n\x0b\x0c\r"
+ASCII_NON_SPACES = "".join(chr(c) for c in range(128) if chr(c) not in ASCII_SPACES)
+ASCII_CUT = re.compile(f"[{re.escape(ASCII_NON_SPACES)}](?=[{ASCII_SPACES}])")   # a cut right after it
+ASCII_STRETCH = regex.compile(r"[\x00-\x7f]{64,}")   # shorter ones are not worth the extra calls
+
+
+def split_words(text: str) -> list[str]:
+    """The words of `text` by GPT2_SPLIT_PATTERN: SPLIT.findall(text), only faster (see ASCII_SPLIT)."""
+    if text.isascii():
+        return ASCII_SPLIT.findall(text)
+    words = []
+    done = 0                                        # text[:done] is split
+    for stretch in ASCII_STRETCH.finditer(text):
+        begin, end = stretch.span()
+        if begin > 0:                               # from the first cut in the stretch ...
+            cut = ASCII_CUT.search(text, begin, end)
+            if cut is None:
+                continue
+            begin = cut.end()
+        if end < len(text):                         # ... to the last: drop the word that touches the
+            # non-ASCII character after the stretch, and the spaces before that word
+            end = begin + len(text[begin:end].rstrip(ASCII_NON_SPACES).rstrip(ASCII_SPACES))
+        words += SPLIT.findall(text, done, begin)
+        words += ASCII_SPLIT.findall(text, begin, end)
+        done = end
+    words += SPLIT.findall(text, done)
+    return words
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -109,20 +158,27 @@ def bpe(word: str, ranks: dict[tuple[str, str], int], trace: list | None = None)
 
         "Ġlower": Ġ l o w e r -> Ġ l ow e r -> Ġ low e r -> Ġlow e r -> Ġlow er -> Ġlower
 
-    Ties (the same pair twice) merge the leftmost first, as in GPT-2's encoder.py and HF tokenizers.
+    Of equal pairs the leftmost merges first, as in GPT-2's encoder.py and HF tokenizers.
     With `trace` (a list), every step is appended as (left, right, rank, parts after the merge).
     """
     parts = list(word)
-    while len(parts) > 1:
-        # The rank of every adjacent pair. map/zip/min/index run in C: a few µs per merge even for the
-        # long words of CJK text (a whole clause is one \p{L}+ word), where a Python loop was 5x slower.
-        pair_ranks = list(map(ranks.get, zip(parts, parts[1:]), repeat(NO_MERGE)))
+    # pair_ranks[i] is the rank of the pair (parts[i], parts[i + 1]); NO_MERGE if it is not a merge
+    pair_ranks = list(map(ranks.get, pairwise(parts), repeat(NO_MERGE)))
+    while pair_ranks:
         rank = min(pair_ranks)
         if rank == NO_MERGE:
             break
-        i = pair_ranks.index(rank)                     # the leftmost pair with that rank
+        i = pair_ranks.index(rank)                     # the leftmost pair with the lowest rank
         left, right = parts[i], parts[i + 1]
-        parts[i:i + 2] = [left + right]
+        merged = left + right
+        parts[i:i + 2] = [merged]
+        # Only the two pairs around the new token changed: update them instead of recomputing all
+        # ranks (2x faster on a typical word, more on the long words of CJK text).
+        del pair_ranks[i]
+        if i > 0:
+            pair_ranks[i - 1] = ranks.get((parts[i - 1], merged), NO_MERGE)
+        if i < len(pair_ranks):
+            pair_ranks[i] = ranks.get((merged, parts[i + 1]), NO_MERGE)
         if trace is not None:
             trace.append((left, right, rank, list(parts)))
     return parts
@@ -217,52 +273,74 @@ def _read_merges(lines) -> list[tuple[str, str]]:
 # within a few pages of text).
 CACHE_MAX_WORDS = 100_000
 
+NEVER_IN_UTF8 = {0xC0, 0xC1, *range(0xF5, 0x100)}   # byte values that no UTF-8 text contains
 NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")   # the tokenizer.json normalizers this file implements
+
+# The file formats, in the order a directory (or Hub repo) is searched: (file names, constructor).
+FORMATS = [
+    (("tokenizer.json",), "from_tokenizer_json"),
+    (("vocab.json", "merges.txt"), "from_vocab_merges"),
+    (("encoder.json", "vocab.bpe"), "from_encoder_bpe"),
+]
+_FORMAT_NAMES = "tokenizer.json, or vocab.json + merges.txt, or encoder.json + vocab.bpe"
 
 
 class Tokenizer:
     """A byte-level BPE tokenizer: vocabulary (token -> id), ranked merges, and added tokens.
 
     Build one with `Tokenizer.from_pretrained(dir_or_hub_name)` or a per-format constructor. Tokens are
-    written as printable characters (see bytes_to_unicode), as in the files.
+    written as printable characters (see bytes_to_unicode), as in the files. The other arguments are the
+    tokenizer.json options: `normalizer` ("NFC", ...) applied to the text before BPE; ByteLevel's
+    `add_prefix_space` (a space in front of the text, as RoBERTa does) and `use_regex` (False: the whole
+    text is one word); BPE's `ignore_merges` (a word that is a token is taken whole, as in Llama 3).
+
+    Attributes: vocab {token: id}, merges [(left, right)] in rank order, merge_ranks {(left, right): rank},
+    added_tokens, special_tokens {string: id}, eos_token_id (of "<|endoftext|>", or None), vocab_size
+    (the highest id + 1: the rows an embedding table needs).
     """
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], added_tokens=(), *,
                  normalizer: str | None = None, add_prefix_space: bool = False, use_regex: bool = True,
                  ignore_merges: bool = False):
         if normalizer is not None and normalizer not in NORMALIZERS:
-            raise ValueError(f"unsupported normalizer {normalizer!r}: bpe.py implements {NORMALIZERS} or none")
+            raise ValueError(f"unsupported normalizer {normalizer!r}: bpe.py has {NORMALIZERS} or none")
         for left, right in merges:
             for token in (left, right, left + right):
                 if token not in vocab:
                     raise ValueError(f"merge {left!r} {right!r}: {token!r} is not in the vocabulary")
         self.vocab = vocab
         self.merges = merges
-        self.merge_ranks = {pair: rank for rank, pair in reversed(list(enumerate(merges)))}  # first wins
+        # (a pair listed twice: the last rank wins, as in HF and in GPT-2's encoder.py)
+        self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.added_tokens = list(added_tokens)
         self.special_tokens = {t.content: t.id for t in self.added_tokens if t.special}
         self.eos_token_id = self.special_tokens.get("<|endoftext|>")
         self.normalizer = normalizer
-        self.add_prefix_space = add_prefix_space      # " " in front of each piece of text, as RoBERTa does
-        self.use_regex = use_regex                    # False: the whole piece is one word
-        self.ignore_merges = ignore_merges            # True: a word that is a token is taken whole (Llama 3)
-        self.split_pattern = regex.compile(GPT2_SPLIT_PATTERN)
+        self.add_prefix_space = add_prefix_space
+        self.use_regex = use_regex
+        self.ignore_merges = ignore_merges
         # decoding: the bytes of every id (added tokens override vocab entries with the same id)
         self.id_to_bytes = {i: token_bytes(t) for t, i in vocab.items()}
-        self.id_to_bytes.update({t.id: t.content.encode("utf-8") for t in self.added_tokens})
-        self.vocab_size = max(self.id_to_bytes) + 1   # the number of ids, i.e. the embedding rows needed
-        # A byte with no vocab entry is dropped from words, as HF does without an unk token. (NeoX has no
-        # entry for 0xC0, 0xC1, 0xF5-0xFF: bytes that never occur in UTF-8, so nothing is lost.)
-        self._drop_bytes = str.maketrans({c: None for c in BYTE_TO_CHAR.values() if c not in vocab})
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self.id_to_bytes.update({t.id: token_bytes(t.content) for t in self.added_tokens})
+        self.vocab_size = max(self.id_to_bytes) + 1
+        # Every byte must have a token, or some text could not be encoded (HF would silently drop the
+        # byte). NeoX has none for 0xC0, 0xC1, 0xF5-0xFF: bytes that never occur in UTF-8, which is fine.
+        missing = [b for b in range(256) if BYTE_TO_CHAR[b] not in vocab and b not in NEVER_IN_UTF8]
+        if missing:
+            listed = ", ".join(f"0x{b:02X}" for b in missing[:8]) + (" ..." if len(missing) > 8 else "")
+            raise ValueError(f"not a byte-level BPE vocabulary: no token for the bytes {listed}")
+        self._cache: dict[str, tuple[int, ...]] = {}   # word -> ids, see CACHE_MAX_WORDS
         self._added_patterns: dict[frozenset, tuple] = {}
+        self._special_patterns: dict[frozenset, re.Pattern] = {}
 
     # --- loading -------------------------------------------------------------------------------------
     @classmethod
     def from_tokenizer_json(cls, path) -> "Tokenizer":
         """HF tokenizers' single file: a BPE model, added tokens, normalizer and ByteLevel options."""
         config = json.loads(Path(path).read_text(encoding="utf-8"))
-        model = config.get("model") or {}
+        if not isinstance(config, dict) or "model" not in config:
+            raise ValueError(f"{path} is not a tokenizers' tokenizer.json: it has no \"model\"")
+        model = config["model"]
         if model.get("type", "BPE") != "BPE" or "merges" not in model:
             raise ValueError(f"{path}: model type {model.get('type')!r} is not BPE; bpe.py reads BPE only")
         for option in ("dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix"):
@@ -279,13 +357,20 @@ class Tokenizer:
             normalizer = normalizer.get("type")
             if normalizer not in NORMALIZERS:
                 raise ValueError(f"{path}: normalizer {normalizer!r} is not supported (only {NORMALIZERS})")
-        added = [AddedToken(t["content"], t["id"], t.get("special", False), t.get("lstrip", False),
-                            t.get("rstrip", False), t.get("single_word", False), t.get("normalized", False))
-                 for t in config.get("added_tokens") or []]
-        return cls(model["vocab"], _read_merges(model["merges"]), added, normalizer=normalizer,
+        # HF tokenizers does not read the ids written in "added_tokens", it assigns them: a token already in
+        # the vocab keeps its vocab id, a new one gets the next id after the vocab and earlier added tokens.
+        # (In well-formed files such as GPT-2's and NeoX's the two agree.)
+        vocab, added, ids = model["vocab"], [], {}
+        for t in config.get("added_tokens") or []:
+            content = t["content"]
+            if content and content not in ids:
+                ids[content] = vocab.get(content, max([len(vocab), *(i + 1 for i in ids.values())]))
+                flags = {f: t.get(f, False) for f in AddedToken._fields[2:]}   # special, lstrip, ...
+                added.append(AddedToken(content, ids[content], **flags))
+        # (ByteLevel's trim_offsets only changes character offsets, which this file does not compute.)
+        return cls(vocab, _read_merges(model["merges"]), added, normalizer=normalizer,
                    add_prefix_space=pre.get("add_prefix_space", False), use_regex=pre.get("use_regex", True),
                    ignore_merges=model.get("ignore_merges", False))
-        # (trim_offsets only changes character offsets, which this file does not compute.)
 
     @classmethod
     def from_vocab_merges(cls, vocab_json, merges_txt) -> "Tokenizer":
@@ -310,24 +395,24 @@ class Tokenizer:
     def from_dir(cls, directory) -> "Tokenizer":
         """A directory holding tokenizer.json, else vocab.json + merges.txt, else encoder.json + vocab.bpe."""
         directory = Path(directory)
-        for files, load in FORMATS:
+        for files, constructor in FORMATS:
             if all((directory / f).is_file() for f in files):
-                return load(cls, *(directory / f for f in files))
-        raise FileNotFoundError(f"no tokenizer files in {directory}: looked for "
-                                + ", or ".join(" + ".join(files) for files, _ in FORMATS))
+                return getattr(cls, constructor)(*(directory / f for f in files))
+        raise FileNotFoundError(f"no tokenizer files in {directory}: looked for {_FORMAT_NAMES}")
 
     @classmethod
     def from_pretrained(cls, name_or_dir, *, revision: str | None = None) -> "Tokenizer":
-        """A local directory (or tokenizer.json file), else a Hub repo id such as "gpt2",
+        """A local directory (or a tokenizer.json file), else a Hub repo id such as "gpt2",
         "openai-community/gpt2" or "EleutherAI/pythia-160m", downloaded with huggingface_hub."""
         path = Path(name_or_dir).expanduser()
         if path.is_dir():
             return cls.from_dir(path)
-        if path.is_file() and path.suffix == ".json":
+        if path.is_file():
             return cls.from_tokenizer_json(path)
         name = str(name_or_dir)
-        if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists():
-            raise FileNotFoundError(f"tokenizer directory {name} does not exist")
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:     # a path, not a Hub "org/name"
+            raise FileNotFoundError(f"tokenizer directory {name} does not exist (it should hold "
+                                    f"{_FORMAT_NAMES})")
         return cls._from_hub(name, revision)
 
     @classmethod
@@ -335,30 +420,31 @@ class Tokenizer:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-        def fetch(filename):
-            return hf_hub_download(repo_id, filename, revision=revision)
-
-        try:
-            for files, load in FORMATS:
-                try:
-                    return load(cls, *map(fetch, files))
-                except LocalEntryNotFoundError:
-                    raise                            # offline and not cached: give up below
-                except EntryNotFoundError:
-                    continue                         # the repo has not this format: try the next one
-        except Exception as error:               # no network, no such repo, gated repo, ...
-            raise OSError(f"could not get a tokenizer for {repo_id!r} from the Hugging Face Hub "
-                          f"({type(error).__name__}: {error}). Pass a local directory holding tokenizer.json, "
-                          "or vocab.json + merges.txt, or encoder.json + vocab.bpe") from error
-        raise FileNotFoundError(f"Hub repo {repo_id!r} has none of: "
-                                + ", or ".join(" + ".join(files) for files, _ in FORMATS))
+        offline = None
+        for files, constructor in FORMATS:
+            try:
+                paths = [hf_hub_download(repo_id, f, revision=revision) for f in files]
+            except LocalEntryNotFoundError as error:   # no network (or offline mode) and not in the cache
+                offline = offline or error
+                continue
+            except EntryNotFoundError:                  # the repo does not have this format: try the next
+                continue
+            except Exception as error:                  # no such repo or revision, gated repo, HTTP error
+                raise OSError(f"could not get the tokenizer of {repo_id!r} from the Hugging Face Hub: "
+                              f"{type(error).__name__}: {error}. Pass a local directory holding "
+                              f"{_FORMAT_NAMES}") from error
+            return getattr(cls, constructor)(*paths)
+        if offline:
+            raise OSError(f"could not download the tokenizer of {repo_id!r} (no network?) and it is not in "
+                          f"the Hugging Face cache. Pass a local directory with {_FORMAT_NAMES}") from offline
+        raise FileNotFoundError(f"Hub repo {repo_id!r} has none of {_FORMAT_NAMES}")
 
     def save(self, directory) -> None:
         """Write vocab.json + merges.txt (HF's format, loadable by `tokenizers.models.BPE.from_file`)."""
         if self.normalizer or self.add_prefix_space or not self.use_regex or self.ignore_merges or any(
                 not t.special or t.lstrip or t.rstrip or t.single_word for t in self.added_tokens):
             raise ValueError("vocab.json + merges.txt cannot hold this tokenizer's normalizer, ByteLevel "
-                             "options or non-special added tokens: save its tokenizer.json instead")
+                             "options or non-special added tokens (keep its tokenizer.json instead)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         vocab = dict(sorted({**self.vocab, **self.special_tokens}.items(), key=lambda item: item[1]))
@@ -376,9 +462,11 @@ class Tokenizer:
         raises, unless `allowed_special` (a set of them, or "all") lets it become its special id. This is
         tiktoken's rule: a user's text must not be able to inject control tokens by accident.
         Non-special added tokens (NeoX's runs of spaces) are always matched: they are ordinary vocabulary.
-        With allowed_special="all" this gives the ids of HF's `encode(text, add_special_tokens=False)`."""
+        With allowed_special="all" this gives the ids of HF's `encode(text, add_special_tokens=False)` (a
+        post-processor that adds BOS/EOS tokens is not applied: GPT-2's and NeoX's add none)."""
+        _check_text(text)
         allowed = self._check_allowed(allowed_special)
-        disallowed = self.special_tokens.keys() - allowed
+        disallowed = frozenset(self.special_tokens.keys() - allowed)
         if disallowed and (found := self._special_pattern(disallowed).search(text)):
             raise ValueError(f"the text contains the special token {found.group()!r}. To encode it as the "
                              f"special token, pass allowed_special={{{found.group()!r}}} (or \"all\"); to "
@@ -386,7 +474,8 @@ class Tokenizer:
         return self._encode(text, allowed)
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """Text -> ids, special token strings encoded as the plain text they are: "<|endoftext|>" -> 6 ids."""
+        """Text -> ids, special token strings encoded as the plain text they are: "<|endoftext|>" -> 7 ids."""
+        _check_text(text)
         return self._encode(text, frozenset())
 
     def _check_allowed(self, allowed_special) -> frozenset:
@@ -400,12 +489,12 @@ class Tokenizer:
                              f"its special tokens are {sorted(self.special_tokens)}")
         return frozenset(allowed_special)
 
-    def _special_pattern(self, specials) -> re.Pattern:
-        return _longest_first_pattern(specials)
+    def _special_pattern(self, specials: frozenset) -> re.Pattern:
+        if specials not in self._special_patterns:
+            self._special_patterns[specials] = _longest_first_pattern(specials)
+        return self._special_patterns[specials]
 
     def _encode(self, text: str, specials: frozenset) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes a str, got {type(text).__name__}")
         ids = []
         for piece, token_id in self.pieces(text, specials):
             if token_id is None:
@@ -417,68 +506,81 @@ class Tokenizer:
     def pieces(self, text: str, specials=frozenset()) -> list[tuple[str, int | None]]:
         """Cut out the added tokens as HF tokenizers does: first those matched in the raw text (special
         tokens), then the text between them is normalized (NFC) and the normalized ones (NeoX's runs of
-        spaces) are cut out of it. Returns (text to BPE, None) and (token text, id) pieces, in order."""
-        raw, normalized, tokens = self._added_token_patterns(specials)
+        spaces) are cut out of it. Returns (text to BPE, None) and (token text, id) pieces, in order.
+        `specials`: the special tokens to match (the others are left as plain text)."""
+        (raw, raw_tokens), (normalized, normalized_tokens) = self._added_token_patterns(specials)
         if raw is None and normalized is None and self.normalizer is None:
             return [(text, None)] if text else []      # the common case: GPT-2 text without specials
         pieces = []
-        for piece, token_id in split_on_added_tokens(text, raw, tokens):
-            if token_id is not None:
+        for piece, token_id in split_on_added_tokens(text, raw, raw_tokens):
+            if token_id is None:
+                if self.normalizer:
+                    piece = unicodedata.normalize(self.normalizer, piece)
+                pieces += split_on_added_tokens(piece, normalized, normalized_tokens)
+            else:
                 pieces.append((piece, token_id))
-                continue
-            if self.normalizer:
-                piece = unicodedata.normalize(self.normalizer, piece)
-            pieces += split_on_added_tokens(piece, normalized, tokens)
         return pieces
 
     def _added_token_patterns(self, specials: frozenset):
-        """(pattern for the raw text, pattern for the normalized text, {content: token}) of the
-        non-special added tokens plus the allowed `specials`; built once per set of specials."""
+        """For the non-special added tokens plus the `specials`: (pattern, {content: token}) of those
+        matched in the raw text, and of those matched in the normalized text. Built once per set."""
         if specials not in self._added_patterns:
-            active = [t for t in self.added_tokens if not t.special or t.content in specials]
-            by_content = {}
-            for t in active:
-                key = unicodedata.normalize(self.normalizer, t.content) if t.normalized and self.normalizer \
-                    else t.content
-                by_content.setdefault(key, t)
-            raw = _longest_first_pattern(t.content for t in active if not t.normalized)
-            normalized = _longest_first_pattern(k for k, t in by_content.items() if t.normalized)
-            self._added_patterns[specials] = (raw, normalized, by_content)
+            raw, normalized = {}, {}
+            for t in self.added_tokens:
+                if t.special and t.content not in specials:
+                    continue
+                if not t.normalized:
+                    raw.setdefault(t.content, t)
+                elif self.normalizer:      # HF normalizes the token too, to match it in normalized text
+                    normalized.setdefault(unicodedata.normalize(self.normalizer, t.content), t)
+                else:
+                    normalized.setdefault(t.content, t)
+            self._added_patterns[specials] = ((_longest_first_pattern(raw), raw),
+                                              (_longest_first_pattern(normalized), normalized))
         return self._added_patterns[specials]
+
+    def words(self, text: str) -> list[str]:
+        """Split text that holds no added token into words (see GPT2_SPLIT_PATTERN)."""
+        if self.add_prefix_space and not text.startswith(" "):
+            text = " " + text
+        return split_words(text) if self.use_regex else [text]
 
     def _encode_words(self, text: str) -> list[int]:
         """Ids of text free of added tokens: split into words, each word's ids from the cache or BPE."""
-        if self.add_prefix_space and not text.startswith(" "):
-            text = " " + text
-        words = self.split_pattern.findall(text) if self.use_regex else [text]
+        words = self.words(text)
         cache = self._cache
         if len(cache) > CACHE_MAX_WORDS:
-            cache.clear()
+            cache = self._cache = {}       # a new dict, not clear(): another thread may be reading the old
         for word in set(words).difference(cache):     # the words never seen before
             cache[word] = self._word_ids(word)
-        return list(chain.from_iterable(map(cache.__getitem__, words)))
+        return list(chain.from_iterable(map(cache.__getitem__, words)))   # C loops: no Python per word
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
-        """The ids of one word, by BPE."""
-        chars = to_printable(word).translate(self._drop_bytes)
+        return tuple(map(self.vocab.__getitem__, self.word_tokens(word)))
+
+    def word_tokens(self, word: str, trace: list | None = None) -> list[str]:
+        """The tokens of one word, by BPE (`trace`: see bpe())."""
+        chars = to_printable(word)
         if self.ignore_merges and chars in self.vocab:
-            return (self.vocab[chars],)
-        return tuple(self.vocab[token] for token in bpe(chars, self.merge_ranks))
+            return [chars]
+        return bpe(chars, self.merge_ranks, trace)
 
     # --- decoding ------------------------------------------------------------------------------------
     def decode_bytes(self, ids) -> bytes:
         """Ids -> the bytes they stand for (which may end in the middle of a UTF-8 character)."""
+        if not isinstance(ids, (list, tuple)):
+            ids = list(ids)
         try:
             return b"".join(map(self.id_to_bytes.__getitem__, ids))
         except (KeyError, TypeError):
             pass
-        for i in ids:                                  # find the culprit for a clear message
-            if not isinstance(i, int) and not hasattr(i, "__index__"):
-                raise TypeError(f"token ids must be ints, got {type(i).__name__} {i!r} "
-                                "(a tensor? pass ids.tolist())")
-            if int(i) not in self.id_to_bytes:
+        for i in ids:                                  # find the culprit, for a clear message
+            if not isinstance(i, numbers.Integral):
+                raise TypeError(f"token ids must be ints, got {type(i).__name__} {i!r}"
+                                + (" (pass tensor.tolist())" if hasattr(i, "tolist") else ""))
+            if i not in self.id_to_bytes:
                 raise ValueError(f"unknown token id {i}: this tokenizer has ids 0..{self.vocab_size - 1}")
-        raise TypeError(f"ids must be an iterable of ints, got {type(ids).__name__}")
+        raise AssertionError("unreachable")
 
     def decode(self, ids) -> str:
         """Ids -> text. Bytes that are not valid UTF-8 (ids cut in the middle of a character, or random
@@ -491,9 +593,144 @@ class Tokenizer:
         return [inverse[i] for i in ids]
 
 
-# The file formats, in the order a directory is searched: (file names, constructor).
-FORMATS = [
-    (("tokenizer.json",), Tokenizer.from_tokenizer_json.__func__),
-    (("vocab.json", "merges.txt"), Tokenizer.from_vocab_merges.__func__),
-    (("encoder.json", "vocab.bpe"), Tokenizer.from_encoder_bpe.__func__),
-]
+def _check_text(text):
+    if not isinstance(text, str):
+        raise TypeError(f"encode takes a str, got {type(text).__name__}"
+                        + (" (decode bytes first: text.decode('utf-8'))" if isinstance(text, bytes) else ""))
+
+
+# ------------------------------------------------------------------------------------------------------
+# 6. Streaming: print text as tokens arrive, one complete character at a time
+# ------------------------------------------------------------------------------------------------------
+class StreamDecoder:
+    """Decodes ids one at a time for a CLI that prints while the model generates.
+
+    A token may hold part of a character ("🤗" is 4 bytes, often 2-3 tokens), and decoding each token on
+    its own would print "�" for each part. So push() returns only the text whose bytes are complete and
+    holds back the bytes of an unfinished character until the tokens that finish it arrive. The standard
+    library's incremental UTF-8 decoder does exactly that holding back; invalid bytes become "�".
+    The pieces push() and flush() return add up to tokenizer.decode(all ids).
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        """The text completed by this token ("" while a character is unfinished)."""
+        return self._utf8.decode(self.tokenizer.decode_bytes([token_id]))
+
+    def flush(self) -> str:
+        """The rest at the end of the stream: held-back bytes of an unfinished character become "�"."""
+        return self._utf8.decode(b"", final=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# 7. Training: learn merges from a text
+# ------------------------------------------------------------------------------------------------------
+def train(text: str, vocab_size: int, *, special_tokens=()) -> Tokenizer:
+    """Learn a byte-level BPE of `vocab_size` ids from `text`: ids 0-255 are the bytes, then one id per
+    merge, then the `special_tokens`. Save it with `.save(dir)` (vocab.json + merges.txt).
+
+    Training is the mirror image of encoding: split the text into words with the same pattern, start
+    with every word as single bytes, and repeatedly merge the most frequent adjacent pair (counted over
+    all words, weighted by how often each word occurs). The merges, in the order learned, are the ranks.
+    Pair counts are updated only for the words that contain the merged pair, not recounted from scratch;
+    finding the most frequent pair is still a scan of all pairs per merge: fine for the few thousand
+    merges of an experiment, a heap would be the next step for GPT-2's 50,000 on a large corpus.
+    """
+    n_merges = vocab_size - 256 - len(special_tokens)
+    if n_merges < 0:
+        raise ValueError(f"vocab_size {vocab_size} < 256 bytes + {len(special_tokens)} special tokens")
+    word_counts = Counter(split_words(text))
+    words = [list(to_printable(w)) for w in word_counts]      # each distinct word as its list of symbols
+    counts = list(word_counts.values())
+    pair_counts: Counter = Counter()                          # (left, right) -> occurrences in the text
+    where: dict[tuple[str, str], set[int]] = {}               # (left, right) -> the words that contain it
+    for w, (symbols, n) in enumerate(zip(words, counts)):
+        for pair in pairwise(symbols):
+            pair_counts[pair] += n
+            where.setdefault(pair, set()).add(w)
+
+    vocab = {BYTE_TO_CHAR[b]: b for b in range(256)}
+    merges = []
+    while len(merges) < n_merges and pair_counts:
+        best = max(pair_counts, key=pair_counts.__getitem__)    # ties: the pair seen first in the text
+        merges.append(best)
+        vocab.setdefault(best[0] + best[1], len(vocab))
+        for w in where.pop(best):
+            symbols, n = words[w], counts[w]
+            for pair in pairwise(symbols):               # forget the word's old pairs ...
+                pair_counts[pair] -= n
+            symbols[:] = _merge_pair(symbols, best)
+            for pair in pairwise(symbols):               # ... and count its new ones
+                pair_counts[pair] += n
+                where.setdefault(pair, set()).add(w)
+        pair_counts = +pair_counts                                # drop pairs whose count fell to zero
+    for special in special_tokens:
+        vocab[special] = len(vocab)
+    return Tokenizer(vocab, merges, [AddedToken(s, vocab[s]) for s in special_tokens])
+
+
+def _merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """Every occurrence of `pair` in `symbols` merged, left to right: (a a a) with (a, a) -> (aa a)."""
+    merged, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------------
+# 8. Teaching mode: python bpe.py "some text"
+# ------------------------------------------------------------------------------------------------------
+DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "shared" / "tokenizers" / "gpt2"
+
+
+def explain(tokenizer: Tokenizer, text: str, out=None) -> list[int]:
+    """Print how `text` is encoded (to `out`, default stdout): added tokens, words, every merge, the ids."""
+    def show(*parts):
+        print(*parts, file=out or sys.stdout)
+
+    show(f"text: {text!r}")
+    ids = []
+    for piece, token_id in tokenizer.pieces(text, frozenset(tokenizer.special_tokens)):
+        if token_id is not None:
+            show(f"\nadded token {piece!r} -> id {token_id}")
+            ids.append(token_id)
+            continue
+        words = tokenizer.words(piece)
+        show(f"\nsplit into words by the pattern: {words}")
+        for word in words:
+            steps = []
+            tokens = tokenizer.word_tokens(word, trace=steps)
+            word_ids = [tokenizer.vocab[t] for t in tokens]
+            show(f"\n  {word!r} as bytes: {' '.join(to_printable(word))}")
+            for left, right, rank, parts in steps:
+                show(f"    merge rank {rank:>5}: {left} + {right} -> {' '.join(parts)}")
+            show(f"    tokens {tokens} -> ids {word_ids}")
+            ids += word_ids
+    show(f"\nids: {ids}")
+    show(f"decoded: {tokenizer.decode(ids)!r}")
+    return ids
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Show byte-level BPE encoding a text, merge by merge.")
+    parser.add_argument("text", nargs="?", default="Hello world! It's 2024 🤗")
+    default = str(DEFAULT_TOKENIZER) if DEFAULT_TOKENIZER.is_dir() else "gpt2"
+    parser.add_argument("--tokenizer", default=default,
+                        help="a directory with tokenizer files, or a Hub repo id (default: GPT-2's)")
+    args = parser.parse_args(argv)
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    print(f"tokenizer: {args.tokenizer}: {tokenizer}")
+    print("(bytes are shown as GPT-2's printable characters: Ġ is a space, Ċ a newline)")
+    explain(tokenizer, text=args.text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,447 @@
+"""bpe.py against the reference tokenizers: tiktoken for GPT-2, HF tokenizers for GPT-NeoX, id for id.
+
+The real tokenizer files come from ../shared/tokenizers (else the Hub cache, else the test is skipped).
+The references are built offline from the same files. Which of our calls matches which reference call:
+  tiktoken   enc.encode_ordinary(s)                    == tok.encode_ordinary(s)
+             enc.encode(s, allowed_special="all")      == tok.encode(s, allowed_special="all")
+  tokenizers hf.encode(s, add_special_tokens=False)    == tok.encode(s, allowed_special="all")
+             (HF always matches added tokens, special ones included; add_special_tokens=False only turns
+             off the post-processor's BOS/EOS, which NeoX's ByteLevel post-processor does not add anyway)
+             same, with hf.encode_special_tokens = True   == tok.encode_ordinary(s)
+             hf.decode(ids, skip_special_tokens=False) == tok.decode(ids)
+"""
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bpe
+from bpe import StreamDecoder, Tokenizer, train
+from conftest import shared_tokenizer_dir
+
+GPT2_REPO, NEOX_REPO = "openai-community/gpt2", "EleutherAI/gpt-neox-20b"
+
+# Text that hits the corners of the split pattern and the added tokens: runs of spaces (NeoX has tokens
+# for 2-24 spaces), tabs/newlines, contractions, digits, combining marks (NFC changes them), emoji, CJK,
+# control characters, unicode spaces, and the special tokens' strings. Mixed with arbitrary characters.
+PIECES = [" ", "  ", "   ", " " * 7, " " * 30, "\t", "\n", "\n\n", "\r\n", " \n ", "'s", "'ll", "'re", "'ve",
+          "'d", "'m", "'t", "'", "'S", "Hello", " world", "a", "Z", "e\u0301", "\u0301", "é", "Å", "1",
+          "2024", "½", "²", "٣", "_", "__init__", "def", "(", ")", "!?", "...", "🤗", "👍🏽", "中文", "日本語",
+          "한국어", "\u00a0", "\u3000", "\u2009", "\x1c", "\x85", "\x00", "\x7f", "\ufeff", "<|endoftext|>",
+          "<|padding|>", "<|endoftext", "|>"]
+tricky_text = st.lists(st.one_of(st.sampled_from(PIECES), st.characters(exclude_categories=["Cs"])),
+                       max_size=40).map("".join)
+any_text = st.one_of(st.text(), tricky_text)
+
+
+# --- fixtures: ours and the references, built once per module ------------------------------------------
+@pytest.fixture(scope="module")
+def gpt2_dir():
+    return shared_tokenizer_dir("gpt2", GPT2_REPO, ["vocab.json", "merges.txt"])
+
+
+@pytest.fixture(scope="module")
+def gpt2(gpt2_dir):
+    return Tokenizer.from_pretrained(gpt2_dir)
+
+
+@pytest.fixture(scope="module")
+def tiktoken_gpt2(gpt2_dir):
+    """tiktoken's GPT-2 ("r50k") from the local files, as tiktoken_ext.openai_public.gpt2() builds it."""
+    pytest.importorskip("tiktoken")
+    import tiktoken.load
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    openai = (gpt2_dir / "vocab.bpe").exists()
+    names = ("vocab.bpe", "encoder.json") if openai else ("merges.txt", "vocab.json")   # same content
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TIKTOKEN_CACHE_DIR", "")               # read the local files, cache nothing in /tmp
+        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(*(str(gpt2_dir / n) for n in names))
+    return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256})
+
+
+@pytest.fixture(scope="module")
+def neox_json():
+    return shared_tokenizer_dir("gpt-neox-20b", NEOX_REPO, ["tokenizer.json"]) / "tokenizer.json"
+
+
+@pytest.fixture(scope="module")
+def neox(neox_json):
+    return Tokenizer.from_pretrained(neox_json.parent)
+
+
+@pytest.fixture(scope="module")
+def hf_neox(neox_json):
+    tokenizers = pytest.importorskip("tokenizers")
+    return tokenizers.Tokenizer.from_file(str(neox_json))
+
+
+def hf_ids(hf, text):
+    return hf.encode(text, add_special_tokens=False).ids
+
+
+# --- known values ---------------------------------------------------------------------------------------
+def test_gpt2_known_ids(gpt2):
+    assert gpt2.encode("Hello world") == [15496, 995]
+    assert gpt2.encode(" Hello world") == [18435, 995]
+    assert gpt2.encode("<|endoftext|>", allowed_special="all") == [50256]
+    assert gpt2.special_tokens == {"<|endoftext|>": 50256} and gpt2.eos_token_id == 50256
+    assert gpt2.vocab_size == 50257
+
+
+def test_neox_known_ids(neox):
+    assert neox.encode("Hello world") == [12092, 1533]
+    assert neox.encode(" Hello") == [24387]
+    assert neox.encode("The capital of France is") == [510, 5347, 273, 6181, 310]
+    assert neox.encode("<|endoftext|>", allowed_special="all") == [0]
+    assert neox.encode("<|padding|>", allowed_special={"<|padding|>"}) == [1]
+    assert neox.special_tokens == {"<|endoftext|>": 0, "<|padding|>": 1} and neox.eos_token_id == 0
+    assert neox.vocab_size == 50277
+    assert neox.encode("a  b") == [66, 50276, 67]           # "  " is an added token in NeoX, not in GPT-2
+
+
+# --- GPT-2 against tiktoken -----------------------------------------------------------------------------
+@settings(max_examples=500)
+@given(text=any_text)
+def test_gpt2_matches_tiktoken(gpt2, tiktoken_gpt2, text):
+    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2.encode(text, allowed_special="all") == tiktoken_gpt2.encode(text, allowed_special="all")
+
+
+@settings(max_examples=300)
+@given(text=any_text)
+def test_gpt2_roundtrip(gpt2, text):
+    assert gpt2.decode(gpt2.encode_ordinary(text)) == text
+    assert gpt2.decode(gpt2.encode(text, allowed_special="all")) == text
+
+
+def test_gpt2_every_token_as_a_word(gpt2, tiktoken_gpt2):
+    """Each vocabulary entry, decoded to text, encoded by both: exercises every merge at least once."""
+    words = []
+    for token in gpt2.vocab:
+        try:
+            words.append(bpe.token_bytes(token).decode("utf-8"))
+        except UnicodeDecodeError:
+            pass
+    text = "\n".join(words)
+    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+@pytest.fixture(scope="module")
+def gpt2_formats():
+    """GPT-2 loaded from the Hub's files and from OpenAI's, and the ranks of tiktoken's own file."""
+    import base64
+    files = ["vocab.json", "merges.txt", "encoder.json", "vocab.bpe", "gpt2.tiktoken"]
+    directory = shared_tokenizer_dir("gpt2", GPT2_REPO, files)
+    lines = (directory / "gpt2.tiktoken").read_text().split()                 # base64 token, rank, ...
+    ranks = {base64.b64decode(token): int(rank) for token, rank in zip(lines[::2], lines[1::2])}
+    return (Tokenizer.from_vocab_merges(directory / "vocab.json", directory / "merges.txt"),
+            Tokenizer.from_encoder_bpe(directory / "encoder.json", directory / "vocab.bpe"), ranks)
+
+
+@settings(max_examples=200)
+@given(text=any_text)
+def test_gpt2_three_formats_identical(gpt2_formats, text):
+    hub, openai, tiktoken_ranks = gpt2_formats
+    ids = hub.encode(text, allowed_special="all")
+    assert openai.encode(text, allowed_special="all") == ids
+    assert all(tiktoken_ranks[hub.decode_bytes([i])] == i for i in hub.encode_ordinary(text))
+
+
+@settings(max_examples=300)
+@given(ids=st.lists(st.integers(0, 50256), max_size=12))
+def test_gpt2_decode_arbitrary_ids_like_tiktoken(gpt2, tiktoken_gpt2, ids):
+    """Random ids are mostly invalid UTF-8 (cut characters): both replace the same bytes with U+FFFD."""
+    assert gpt2.decode_bytes(ids) == tiktoken_gpt2.decode_bytes(ids)
+    assert gpt2.decode(ids) == tiktoken_gpt2.decode(ids)
+
+
+# --- GPT-NeoX against HF tokenizers ---------------------------------------------------------------------
+@settings(max_examples=500)
+@given(text=any_text)
+def test_neox_matches_hf(neox, hf_neox, text):
+    ids = neox.encode(text, allowed_special="all")
+    assert ids == hf_ids(hf_neox, text)
+    # NFC makes the text differ from the input for some strings, so compare with the reference decode
+    assert neox.decode(ids) == hf_neox.decode(ids, skip_special_tokens=False)
+
+
+@settings(max_examples=200)
+@given(text=any_text)
+def test_neox_encode_ordinary_is_hf_with_encode_special_tokens(neox, hf_neox_text_specials, text):
+    assert neox.encode_ordinary(text) == hf_ids(hf_neox_text_specials, text)
+
+
+@pytest.fixture(scope="module")
+def hf_neox_text_specials(neox_json):
+    import tokenizers
+    hf = tokenizers.Tokenizer.from_file(str(neox_json))
+    hf.encode_special_tokens = True                  # HF's switch for "special token strings are text"
+    return hf
+
+
+@settings(max_examples=300)
+@given(ids=st.lists(st.integers(0, 50276), max_size=12))
+def test_neox_decode_arbitrary_ids_like_hf(neox, hf_neox, ids):
+    assert neox.decode(ids) == hf_neox.decode(ids, skip_special_tokens=False)
+
+
+@pytest.mark.parametrize("option", [{"add_prefix_space": True}, {"use_regex": False}])
+def test_neox_byte_level_options_match_hf(neox_json, tmp_path, option):
+    """The ByteLevel options of tokenizer.json: the NeoX file with one option changed, against HF."""
+    import tokenizers
+    config = json.loads(neox_json.read_text(encoding="utf-8"))
+    config["pre_tokenizer"].update(option)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    ours, hf = Tokenizer.from_tokenizer_json(path), tokenizers.Tokenizer.from_file(str(path))
+
+    @settings(max_examples=150)
+    @given(text=any_text)
+    def check(text):
+        assert ours.encode(text, allowed_special="all") == hf_ids(hf, text)
+    check()
+
+
+# --- special tokens -------------------------------------------------------------------------------------
+def test_special_token_text_raises_unless_allowed(gpt2, neox):
+    text = "the end<|endoftext|>"
+    for tok in (gpt2, neox):
+        message = "special token '<\\|endoftext\\|>'.*allowed_special.*encode_ordinary"
+        with pytest.raises(ValueError, match=message):
+            tok.encode(text)
+        assert tok.encode(text, allowed_special="all")[-1] == tok.eos_token_id
+        assert tok.encode(text, allowed_special={"<|endoftext|>"})[-1] == tok.eos_token_id
+        assert tok.eos_token_id not in tok.encode_ordinary(text)
+        assert tok.decode(tok.encode_ordinary(text)) == text
+    with pytest.raises(ValueError, match="<\\|padding\\|>"):
+        neox.encode("<|padding|>", allowed_special={"<|endoftext|>"})
+    assert gpt2.encode_ordinary("<|endoftext|>") == [27, 91, 437, 1659, 5239, 91, 29]   # 7 plain tokens
+
+
+def test_allowed_special_is_checked(gpt2):
+    with pytest.raises(TypeError, match="allowed_special"):
+        gpt2.encode("x", allowed_special="<|endoftext|>")       # a str, not a set: a common slip
+    with pytest.raises(ValueError, match="not special tokens"):
+        gpt2.encode("x", allowed_special={"<|im_start|>"})
+
+
+# --- decoding, streaming ------------------------------------------------------------------------------
+def test_invalid_utf8_decodes_with_replacement(gpt2):
+    hug = gpt2.encode("🤗")                                     # 4 bytes F0 9F A4 97, 3 tokens
+    assert len(hug) == 3 and gpt2.decode_bytes(hug) == "🤗".encode() and gpt2.decode(hug) == "🤗"
+    assert gpt2.decode_bytes(hug[:1]) == b"\xf0\x9f"
+    assert gpt2.decode(hug[:1]) == "\ufffd"                     # a cut character
+    lone = gpt2.vocab[bpe.BYTE_TO_CHAR[0xFF]]                   # 0xFF never occurs in UTF-8
+    assert gpt2.decode([lone, *gpt2.encode("ok")]) == "\ufffdok"
+
+
+def test_decode_rejects_bad_ids(gpt2):
+    with pytest.raises(ValueError, match="unknown token id 50257"):
+        gpt2.decode([15496, 50257])
+    with pytest.raises(ValueError, match="unknown token id -1"):
+        gpt2.decode([-1])
+    with pytest.raises(TypeError, match="token ids must be ints"):
+        gpt2.decode(["15496"])
+    with pytest.raises(TypeError, match="encode takes a str"):
+        gpt2.encode(b"bytes")
+    assert gpt2.decode(iter([15496, 995])) == "Hello world"     # any iterable of ints
+
+
+@settings(max_examples=300)
+@given(text=any_text)
+def test_stream_decoder_yields_only_complete_text(gpt2, text):
+    stream, shown = StreamDecoder(gpt2), ""
+    for token_id in gpt2.encode_ordinary(text):
+        shown += stream.push(token_id)
+        assert text.startswith(shown)                             # never a broken character
+    assert shown + stream.flush() == text
+
+
+@settings(max_examples=300)
+@given(ids=st.lists(st.integers(0, 50256), max_size=12))
+def test_stream_decoder_adds_up_to_decode(gpt2, ids):
+    stream = StreamDecoder(gpt2)
+    assert "".join(map(stream.push, ids)) + stream.flush() == gpt2.decode(ids)
+
+
+# --- the merge loop -------------------------------------------------------------------------------------
+def tiny_tokenizer(merges):
+    vocab = {c: i for i, c in enumerate(bpe.BYTE_TO_CHAR.values())}
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    return Tokenizer(vocab, merges)
+
+
+def test_merges_apply_by_rank_not_by_position():
+    # "abc": (b, c) is further right but learned first, so it wins; swap the ranks and (a, b) wins
+    assert bpe.bpe("abc", tiny_tokenizer([("b", "c"), ("a", "b")]).merge_ranks) == ["a", "bc"]
+    assert bpe.bpe("abc", tiny_tokenizer([("a", "b"), ("b", "c")]).merge_ranks) == ["ab", "c"]
+    # equal pairs: leftmost first, and a merged token can merge again
+    assert bpe.bpe("aaa", tiny_tokenizer([("a", "a")]).merge_ranks) == ["aa", "a"]
+    assert bpe.bpe("aaaa", tiny_tokenizer([("a", "a"), ("aa", "aa")]).merge_ranks) == ["aaaa"]
+
+
+def test_gpt2_merge_steps(gpt2):
+    steps = []
+    assert bpe.bpe("Ġworld", gpt2.merge_ranks, trace=steps) == ["Ġworld"]
+    pairs = [(left, right) for left, right, _, _ in steps]
+    assert pairs == [("Ġ", "w"), ("o", "r"), ("l", "d"), ("Ġw", "or"), ("Ġwor", "ld")]
+    assert [rank for _, _, rank, _ in steps] == sorted(rank for _, _, rank, _ in steps)
+
+
+def test_bytes_to_unicode():
+    table = bpe.bytes_to_unicode()
+    assert len(set(table.values())) == 256
+    assert all(c.isprintable() and not c.isspace() for c in table.values())
+    assert table[ord("a")] == "a" and table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ"
+    assert bpe.to_printable(" héllo") == "ĠhÃ©llo" and bpe.token_bytes("ĠhÃ©llo") == " héllo".encode()
+
+
+# --- the faster split and the word cache ------------------------------------------------------------------
+LONG_PIECES = ["x" * 70, " " * 70, "ab " * 30, "a b " * 20 + "c", "é", "\u00a0"]   # long ASCII stretches
+ascii_heavy_text = st.lists(st.sampled_from(PIECES + LONG_PIECES), max_size=30).map("".join)
+
+
+@settings(max_examples=500)
+@given(text=st.one_of(any_text, ascii_heavy_text))
+def test_split_words_is_the_split_pattern(text):
+    """split_words hands ASCII stretches to `re`; the words must be exactly those of the \\p{L} pattern."""
+    assert bpe.split_words(text) == bpe.SPLIT.findall(text)
+
+
+def test_word_cache_is_bounded(gpt2, monkeypatch):
+    monkeypatch.setattr(bpe, "CACHE_MAX_WORDS", 10)
+    tok = Tokenizer(gpt2.vocab, gpt2.merges, gpt2.added_tokens)
+    for i in range(50):
+        assert tok.encode(f" word{i} w{i}x") == gpt2.encode(f" word{i} w{i}x")
+        assert len(tok._cache) <= 10 + 4
+
+
+# --- added tokens: HF's lstrip / rstrip / single_word / normalized flags ----------------------------------
+@pytest.fixture(scope="module")
+def trained():
+    """A small tokenizer learned from a standard library file (the first 60 kB of argparse.py)."""
+    import argparse
+    return train(Path(argparse.__file__).read_text(encoding="utf-8")[:60_000], 256 + 300)
+
+
+def test_added_token_flags_match_hf(trained, tmp_path):
+    import tokenizers
+    def added(id, content, special, **flags):
+        return {"id": id, "content": content, "special": special, "lstrip": False, "rstrip": False,
+                "single_word": False, "normalized": False, **flags}
+    added = [added(556, "<mask>", True, lstrip=True), added(557, "[X]", True, rstrip=True),
+             added(558, "day", False, single_word=True), added(559, "  ", False, normalized=True),
+             added(560, "é", False, normalized=True), added(561, "Ġsep", True)]
+    config = {"version": "1.0", "added_tokens": added, "normalizer": {"type": "NFC"},
+              "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True},
+              "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                          "use_regex": True},
+              "model": {"type": "BPE", "vocab": trained.vocab, "merges": [list(m) for m in trained.merges]}}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    ours, hf = Tokenizer.from_tokenizer_json(path), tokenizers.Tokenizer.from_file(str(path))
+    assert ours.special_tokens == {"<mask>": 556, "[X]": 557, "Ġsep": 560}   # ids as HF assigns them
+    assert ours.vocab_size == 561 and ours.encode("é") == [233]   # "é" is already a token (byte 0xE9)
+    pieces = ["<mask>", "[X]", "day", "days", "Monday", " ", "  ", "\t", "\n", "a", "b1", "_", "é", "e\u0301",
+              "!", "Ġsep"]
+
+    @settings(max_examples=300)
+    @given(text=st.lists(st.sampled_from(pieces), max_size=12).map("".join))
+    def check(text):
+        ids = ours.encode(text, allowed_special="all")
+        assert ids == hf_ids(hf, text)
+        assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=False)   # added tokens: ByteLevel too
+    check()
+
+
+# --- training -------------------------------------------------------------------------------------------
+def test_train_round_trips_through_hf_tokenizers(trained, tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+    assert trained.vocab_size == 256 + 300 and len(trained.merges) == 300
+    trained.save(tmp_path)
+    hf = HFTokenizer(models.BPE.from_file(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    reloaded = Tokenizer.from_pretrained(tmp_path)
+    import argparse
+    sample = Path(argparse.__file__).read_text(encoding="utf-8")[60_000:70_000]   # unseen text
+    assert len(trained.encode(sample)) < len(sample.encode()) / 2          # it did learn to compress
+
+    @settings(max_examples=300)
+    @given(text=st.one_of(any_text, st.sampled_from(sample.splitlines())))
+    def check(text):
+        ids = trained.encode_ordinary(text)
+        assert ids == hf_ids(hf, text) == reloaded.encode_ordinary(text)
+        assert trained.decode(ids) == text == hf.decode(ids)
+    check()
+
+
+def test_train_most_frequent_pair_first_and_special_tokens(tmp_path):
+    tok = train("aaab aaab aaab ab", 256 + 3 + 1, special_tokens=["<|endoftext|>"])
+    assert tok.merges[0] == ("a", "a")                                    # 6 times, more than any other pair
+    assert tok.special_tokens == {"<|endoftext|>": 259} and tok.vocab_size == 260
+    tok.save(tmp_path)
+    again = Tokenizer.from_vocab_merges(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    assert again.special_tokens == {"<|endoftext|>": 259} and again.merges == tok.merges
+    assert again.encode("aaab<|endoftext|>", allowed_special="all") == tok.encode("aaab<|endoftext|>",
+                                                                                  allowed_special="all")
+
+
+def test_gpt2_save_round_trip(gpt2, tmp_path):
+    gpt2.save(tmp_path)
+    again = Tokenizer.from_pretrained(tmp_path)
+    assert again.vocab == gpt2.vocab and again.merges == gpt2.merges
+    assert again.special_tokens == gpt2.special_tokens
+
+
+# --- loading --------------------------------------------------------------------------------------------
+def test_from_pretrained_picks_the_format(tmp_path, gpt2_dir, neox_json):
+    (tmp_path / "vocab.json").symlink_to(gpt2_dir / "vocab.json")
+    (tmp_path / "merges.txt").symlink_to(gpt2_dir / "merges.txt")
+    assert Tokenizer.from_pretrained(tmp_path).encode("Hello world") == [15496, 995]
+    (tmp_path / "tokenizer.json").symlink_to(neox_json)                  # tokenizer.json comes first
+    assert Tokenizer.from_pretrained(tmp_path).encode("Hello world") == [12092, 1533]
+    assert Tokenizer.from_pretrained(neox_json).encode("Hello world") == [12092, 1533]
+
+
+def test_from_pretrained_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json, or vocab.json \\+ merges.txt"):
+        Tokenizer.from_pretrained(tmp_path)                               # an empty directory
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Tokenizer.from_pretrained(tmp_path / "missing")
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("no network")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(OSError, match="local directory"):
+        Tokenizer.from_pretrained("someone/some-model")
+
+
+def test_unsupported_tokenizer_json_is_refused(tmp_path):
+    config = {"model": {"type": "WordPiece", "vocab": {}}, "pre_tokenizer": None}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="WordPiece"):
+        Tokenizer.from_pretrained(tmp_path)
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    config = {"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": byte_level}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="no token for the bytes 0x00"):   # HF would drop most of the text
+        Tokenizer.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        Tokenizer({bpe.BYTE_TO_CHAR[b]: b for b in range(256)}, [("a", "b")])
+
+
+# --- teaching mode --------------------------------------------------------------------------------------
+def test_teaching_mode_prints_the_merges(gpt2_dir, capsys):
+    bpe.main(["Hello world", "--tokenizer", str(gpt2_dir)])
+    out = capsys.readouterr().out
+    assert "['Hello', ' world']" in out and "merge rank" in out and "Ġwor + ld" in out
+    assert "ids: [15496, 995]" in out
