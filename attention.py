@@ -46,6 +46,10 @@ def attention(q, k, v, *, backend="sdpa", causal=True, padding_mask=None, scale=
         padding_mask = padding_mask[:, -k.size(2):].bool()  # (B, Tk)
     if backend == "flash":
         return _flash(q, k, v, causal, padding_mask, scale, window)
+    if backend == "sdpa" and causal and padding_mask is None and window is None and q.size(2) == k.size(2):
+        # The plain causal triangle (a prompt without padding): SDPA's own is_causal skips the masked half
+        # of the work and needs no mask tensor. Same result as the general path below.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     mask = build_mask(q.size(2), k.size(2), causal, padding_mask, window, q.device)
     if backend == "naive":
         out, probs = _naive(q, k, v, mask, scale)
@@ -55,6 +59,7 @@ def attention(q, k, v, *, backend="sdpa", causal=True, padding_mask=None, scale=
 
 def build_mask(Tq, Tk, causal, padding_mask, window, device):
     """The boolean mask of who may attend to whom: (B or 1, 1, Tq, Tk), True = allowed; None = all allowed."""
+    causal = causal and Tq > 1  # one query is the last position (bottom-right): it sees every key anyway
     if not causal and padding_mask is None and window is None:
         return None
     q_pos = torch.arange(Tk - Tq, Tk, device=device)[:, None]  # (Tq, 1) query positions, bottom-right

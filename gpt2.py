@@ -239,6 +239,9 @@ def checkpoint_dir(name_or_path, revision=None):
     """A local directory as it is, else a Hub repo id (or a short name from HUB_MODELS), downloaded."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if revision is not None:  # a directory is one revision already: refuse rather than ignore
+            raise ValueError(f"revision {revision!r} names a Hub revision, but {name_or_path} is a local "
+                             "directory; pass the Hub id (openai-community/gpt2) to download that revision")
         return path
     repo_id = HUB_MODELS.get(name_or_path, name_or_path)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or name_or_path.startswith((".", "/", "~")):
@@ -396,12 +399,21 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def last_logits(model, x, attention_mask=None, kv_cache=None):
+    """The new tokens x (B, T) through the model -> the logits of their last position (B, V). The LM head,
+    the largest matmul, runs on that one position only."""
+    h = model.transformer(x, attention_mask, kv_cache=kv_cache)  # (B, T, C)
+    return model.lm_head(h[:, -1])  # (B, V)
+
+
 @torch.no_grad()
 def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=1.0, top_k=None,
-             top_p=None, eos_token_id=None, generator=None, on_token=None, kv_cache=None):
+             top_p=None, eos_token_id=None, generator=None, on_token=None, kv_cache=None, compile=False):
     """Extend input_ids (B, T) by up to max_new_tokens; returns (B, T + new). Prompts in a batch are
     left-padded, with attention_mask 0 on the padding. A row that emitted eos_token_id continues with
-    eos_token_id; generation stops when every row has. on_token(ids (B,)) is called after each step."""
+    eos_token_id; generation stops when every row has. on_token(ids (B,)) is called after each step.
+    compile=True decodes over a StaticCache's full buffer with a torch.compile'd step (gpt-fast): the same
+    tokens, faster once compiled; the first call compiles, which takes a while."""
     check_sampling(temperature, top_k, top_p)
     B, T = input_ids.shape
     n_positions = model.config.n_positions
@@ -411,24 +423,38 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
     if T + max_new_tokens > n_positions:
         raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
                          f"{n_positions} tokens")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    kv_cache = kv_cache if kv_cache is not None else model.make_cache()
-    ids, x = input_ids, input_ids  # x: the tokens the model has not seen yet
+    if kv_cache is None:
+        kv_cache = model.make_cache(static_len=T + max_new_tokens if compile else None)
+    step = last_logits
+    logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
+    if compile:  # from here on, every step has the same shapes: compiled once, replayed each token
+        if not isinstance(kv_cache, StaticCache) or kv_cache.max_len < T + max_new_tokens:
+            raise ValueError("compile=True needs a StaticCache of at least prompt + max_new_tokens positions "
+                             "(model.make_cache(static_len=...)), or none")
+        kv_cache.start_full_buffer()
+        # The mask spans the whole buffer: 1 on the real tokens so far, 0 on padding and on unwritten slots.
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        attention_mask = F.pad(mask, (0, kv_cache.max_len - T))  # (B, max_len)
+        # On CUDA, "reduce-overhead" also records the step's kernels as a CUDA graph: one launch per token.
+        mode = "reduce-overhead" if input_ids.is_cuda else None
+        step = torch.compile(last_logits, fullgraph=True, mode=mode)
+    ids = input_ids
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    for _ in range(max_new_tokens):
-        logits = model(x, attention_mask, kv_cache=kv_cache)[:, -1]  # (B, V): only the last position
+    for i in range(max_new_tokens):
         next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         if eos_token_id is not None:
             next_id = next_id.masked_fill(done, eos_token_id)
             done = done | (next_id == eos_token_id)
         ids = torch.cat([ids, next_id[:, None]], dim=1)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-        x = next_id[:, None]
         if on_token is not None:
             on_token(next_id)
-        if done.all():
+        if done.all() or i == max_new_tokens - 1:
             break
+        if compile:
+            attention_mask[:, T + i] = 1  # the slot next_id is written to
+        elif attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+        logits = step(model, next_id[:, None], attention_mask, kv_cache)  # (B, V)
     return ids
 
 # ----------------------------------------------------------------------------- command line
@@ -451,6 +477,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--attn", default="sdpa", choices=BACKENDS)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-token decode step (compiling takes a while, once per run)")
     return p.parse_args(argv)
 
 
@@ -473,7 +501,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             out = generate(model, input_ids, args.max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, eos_token_id=model.config.eos_token_id,
-                           generator=generator,
+                           generator=generator, compile=args.compile,
                            on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
             print(stream.flush(), flush=True)
             n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0

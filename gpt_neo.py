@@ -1,0 +1,525 @@
+"""GPT-Neo in one file: config, model, loading the Hub's checkpoints, generation and a sampling CLI.
+
+    python gpt_neo.py --prompt "The meaning of life is" --max-new-tokens 40
+
+GPT-Neo (EleutherAI 2021: 125M, 1.3B, 2.7B on the Pile; also the roneneldan/TinyStories-* models) is
+GPT-2's architecture as EleutherAI rewrote it in Mesh TensorFlow, with these differences:
+
+- layers alternate between global attention and *local* attention, where a token sees only itself and
+  the window_size - 1 tokens before it (config.json's attention_types, e.g. [[["global", "local"], 6]]);
+- the attention scores are not scaled by 1/sqrt(hd), and q and k are multiplied in fp32;
+- q, k, v are three bias-free nn.Linear (q_proj, k_proj, v_proj), not one Conv1D; out_proj has a bias;
+- the config.json names are the generic ones (hidden_size, num_layers, num_heads, ...).
+
+    ids ─ wte + wpe ─┬─ [ x + attn(ln_1(x)) ; x + mlp(ln_2(x)) ] × num_layers ─ ln_f ─ lm_head ─ logits
+                      positions 0..T-1           attn: global or local, per layer
+
+Notation: B batch, T tokens, C hidden_size, nh num_heads, hd head size (C / nh), V vocab_size,
+w window_size.
+The module names are the Hub's state-dict keys (transformer.h.0.attn.attention.q_proj.weight ...), so
+loading is a load_state_dict after one visible key transform (`convert_hub_state_dict`).
+"""
+import argparse
+import json
+import pickle
+import re
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attention import BACKENDS, attention
+from kv_cache import DynamicCache, StaticCache
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class GPTNeoConfig:
+    """The fields of the Hub's config.json that the architecture reads; defaults are GPT-Neo 125M."""
+    vocab_size: int = 50257
+    max_position_embeddings: int = 2048
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int | None = None  # MLP width; None means 4 * hidden_size
+    # [[types, n], ...]: the list `types` repeated n times, concatenated: one "global"/"local" per layer.
+    attention_types: list = field(default_factory=lambda: [[["global", "local"], 6]])
+    window_size: int = 256  # how far back a local layer looks, the token itself included
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5
+    tie_word_embeddings: bool = True
+    bos_token_id: int | None = 50256
+    eos_token_id: int | None = 50256
+
+    # The generic names that some config.json files use; they mean the same fields.
+    ALIASES = {"num_hidden_layers": "num_layers", "num_attention_heads": "num_heads"}
+
+    @property
+    def attention_layers(self):
+        """attention_types expanded: [[["global", "local"], 2]] -> ["global", "local", "global", "local"]."""
+        return [kind for kinds, n in self.attention_types for _ in range(n) for kind in kinds]
+
+    @classmethod
+    def from_dict(cls, d):
+        d = {cls.ALIASES.get(k, k): v for k, v in d.items()}
+        config = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})  # unknown keys ignored
+        if config.hidden_size % config.num_heads:
+            raise ValueError(f"hidden_size={config.hidden_size} is not divisible by "
+                             f"num_heads={config.num_heads}")
+        try:
+            layers = config.attention_layers
+        except (TypeError, ValueError):  # not [[list of types, count], ...]
+            layers = None
+        if layers is None or len(layers) != config.num_layers or not set(layers) <= {"global", "local"}:
+            raise ValueError(f"attention_types {config.attention_types!r} must give 'global' or 'local' for "
+                             f"each of the num_layers={config.num_layers} layers; it gives {layers}")
+        if config.window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {config.window_size}")
+        if config.activation_function not in ACTIVATIONS:
+            raise ValueError(f"activation_function {config.activation_function!r} is not one of "
+                             f"{', '.join(ACTIVATIONS)}")
+        return config
+
+    @classmethod
+    def from_json(cls, path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+ACTIVATIONS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's: the tanh approximation of GELU
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+# ----------------------------------------------------------------------------- model
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx, backend="sdpa"):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.layer_idx = layer_idx
+        self.backend = backend
+        # Three plain nn.Linear, stored as such (no transpose); q, k, v have no bias, as the checkpoints hold.
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        # A local layer sees itself and the window_size - 1 tokens before it; a global one sees all.
+        self.window = config.window_size if config.attention_layers[layer_idx] == "local" else None
+
+    def forward(self, x, attention_mask=None, kv_cache=None):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_kept + T, hd), T_kept <= w if local
+        # Scores in fp32, as the reference does: unscaled, q·k overflows fp16 (v too: sdpa wants one dtype).
+        if self.backend != "flash":  # flash_attn takes fp16/bf16 only, and accumulates q·k in fp32 itself
+            q, k, v = q.float(), k.float(), v.float()
+        # No 1/sqrt(hd): GPT-Neo was trained without it (EleutherAI's Mesh TF code), so scale=1.
+        y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=1.0,
+                      window=self.window)
+        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hd) -> (B, T, C): heads side by side
+        return self.out_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        n_inner = config.intermediate_size or 4 * config.hidden_size
+        self.c_fc = nn.Linear(config.hidden_size, n_inner)
+        self.c_proj = nn.Linear(n_inner, config.hidden_size)
+        self.act = ACTIVATIONS[config.activation_function]
+
+    def forward(self, x):
+        return self.c_proj(self.act(self.c_fc(x)))  # (B, T, C) -> (B, T, n_inner) -> (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx, backend="sdpa"):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        # One level deeper than GPT-2, as the Hub's keys are: transformer.h.0.attn.attention.q_proj.weight
+        self.attn = nn.ModuleDict({"attention": CausalSelfAttention(config, layer_idx, backend)})
+        self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attention_mask=None, kv_cache=None):
+        x = x + self.attn.attention(self.ln_1(x), attention_mask, kv_cache)  # pre-LN: normalise, attend, add
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPTNeoModel(nn.Module):
+    """The backbone: ids -> final hidden states (B, T, C). The task heads in heads.py sit on top of it."""
+
+    def __init__(self, config, backend="sdpa"):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)  # learned, absolute
+        self.h = nn.ModuleList(Block(config, i, backend) for i in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
+        B, T = input_ids.shape
+        past = kv_cache.seen if kv_cache is not None else 0
+        check_inputs(input_ids, attention_mask, past, self.config.max_position_embeddings)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
+        x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, C)
+        for block in self.h:
+            x = block(x, attention_mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.ln_f(x)
+
+
+def check_inputs(input_ids, attention_mask, past, n_positions):
+    B, T = input_ids.shape
+    if past + T > n_positions:
+        raise ValueError(f"sequence of {past + T} tokens is longer than the context "
+                         f"max_position_embeddings={n_positions}")
+    if attention_mask is not None and attention_mask.shape != (B, past + T):
+        raise ValueError(f"attention_mask must be (B, past + T) = ({B}, {past + T}), got "
+                         f"{tuple(attention_mask.shape)}")
+
+
+def positions_from_mask(attention_mask, past, T, device):
+    """Position of each new token: its index among the real (non-padding) tokens of its row, so a
+    left-padded prompt starts at position 0 like an unpadded one. (1 or B, T)"""
+    if attention_mask is None:
+        return torch.arange(past, past + T, device=device)[None]
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+
+
+class GPTNeoForCausalLM(nn.Module):
+    def __init__(self, config, backend="sdpa"):
+        super().__init__()
+        self.config = config
+        self.transformer = GPTNeoModel(config, backend)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:  # GPT-Neo reads its output scores off the embedding matrix
+            self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, labels=None):
+        """Logits (B, T, V); with `labels`, (logits, loss)."""
+        logits = self.lm_head(self.transformer(input_ids, attention_mask, position_ids, kv_cache))
+        return logits if labels is None else (logits, lm_loss(logits, labels))
+
+    def set_attention_backend(self, backend):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        for block in self.transformer.h:
+            block.attn.attention.backend = backend
+
+    def make_cache(self, static_len=None):
+        """A growing KV cache, or a preallocated one of `static_len` positions. A local layer keeps only its
+        last window_size keys and values: it never looks further back, so memory stays bounded."""
+        windows = [block.attn.attention.window for block in self.transformer.h]
+        if static_len is None:
+            return DynamicCache(self.config.num_layers, windows)
+        return StaticCache(self.config.num_layers, static_len, windows)
+
+
+def lm_loss(logits, labels):
+    """Next-token cross-entropy: position t predicts labels[t + 1]; labels of -100 are ignored."""
+    logits = logits[:, :-1].float()  # (B, T-1, V), fp32 for a stable log-softmax
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+# ----------------------------------------------------------------------------- loading
+
+HUB_MODELS = {
+    "gpt-neo-125m": "EleutherAI/gpt-neo-125m",
+    "gpt-neo-1.3B": "EleutherAI/gpt-neo-1.3B",
+    "gpt-neo-2.7B": "EleutherAI/gpt-neo-2.7B",
+    "TinyStories-1M": "roneneldan/TinyStories-1M",  # GPT-Neo trained on simple stories (Eldan & Li 2023)
+    "TinyStories-33M": "roneneldan/TinyStories-33M",
+}
+WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json"]
+TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt"]
+
+
+def checkpoint_dir(name_or_path, revision=None):
+    """A local directory as it is, else a Hub repo id (or a short name from HUB_MODELS), downloaded."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if revision is not None:  # a directory is one revision already: refuse rather than ignore
+            raise ValueError(f"revision {revision!r} names a Hub revision, but {name_or_path} is a local "
+                             "directory; pass the Hub id (EleutherAI/gpt-neo-125m) to download that revision")
+        return path
+    repo_id = HUB_MODELS.get(name_or_path, name_or_path)
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or name_or_path.startswith((".", "/", "~")):
+        if "/" in name_or_path or name_or_path.startswith("."):
+            raise FileNotFoundError(f"no such directory: {name_or_path}")
+        raise ValueError(f"unknown model {name_or_path!r}: use one of {', '.join(HUB_MODELS)}, a Hub id "
+                         "such as EleutherAI/gpt-neo-125m, or a local directory")
+    return download(repo_id, revision)
+
+
+def download(repo_id, revision=None):
+    """Fetch only what we need (config, one weights format, tokenizer) with huggingface_hub; offline, use
+    its cache."""
+    from huggingface_hub import list_repo_files, snapshot_download
+    try:
+        files = set(list_repo_files(repo_id, revision=revision))
+    except Exception as online_error:  # no network, unknown repo, ...: the local cache is the last chance
+        try:
+            return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        except Exception:
+            reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
+            raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in the "
+                          "local cache; download it while online, or pass a local directory holding "
+                          "config.json and the weights (--model /path/to/dir)") from None
+    weights = [f for f in WEIGHT_FILES if f in files][:1]
+    if not weights:
+        raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
+    shards = {"model.safetensors.index.json": ["model-*.safetensors"],
+              "pytorch_model.bin.index.json": ["pytorch_model-*.bin"]}.get(weights[0], [])
+    patterns = ["config.json", *weights, *shards, *(f for f in TOKENIZER_FILES if f in files)]
+    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+
+
+def read_state_dict(directory):
+    """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds."""
+    directory = Path(directory)
+    for name in WEIGHT_FILES:
+        if (directory / name).exists():
+            break
+    else:
+        raise FileNotFoundError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
+    if name.endswith(".index.json"):  # sharded: the index maps each tensor to its shard file
+        shards = sorted(set(json.loads((directory / name).read_text())["weight_map"].values()))
+    else:
+        shards = [name]
+    state_dict = {}
+    for shard in shards:
+        state_dict.update(read_weights_file(directory / shard))
+    return state_dict
+
+
+def read_weights_file(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    if not path.exists():
+        raise FileNotFoundError(f"missing checkpoint file {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
+
+
+def convert_hub_state_dict(state_dict, config):
+    """Hub keys -> this file's module names (transformer.h.0.attn.attention.q_proj.weight ...). GPT-Neo's
+    layers are plain nn.Linear on the Hub too: no transposes."""
+    out = {}
+    for key, tensor in state_dict.items():
+        if key.endswith((".attn.attention.bias", ".attn.attention.masked_bias")):
+            continue  # the causal/local mask as a buffer, in older files: we build masks on the fly
+        if not key.startswith(("transformer.", "lm_head.")):
+            key = "transformer." + key  # a file saved from the backbone alone has no "transformer." prefix
+        out[key] = tensor
+    if config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)  # the same matrix as wte, when a file holds both
+    return out
+
+
+def check_state_dict(model, state_dict):
+    """Strict: every parameter present with its shape, nothing left over; name what is wrong."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    wrong = [f"{k}: file {tuple(state_dict[k].shape)} vs config {tuple(expected[k])}"
+             for k in sorted(expected.keys() & state_dict.keys()) if state_dict[k].shape != expected[k]]
+    problems = [f"{what} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("wrong shapes", wrong)) if keys]
+    if problems:
+        raise ValueError("checkpoint does not match config.json: " + "; ".join(problems))
+
+
+def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, attn="sdpa"):
+    """GPT-Neo from a Hub name/id or a local directory with config.json and weights (fp32 unless `dtype`)."""
+    if attn not in BACKENDS:
+        raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
+    directory = checkpoint_dir(name_or_path, revision)
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"no config.json in {directory}")
+    config = GPTNeoConfig.from_json(directory / "config.json")
+    with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
+        model = GPTNeoForCausalLM(config, attn)
+    state_dict = convert_hub_state_dict(read_state_dict(directory), config)
+    check_state_dict(model, state_dict)
+    dtype = dtype or torch.float32
+    model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
+    model.tie_weights()  # assign=True replaced wte.weight: point lm_head at the new tensor
+    return model.to(device).eval()
+
+# ----------------------------------------------------------------------------- generation
+
+
+def check_sampling(temperature, top_k, top_p):
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def top_k_filter(logits, k):
+    """Keep the k highest logits per row (B, V); ties with the k-th are all kept, none dropped at random."""
+    kth = torch.topk(logits, min(k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits, p):
+    """Nucleus: keep the most likely tokens until their probability reaches p (at least one token;
+    ties with the last kept logit are all kept)."""
+    sorted_logits = torch.sort(logits, dim=-1, descending=True).values  # (B, V)
+    probs = F.softmax(sorted_logits.float(), dim=-1)
+    n_keep = (probs.cumsum(dim=-1) - probs < p).sum(dim=-1, keepdim=True)  # mass before a token < p: keep
+    threshold = sorted_logits.gather(1, n_keep - 1)  # (B, 1) the smallest kept logit
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """(B, V) logits of the last position -> (B,) next token ids. Temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1:
+        logits = top_p_filter(logits, top_p)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def last_logits(model, x, attention_mask=None, kv_cache=None):
+    """The new tokens x (B, T) through the model -> the logits of their last position (B, V). The LM head,
+    the largest matmul, runs on that one position only."""
+    h = model.transformer(x, attention_mask, kv_cache=kv_cache)  # (B, T, C)
+    return model.lm_head(h[:, -1])  # (B, V)
+
+
+@torch.no_grad()
+def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=1.0, top_k=None,
+             top_p=None, eos_token_id=None, generator=None, on_token=None, kv_cache=None, compile=False):
+    """Extend input_ids (B, T) by up to max_new_tokens; returns (B, T + new). Prompts in a batch are
+    left-padded, with attention_mask 0 on the padding. A row that emitted eos_token_id continues with
+    eos_token_id; generation stops when every row has. on_token(ids (B,)) is called after each step.
+    compile=True decodes over a StaticCache's full buffer with a torch.compile'd step (gpt-fast): the same
+    tokens, faster once compiled; the first call compiles, which takes a while."""
+    check_sampling(temperature, top_k, top_p)
+    B, T = input_ids.shape
+    n_positions = model.config.max_position_embeddings
+    if T >= n_positions:
+        raise ValueError(f"prompt is {T} tokens, longer than the context of {n_positions} tokens "
+                         "(it needs room for at least one new token)")
+    if T + max_new_tokens > n_positions:
+        raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+                         f"{n_positions} tokens")
+    if kv_cache is None:
+        kv_cache = model.make_cache(static_len=T + max_new_tokens if compile else None)
+    step = last_logits
+    logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
+    if compile:  # from here on, every step has the same shapes: compiled once, replayed each token
+        if not isinstance(kv_cache, StaticCache):
+            raise ValueError("compile=True needs a StaticCache (model.make_cache(static_len=...)) or none")
+        kv_cache.start_full_buffer()
+        # The mask spans the whole buffer: 1 on the real tokens so far, 0 on padding and on unwritten slots.
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        attention_mask = F.pad(mask, (0, kv_cache.max_len - T))  # (B, max_len)
+        step = torch.compile(last_logits, fullgraph=True)
+    ids = input_ids
+    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    for i in range(max_new_tokens):
+        next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        if eos_token_id is not None:
+            next_id = next_id.masked_fill(done, eos_token_id)
+            done = done | (next_id == eos_token_id)
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
+        if on_token is not None:
+            on_token(next_id)
+        if done.all() or i == max_new_tokens - 1:
+            break
+        if compile:
+            attention_mask[:, T + i] = 1  # the slot next_id is written to
+        elif attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+        logits = step(model, next_id[:, None], attention_mask, kv_cache)  # (B, V)
+    return ids
+
+# ----------------------------------------------------------------------------- command line
+
+DEFAULT_MODEL = "gpt-neo-125m"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a Hub name/id or a local checkpoint directory")
+    p.add_argument("--revision", default=None, help="a Hub branch, tag or commit")
+    p.add_argument("--prompt", default="Hello, I'm a language model,")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--attn", default="sdpa", choices=BACKENDS)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    from bpe import StreamDecoder, Tokenizer
+    args = parse_args(argv)
+    try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
+        if args.max_new_tokens < 1 or args.num_samples < 1:
+            raise ValueError("--max-new-tokens and --num-samples must be >= 1")
+        directory = checkpoint_dir(args.model, args.revision)
+        tokenizer = Tokenizer.from_pretrained(directory)
+        model = from_pretrained(directory, device=args.device, dtype=DTYPES[args.dtype], attn=args.attn)
+        prompt = tokenizer.encode(args.prompt, allowed_special="all") or [tokenizer.eos_token_id]
+        input_ids = torch.tensor([prompt], device=args.device)
+        generator = torch.Generator(args.device).manual_seed(args.seed)
+        for i in range(args.num_samples):
+            stream = StreamDecoder(tokenizer)
+            print(("-" * 40 + "\n") * (i > 0) + args.prompt, end="", flush=True)
+            t0 = time.perf_counter()
+            out = generate(model, input_ids, args.max_new_tokens, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, eos_token_id=model.config.eos_token_id,
+                           generator=generator,
+                           on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
+            print(stream.flush(), flush=True)
+            n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
+            print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

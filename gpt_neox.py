@@ -1,0 +1,574 @@
+"""GPT-NeoX and Pythia in one file: config, model, loading the Hub's checkpoints, generation, a sampling CLI.
+
+    python gpt_neox.py --prompt "The meaning of life is" --max-new-tokens 40
+    python gpt_neox.py --model EleutherAI/pythia-70m --revision step3000   # a checkpoint from mid-training
+
+GPT-NeoX-20B (Black et al. 2022, "GPT-NeoX-20B: An Open-Source Autoregressive Language Model") and the
+Pythia suite (Biderman et al. 2023: 14M to 12B, trained on the Pile and on the deduplicated Pile, each
+with 154 checkpoints from along training as Hub revisions step0, step1, step2, step4 ... step512, step1000
+... step143000) are GPT-2's decoder with three changes: positions enter as rotations of the queries and
+keys (rotary embeddings, RoPE, on the first rotary_pct of each head) instead of a learned table; attention
+and MLP read the same input and are added together (parallel residual); the output matrix embed_out is
+separate from the embedding:
+
+    ids ─ embed_in ─ [ x + attn(ln1(x)) + mlp(ln2(x)) ] × L ─ final_layer_norm ─ embed_out ─ logits
+                              └ rotates q and k by the positions 0..T-1
+
+Notation: B batch, T tokens, L num_hidden_layers, C hidden_size, nh num_attention_heads, hd head size
+(C / nh), r rotary_ndims (the rotated dims of each head), V vocab_size; ln1 and ln2 are input_layernorm and
+post_attention_layernorm.
+The module names are the Hub's state-dict keys (gpt_neox.layers.0.attention.query_key_value.weight ...), so
+loading is a load_state_dict after one visible key transform (`convert_hub_state_dict`).
+"""
+import argparse
+import json
+import math
+import pickle
+import re
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attention import BACKENDS, attention
+from kv_cache import DynamicCache, StaticCache
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class GPTNeoXConfig:
+    """The fields of the Hub's config.json that the architecture reads; a field the file leaves out takes
+    transformers' default (GPT-NeoX-20B's values)."""
+    vocab_size: int = 50432
+    max_position_embeddings: int = 2048
+    hidden_size: int = 6144
+    num_hidden_layers: int = 44
+    num_attention_heads: int = 64
+    intermediate_size: int = 24576  # MLP width
+    rotary_pct: float = 0.25  # the fraction of each head's dims that is rotated
+    rotary_emb_base: float = 10000.0  # the RoPE base: dim pair i turns by position * base^(-2i / r)
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    use_parallel_residual: bool = True
+    attention_bias: bool = True
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 0
+    eos_token_id: int | None = 0  # transformers' class default is 2, but every NeoX/Pythia file sets 0
+
+    # config.json files written by transformers >= 5 hold the rotary settings as rope_parameters =
+    # {rope_theta, partial_rotary_factor, rope_type}; the Hub's own files have rotary_emb_base and
+    # rotary_pct. The dict wins where both are given, as in transformers' convert_rope_params_to_dict.
+    ROPE_PARAMETERS = {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"}
+
+    @property
+    def rotary_ndims(self):
+        # Truncated by int(), as in GPT-NeoX and transformers: a head of 64 at 25% rotates 16 of its dims.
+        return int(self.hidden_size // self.num_attention_heads * self.rotary_pct)
+
+    @classmethod
+    def from_dict(cls, d):
+        rope = d.get("rope_scaling") or d.get("rope_parameters") or {}  # older files call it rope_scaling
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":  # linear / dynamic / yarn ... scaling of long-context fine-tunes
+            raise ValueError(f"config.json asks for rope_type={rope_type!r}, which gpt_neox.py does not "
+                             "implement (only the default rotary embeddings)")
+        d = {**d, **{ours: rope[theirs] for theirs, ours in cls.ROPE_PARAMETERS.items() if theirs in rope}}
+        config = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})  # unknown keys ignored
+        if config.hidden_size % config.num_attention_heads:
+            raise ValueError(f"hidden_size={config.hidden_size} is not divisible by "
+                             f"num_attention_heads={config.num_attention_heads}")
+        if config.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {config.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
+        if not 0 <= config.rotary_pct <= 1 or config.rotary_ndims % 2:
+            hd = config.hidden_size // config.num_attention_heads
+            raise ValueError(f"rotary_pct={config.rotary_pct} of head size {hd} gives {config.rotary_ndims} "
+                             "rotary dims: rotary_pct must be in [0, 1] and the rotary dims even (they turn "
+                             "in pairs)")
+        return config
+
+    @classmethod
+    def from_json(cls, path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # GPT-NeoX's: the exact GELU, x * Φ(x) (GPT-2 used the tanh approximation)
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+# ----------------------------------------------------------------------------- model
+
+
+def rotary_cos_sin(position_ids, r, base, dtype):
+    """cos and sin of every position's rotation angles, each (1 or B, T, r). Dim pair i of a head turns by
+    position * base^(-2i / r): fast near the start of the head, slow at the end of the rotated part.
+    The angles are computed in fp32 even for an fp16/bf16 model (an angle near 2000 would be rounded to a
+    whole radian in fp16, to 16 radians in bf16); only cos and sin are cast, as transformers does."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, r, 2, dtype=torch.float, device=position_ids.device) / r))
+    angles = position_ids[..., None].float() * inv_freq  # (1 or B, T, r/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (1 or B, T, r): dims i and i + r/2 share an angle
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x):
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dim. GPT-NeoX pairs dim i with dim i + r/2, not
+    with its neighbour i + 1 as the RoPE paper and GPT-J do; both are rotations, but of different pairs."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate the first r dims of each head of x (B, nh, T, hd) by the angles of its position; the other
+    hd - r dims pass unchanged (GPT-NeoX rotates only rotary_pct of a head: 25% in Pythia and 20B)."""
+    r = cos.size(-1)
+    cos, sin = cos[:, None], sin[:, None]  # (1 or B, 1, T, r): the same angles for every head
+    x_rot = x[..., :r] * cos + rotate_half(x[..., :r]) * sin
+    return torch.cat([x_rot, x[..., r:]], dim=-1)  # (B, nh, T, hd)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx, backend="sdpa"):
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.layer_idx = layer_idx
+        self.backend = backend
+        C = config.hidden_size
+        self.query_key_value = nn.Linear(C, 3 * C, bias=config.attention_bias)  # q, k, v for all heads
+        self.dense = nn.Linear(C, C, bias=config.attention_bias)
+        self.scale = 1.0 / math.sqrt(C // config.num_attention_heads)
+
+    def forward(self, x, rotary, attention_mask=None, kv_cache=None):
+        B, T, C = x.shape
+        hd = C // self.n_head
+        # The fused projection is laid out per head, [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] (Megatron's layout,
+        # kept by GPT-NeoX), not [all q | all k | all v] as GPT-2's c_attn: view by head, then split.
+        qkv = self.query_key_value(x).view(B, T, self.n_head, 3 * hd).transpose(1, 2)  # (B, nh, T, 3 hd)
+        q, k, v = qkv.split(hd, dim=-1)  # 3 × (B, nh, T, hd)
+        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if kv_cache is not None:
+            # Keys are cached after rotation: each keeps the angle of the position it was seen at.
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_past + T, hd)
+        y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale)
+        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hd) -> (B, T, C): heads side by side
+        return self.dense(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x):
+        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx, backend="sdpa"):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = CausalSelfAttention(config, layer_idx, backend)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+        self.use_parallel_residual = config.use_parallel_residual
+
+    def forward(self, x, rotary, attention_mask=None, kv_cache=None):
+        a = self.attention(self.input_layernorm(x), rotary, attention_mask, kv_cache)
+        if self.use_parallel_residual:
+            # Pythia and 20B: attention and MLP both read x, side by side (GPT-J's formulation; the
+            # GPT-NeoX-20B paper keeps it because it trains faster at scale).
+            return x + a + self.mlp(self.post_attention_layernorm(x))
+        x = x + a  # sequential, as in GPT-2: the MLP reads the attention's output
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class GPTNeoXModel(nn.Module):
+    """The backbone: ids -> final hidden states (B, T, C). The task heads in heads.py sit on top of it."""
+
+    def __init__(self, config, backend="sdpa"):
+        super().__init__()
+        self.config = config
+        self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)  # no position table: RoPE
+        self.layers = nn.ModuleList(Block(config, i, backend) for i in range(config.num_hidden_layers))
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
+        B, T = input_ids.shape
+        past = kv_cache.seen if kv_cache is not None else 0
+        check_inputs(input_ids, attention_mask, past, self.config.max_position_embeddings)
+        if position_ids is None:
+            # (Rotated q.k depends only on the distance between query and key, so a row's offset from left
+            # padding would change nothing but rounding; we count as transformers does, to match its angles.)
+            position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
+        x = self.embed_in(input_ids)  # (B, T, C)
+        # Computed once per forward pass, shared by every layer (no buffer: nothing to fix after loading
+        # on the meta device, and the angles stay fp32 whatever the model's dtype).
+        rotary = rotary_cos_sin(position_ids, self.config.rotary_ndims, self.config.rotary_emb_base, x.dtype)
+        for block in self.layers:
+            x = block(x, rotary, attention_mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.final_layer_norm(x)
+
+
+def check_inputs(input_ids, attention_mask, past, n_positions):
+    B, T = input_ids.shape
+    if past + T > n_positions:
+        # Rotary embeddings have no table to run off, but the model never saw positions past its context.
+        raise ValueError(f"sequence of {past + T} tokens is longer than the context "
+                         f"max_position_embeddings={n_positions}")
+    if attention_mask is not None and attention_mask.shape != (B, past + T):
+        raise ValueError(f"attention_mask must be (B, past + T) = ({B}, {past + T}), got "
+                         f"{tuple(attention_mask.shape)}")
+
+
+def positions_from_mask(attention_mask, past, T, device):
+    """Position of each new token: its index among the real (non-padding) tokens of its row, so a
+    left-padded prompt starts at position 0 like an unpadded one. (1 or B, T)"""
+    if attention_mask is None:
+        return torch.arange(past, past + T, device=device)[None]
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+
+
+class GPTNeoXForCausalLM(nn.Module):
+    def __init__(self, config, backend="sdpa"):
+        super().__init__()
+        self.config = config
+        self.gpt_neox = GPTNeoXModel(config, backend)
+        self.embed_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:  # off in every NeoX/Pythia model: embed_out is its own matrix
+            self.embed_out.weight = self.gpt_neox.embed_in.weight
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, labels=None):
+        """Logits (B, T, V); with `labels`, (logits, loss)."""
+        logits = self.embed_out(self.gpt_neox(input_ids, attention_mask, position_ids, kv_cache))
+        return logits if labels is None else (logits, lm_loss(logits, labels))
+
+    def set_attention_backend(self, backend):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        for block in self.gpt_neox.layers:
+            block.attention.backend = backend
+
+    def make_cache(self, static_len=None):
+        """A growing KV cache, or a preallocated one of `static_len` positions."""
+        if static_len is None:
+            return DynamicCache(self.config.num_hidden_layers)
+        return StaticCache(self.config.num_hidden_layers, static_len)
+
+
+def lm_loss(logits, labels):
+    """Next-token cross-entropy: position t predicts labels[t + 1]; labels of -100 are ignored."""
+    logits = logits[:, :-1].float()  # (B, T-1, V), fp32 for a stable log-softmax
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+# ----------------------------------------------------------------------------- loading
+
+PYTHIA_SIZES = ["70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]  # each also "-deduped"
+HUB_MODELS = {
+    "gpt-neox-20b": "EleutherAI/gpt-neox-20b",  # 20.6B, sharded
+    "pythia-14m": "EleutherAI/pythia-14m",  # two small ones added to the suite later
+    "pythia-31m": "EleutherAI/pythia-31m",
+    **{f"pythia-{size}": f"EleutherAI/pythia-{size}" for size in PYTHIA_SIZES},
+    **{f"pythia-{size}-deduped": f"EleutherAI/pythia-{size}-deduped" for size in PYTHIA_SIZES},
+}
+WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json"]
+TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt"]
+
+
+def checkpoint_dir(name_or_path, revision=None):
+    """A local directory as it is, else a Hub repo id (or a short name from HUB_MODELS), downloaded."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if revision is not None:  # a directory is one revision already: refuse rather than ignore
+            raise ValueError(f"revision {revision!r} names a Hub revision, but {name_or_path} is a local "
+                             "directory; pass the Hub id (EleutherAI/pythia-70m) to download that revision")
+        return path
+    repo_id = HUB_MODELS.get(name_or_path, name_or_path)
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or name_or_path.startswith((".", "/", "~")):
+        if "/" in name_or_path or name_or_path.startswith("."):
+            raise FileNotFoundError(f"no such directory: {name_or_path}")
+        raise ValueError(f"unknown model {name_or_path!r}: use one of {', '.join(HUB_MODELS)}, a Hub id "
+                         "such as EleutherAI/pythia-160m, or a local directory")
+    return download(repo_id, revision)
+
+
+def download(repo_id, revision=None):
+    """Fetch only what we need (config, one weights format, tokenizer) with huggingface_hub; offline, use
+    its cache."""
+    from huggingface_hub import list_repo_files, snapshot_download
+    try:
+        files = set(list_repo_files(repo_id, revision=revision))
+    except Exception as online_error:  # no network, unknown repo, ...: the local cache is the last chance
+        try:
+            return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        except Exception:
+            reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
+            raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in the "
+                          "local cache; download it while online, or pass a local directory holding "
+                          "config.json and the weights (--model /path/to/dir)") from None
+    weights = [f for f in WEIGHT_FILES if f in files][:1]
+    if not weights:
+        raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
+    shards = {"model.safetensors.index.json": ["model-*.safetensors"],
+              "pytorch_model.bin.index.json": ["pytorch_model-*.bin"]}.get(weights[0], [])
+    patterns = ["config.json", *weights, *shards, *(f for f in TOKENIZER_FILES if f in files)]
+    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+
+
+def read_state_dict(directory):
+    """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds."""
+    directory = Path(directory)
+    for name in WEIGHT_FILES:
+        if (directory / name).exists():
+            break
+    else:
+        raise FileNotFoundError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
+    if name.endswith(".index.json"):  # sharded: the index maps each tensor to its shard file
+        shards = sorted(set(json.loads((directory / name).read_text())["weight_map"].values()))
+    else:
+        shards = [name]
+    state_dict = {}
+    for shard in shards:
+        state_dict.update(read_weights_file(directory / shard))
+    return state_dict
+
+
+def read_weights_file(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    if not path.exists():
+        raise FileNotFoundError(f"missing checkpoint file {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
+
+
+# Buffers that files written by older transformers hold (Pythia's do): the causal mask, and RoPE's
+# inverse frequencies (often in fp16 there). We build masks and rotary angles on the fly.
+BUFFERS = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
+
+
+def convert_hub_state_dict(state_dict, config):
+    """Hub keys -> this file's module names. They are the same (gpt_neox.layers.0.attention.dense.weight ...)
+    and the tensors are in nn.Linear's layout (GPT-NeoX was written in PyTorch, unlike GPT-2): old buffers
+    are dropped, and transformers >= 5's in-memory name lm_head is mapped back to the Hub's embed_out."""
+    out = {}
+    for key, tensor in state_dict.items():
+        if key.endswith(BUFFERS):  # (the projections' biases end in ".dense.bias", ".query_key_value.bias")
+            continue
+        if key.startswith("lm_head."):
+            key = "embed_out." + key.removeprefix("lm_head.")  # transformers >= 5's name for it in memory
+        out[key] = tensor
+    if config.tie_word_embeddings:
+        out.pop("embed_out.weight", None)  # the same matrix as embed_in, when a file holds both
+    return out
+
+
+def check_state_dict(model, state_dict):
+    """Strict: every parameter present with its shape, nothing left over; name what is wrong."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        expected.pop("embed_out.weight")
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    wrong = [f"{k}: file {tuple(state_dict[k].shape)} vs config {tuple(expected[k])}"
+             for k in sorted(expected.keys() & state_dict.keys()) if state_dict[k].shape != expected[k]]
+    problems = [f"{what} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("wrong shapes", wrong)) if keys]
+    if problems:
+        raise ValueError("checkpoint does not match config.json: " + "; ".join(problems))
+
+
+def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, attn="sdpa"):
+    """GPT-NeoX from a Hub name/id (at `revision`: a branch such as Pythia's "step3000", a tag or a commit) or
+    a local directory with config.json and weights (fp32 unless `dtype`)."""
+    if attn not in BACKENDS:
+        raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
+    directory = checkpoint_dir(name_or_path, revision)
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"no config.json in {directory}")
+    config = GPTNeoXConfig.from_json(directory / "config.json")
+    with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
+        model = GPTNeoXForCausalLM(config, attn)
+    state_dict = convert_hub_state_dict(read_state_dict(directory), config)
+    check_state_dict(model, state_dict)
+    dtype = dtype or torch.float32
+    model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
+    model.tie_weights()  # assign=True replaced embed_in.weight: point a tied embed_out at the new tensor
+    return model.to(device).eval()
+
+# ----------------------------------------------------------------------------- generation
+
+
+def check_sampling(temperature, top_k, top_p):
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def top_k_filter(logits, k):
+    """Keep the k highest logits per row (B, V); ties with the k-th are all kept, none dropped at random."""
+    kth = torch.topk(logits, min(k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits, p):
+    """Nucleus: keep the most likely tokens until their probability reaches p (at least one token;
+    ties with the last kept logit are all kept)."""
+    sorted_logits = torch.sort(logits, dim=-1, descending=True).values  # (B, V)
+    probs = F.softmax(sorted_logits.float(), dim=-1)
+    n_keep = (probs.cumsum(dim=-1) - probs < p).sum(dim=-1, keepdim=True)  # mass before a token < p: keep
+    threshold = sorted_logits.gather(1, n_keep - 1)  # (B, 1) the smallest kept logit
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """(B, V) logits of the last position -> (B,) next token ids. Temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1:
+        logits = top_p_filter(logits, top_p)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def last_logits(model, x, attention_mask=None, kv_cache=None):
+    """The new tokens x (B, T) through the model -> the logits of their last position (B, V). The LM head,
+    the largest matmul, runs on that one position only."""
+    h = model.gpt_neox(x, attention_mask, kv_cache=kv_cache)  # (B, T, C)
+    return model.embed_out(h[:, -1])  # (B, V)
+
+
+@torch.no_grad()
+def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=1.0, top_k=None,
+             top_p=None, eos_token_id=None, generator=None, on_token=None, kv_cache=None, compile=False):
+    """Extend input_ids (B, T) by up to max_new_tokens; returns (B, T + new). Prompts in a batch are
+    left-padded, with attention_mask 0 on the padding. A row that emitted eos_token_id continues with
+    eos_token_id; generation stops when every row has. on_token(ids (B,)) is called after each step.
+    compile=True decodes over a StaticCache's full buffer with a torch.compile'd step (gpt-fast): the same
+    tokens, faster once compiled; the first call compiles, which takes a while."""
+    check_sampling(temperature, top_k, top_p)
+    B, T = input_ids.shape
+    n_positions = model.config.max_position_embeddings
+    if T >= n_positions:
+        raise ValueError(f"prompt is {T} tokens, longer than the context of {n_positions} tokens "
+                         "(it needs room for at least one new token)")
+    if T + max_new_tokens > n_positions:
+        raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+                         f"{n_positions} tokens")
+    if kv_cache is None:
+        kv_cache = model.make_cache(static_len=T + max_new_tokens if compile else None)
+    step = last_logits
+    logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
+    if compile:  # from here on, every step has the same shapes: compiled once, replayed each token
+        if not isinstance(kv_cache, StaticCache):
+            raise ValueError("compile=True needs a StaticCache (model.make_cache(static_len=...)) or none")
+        kv_cache.start_full_buffer()
+        # The mask spans the whole buffer: 1 on the real tokens so far, 0 on padding and on unwritten slots.
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        attention_mask = F.pad(mask, (0, kv_cache.max_len - T))  # (B, max_len)
+        step = torch.compile(last_logits, fullgraph=True)
+    ids = input_ids
+    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    for i in range(max_new_tokens):
+        next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        if eos_token_id is not None:
+            next_id = next_id.masked_fill(done, eos_token_id)
+            done = done | (next_id == eos_token_id)
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
+        if on_token is not None:
+            on_token(next_id)
+        if done.all() or i == max_new_tokens - 1:
+            break
+        if compile:
+            attention_mask[:, T + i] = 1  # the slot next_id is written to
+        elif attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+        logits = step(model, next_id[:, None], attention_mask, kv_cache)  # (B, V)
+    return ids
+
+# ----------------------------------------------------------------------------- command line
+
+DEFAULT_MODEL = "EleutherAI/pythia-160m"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a Hub name/id or a local checkpoint directory")
+    p.add_argument("--revision", default=None,
+                   help="a Hub branch, tag or commit: Pythia's training checkpoints are step0 ... step143000")
+    p.add_argument("--prompt", default="Hello, I'm a language model,")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--attn", default="sdpa", choices=BACKENDS)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    from bpe import StreamDecoder, Tokenizer
+    args = parse_args(argv)
+    try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
+        if args.max_new_tokens < 1 or args.num_samples < 1:
+            raise ValueError("--max-new-tokens and --num-samples must be >= 1")
+        directory = checkpoint_dir(args.model, args.revision)
+        tokenizer = Tokenizer.from_pretrained(directory)
+        model = from_pretrained(directory, device=args.device, dtype=DTYPES[args.dtype], attn=args.attn)
+        if tokenizer.vocab_size < model.config.vocab_size:
+            # Pythia's embedding has 50304 rows for 50277 tokens (padded to a multiple of 128 for GPU speed):
+            # the extra rows stand for no text, so drop them from the output and they are never sampled.
+            rows = model.embed_out.weight[:tokenizer.vocab_size]
+            model.embed_out.weight = nn.Parameter(rows, requires_grad=False)  # (V_tokenizer, C)
+        prompt = tokenizer.encode(args.prompt, allowed_special="all") or [tokenizer.eos_token_id]
+        input_ids = torch.tensor([prompt], device=args.device)
+        generator = torch.Generator(args.device).manual_seed(args.seed)
+        for i in range(args.num_samples):
+            stream = StreamDecoder(tokenizer)
+            print(("-" * 40 + "\n") * (i > 0) + args.prompt, end="", flush=True)
+            t0 = time.perf_counter()
+            out = generate(model, input_ids, args.max_new_tokens, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, eos_token_id=model.config.eos_token_id,
+                           generator=generator,
+                           on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
+            print(stream.flush(), flush=True)
+            n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
+            print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
