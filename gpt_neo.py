@@ -345,7 +345,7 @@ def check_state_dict(model, state_dict):
     """Strict: every parameter present with its shape, nothing left over; name what is wrong."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
-        expected.pop("lm_head.weight")
+        expected.pop("lm_head.weight", None)
     missing = sorted(expected.keys() - state_dict.keys())
     unexpected = sorted(state_dict.keys() - expected.keys())
     wrong = [f"{k}: file {tuple(state_dict[k].shape)} vs config {tuple(expected[k])}"

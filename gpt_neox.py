@@ -377,6 +377,8 @@ def convert_hub_state_dict(state_dict, config):
             continue
         if key.startswith("lm_head."):
             key = "embed_out." + key.removeprefix("lm_head.")  # transformers >= 5's name for it in memory
+        elif not key.startswith(("gpt_neox.", "embed_out.")):
+            key = "gpt_neox." + key  # a file saved from the bare GPTNeoXModel has no "gpt_neox." prefix
         out[key] = tensor
     if config.tie_word_embeddings:
         out.pop("embed_out.weight", None)  # the same matrix as embed_in, when a file holds both
@@ -387,7 +389,7 @@ def check_state_dict(model, state_dict):
     """Strict: every parameter present with its shape, nothing left over; name what is wrong."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
-        expected.pop("embed_out.weight")
+        expected.pop("embed_out.weight", None)
     missing = sorted(expected.keys() - state_dict.keys())
     unexpected = sorted(state_dict.keys() - expected.keys())
     wrong = [f"{k}: file {tuple(state_dict[k].shape)} vs config {tuple(expected[k])}"

@@ -40,6 +40,7 @@ def save_checkpoint(model, directory, layout="safetensors", transform=None):
         model.save_pretrained(directory, max_shard_size=total // 3 + 1)
         assert (directory / "model.safetensors.index.json").exists(), "expected a sharded checkpoint"
         return directory
+    model.config.architectures = [type(model).__name__]  # as save_pretrained writes it; heads.py reads it
     model.config.save_pretrained(directory)
     state_dict = hub_state_dict(model)
     if transform is not None:
