@@ -1,0 +1,303 @@
+"""Benchmark: our generate() against transformers' generate() (SDPA) on the same random weights.
+
+    python bench/generate.py                         # every architecture whose file exists, fp32, CPU
+    python bench/generate.py --quick                 # a smoke run: fewer tokens, one repeat
+    python bench/generate.py --arch gpt2 --dtype bf16 --device cuda --repeats 5
+
+For each architecture a `transformers` model the size of the real one (gpt2 124M, gpt-neo-125m,
+pythia-160m) is built with random weights (the Hub is not needed), saved with save_pretrained, and loaded
+by both sides from that directory. Then, ours and the reference interleaved, --repeats times each:
+
+  decode   generate() from a 32-token prompt, 128 new tokens, greedy, batch 1 and batch 8:
+           new tokens / wall time (the prompt's prefill included, the same for both)
+  compile  the same through generate(compile=True): torch.compile'd one-token step over a static cache;
+           compiled in an untimed warm-up run (every measure gets one)
+  prefill  one forward pass over a 512- and a 1024-token prompt that returns the next-token logits
+           (ours: last_logits; transformers: logits_to_keep=1), into an empty KV cache
+  memory   peak resident memory of from_pretrained in a fresh process, / the bytes of the weights file;
+           "+ forward" adds one forward pass, which touches every weight (safetensors are memory-mapped,
+           so loading alone may read little of the file)
+
+Medians are printed, with the ratio ours / transformers (higher is better for tokens/s). "same tokens"
+checks our greedy tokens against transformers' (and the compiled path against our eager one).
+"""
+import argparse
+import inspect
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def hf_config(arch):
+    """A transformers config the size of the real checkpoint (the defaults of the Hub's config.json)."""
+    import transformers
+    if arch == "gpt2":  # openai-community/gpt2, 124M: the class defaults
+        return transformers.GPT2Config()
+    if arch == "gpt_neo":  # EleutherAI/gpt-neo-125m
+        return transformers.GPTNeoConfig(hidden_size=768, num_layers=12, num_heads=12, window_size=256,
+                                         attention_types=[[["global", "local"], 6]],
+                                         max_position_embeddings=2048)
+    if arch == "gpt_neox":  # EleutherAI/pythia-160m
+        return transformers.GPTNeoXConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                          intermediate_size=3072, rotary_pct=0.25, vocab_size=50304,
+                                          max_position_embeddings=2048, use_parallel_residual=True)
+    raise ValueError(arch)
+
+
+LABELS = {"gpt2": "gpt2-124m", "gpt_neo": "gpt-neo-125m", "gpt_neox": "pythia-160m"}
+
+
+def available_archs(wanted):
+    archs = []
+    for arch in wanted:
+        if (ROOT / f"{arch}.py").exists():
+            archs.append(arch)
+        else:
+            print(f"skipping {arch}: {arch}.py does not exist (yet)", file=sys.stderr)
+    return archs
+
+
+def write_checkpoint(arch, directory, seed=0):
+    import transformers
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config(arch))
+    model.save_pretrained(directory)
+    return Path(directory) / "model.safetensors"
+
+
+def load_both(arch, directory, dtype, device):
+    import importlib
+
+    import transformers
+    module = importlib.import_module(arch)
+    ours = module.from_pretrained(directory, dtype=dtype, device=device)
+    try:
+        ref = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype,
+                                                                attn_implementation="sdpa")
+    except ValueError:  # transformers has no SDPA path for GPT-Neo: its default (eager) attention then
+        ref = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    ref = ref.to(device).eval()
+    ref.generation_config.eos_token_id = None  # random weights: always generate all the tokens asked for
+    ref.generation_config.pad_token_id = 0
+    return module, ours, ref
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+# ----------------------------------------------------------------------------- the measurements
+
+
+def decode_runs(module, ours, ref, batch, prompt_len, new_tokens, device, use_compile):
+    """name -> a function that generates and returns the ids (B, prompt + new)."""
+    g = torch.Generator().manual_seed(batch)
+    ids = torch.randint(0, ref.config.vocab_size, (batch, prompt_len), generator=g).to(device)
+    ones = torch.ones_like(ids)
+    runs = {
+        "ours": lambda: module.generate(ours, ids, new_tokens, temperature=0),
+        "transformers": lambda: ref.generate(ids, attention_mask=ones, max_new_tokens=new_tokens,
+                                             do_sample=False),
+    }
+    if use_compile:
+        runs["ours compile"] = lambda: module.generate(ours, ids, new_tokens, temperature=0, compile=True)
+    return runs
+
+
+def prefill_runs(module, ours, ref, length, device):
+    g = torch.Generator().manual_seed(length)
+    ids = torch.randint(0, ref.config.vocab_size, (1, length), generator=g).to(device)
+    if hasattr(module, "last_logits"):
+        def run_ours():
+            return module.last_logits(ours, ids, None, ours.make_cache())
+    else:  # not ported yet: the whole (B, T, V) logits
+        def run_ours():
+            return ours(ids, kv_cache=ours.make_cache())[:, -1]
+    return {"ours": run_ours,
+            "transformers": lambda: ref(ids, use_cache=True, logits_to_keep=1).logits[:, -1]}
+
+
+def interleaved(runs, repeats, device, label):
+    """Run each function `repeats` times, alternating between them; name -> (median seconds, last output)."""
+    times = {name: [] for name in runs}
+    outputs = {}
+    for r in range(repeats):
+        for name, fn in runs.items():
+            with torch.no_grad():
+                seconds, outputs[name] = timed(fn, device)
+            times[name].append(seconds)
+        print(f"  {label} repeat {r + 1}/{repeats}: " +
+              ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()), file=sys.stderr, flush=True)
+    return {name: (statistics.median(t), outputs[name]) for name, t in times.items()}
+
+
+MEMORY_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads({threads})
+def status(key):  # kB -> bytes; VmHWM (the peak) starts afresh with each new process
+    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key + ':'))
+import torch._dynamo  # code, not weights (building modules imports it): in the baseline for both sides
+if {side!r} == 'ours':
+    import {arch} as module
+    load = lambda: module.from_pretrained({directory!r}, dtype=torch.{dtype})
+else:
+    import transformers
+    transformers.logging.set_verbosity_error()
+    load = lambda: transformers.AutoModelForCausalLM.from_pretrained({directory!r}, dtype=torch.{dtype})
+before = status('VmRSS')
+model = load()
+loaded = status('VmHWM')
+with torch.no_grad():
+    model(torch.zeros(1, 8, dtype=torch.long))
+print(loaded - before, status('VmHWM') - before)
+"""
+
+
+def peak_memory(arch, side, directory, dtype, threads):
+    """(peak of loading, peak of loading + one forward) in bytes, over the process's memory before it."""
+    code = MEMORY_SCRIPT.format(root=str(ROOT), arch=arch, side=side, directory=str(directory),
+                                dtype=str(dtype).removeprefix("torch."), threads=threads)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    if out.returncode:
+        raise RuntimeError(f"memory measurement failed:\n{out.stderr[-3000:]}")
+    loaded, forward = map(int, out.stdout.split()[-2:])
+    return loaded, forward
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine(args):
+    cpu = platform.processor() or "?"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import transformers
+    where = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    if args.device.startswith("cuda"):
+        where = f"{torch.cuda.get_device_name()}; host {where}"
+    return f"{where}; torch {torch.__version__}, transformers {transformers.__version__}, python " \
+           f"{platform.python_version()}"
+
+
+def fmt_rate(x):
+    return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", nargs="+", default=["gpt2", "gpt_neo", "gpt_neox"],
+                   choices=["gpt2", "gpt_neo", "gpt_neox"])
+    p.add_argument("--dtype", default="fp32", choices=DTYPES)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="smoke run: 16 new tokens, prefill 128, 1 repeat")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
+    p.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill", "memory"])
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    dtype = DTYPES[args.dtype]
+    new_tokens, prefill_lengths, repeats = (16, (128,), 1) if args.quick else (128, (512, 1024), args.repeats)
+    prompt_len, batches = 32, (1, 8)
+
+    rows = []  # (model, measure, ours, transformers, ratio, note)
+    for arch in available_archs(args.arch):
+        print(f"{LABELS[arch]}:", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory() as directory:
+            weights = write_checkpoint(arch, directory)
+            file_bytes = weights.stat().st_size
+            module, ours, ref = load_both(arch, directory, dtype, args.device)
+            label = f"{LABELS[arch]} ({ref.config._attn_implementation})"  # the reference's attention
+            can_compile = not args.no_compile and "compile" in inspect.signature(module.generate).parameters
+            if not args.no_compile and not can_compile:
+                print(f"  {arch}.generate has no compile option yet: no compile row", file=sys.stderr)
+
+            if "decode" not in args.skip:
+                for batch in batches:
+                    runs = decode_runs(module, ours, ref, batch, prompt_len, new_tokens, args.device,
+                                       can_compile)
+                    # One untimed run of each first: compiling (a minute on a small CPU), the first touch of
+                    # the memory-mapped weights, the allocators' first requests.
+                    for name, fn in runs.items():
+                        seconds, _ = timed(fn, args.device)
+                        print(f"  warm-up {name} batch {batch}: {seconds:.1f}s", file=sys.stderr)
+                    result = interleaved(runs, repeats, args.device, f"decode batch {batch}")
+                    ref_s, ref_ids = result["transformers"]
+                    ours_s, ours_ids = result["ours"]
+                    n = batch * new_tokens
+                    # In fp32 they must agree; in bf16/fp16, rounding differs between kernels and greedy on
+                    # random weights (near-flat logits) flips on it, so there a difference is expected.
+                    differ = "TOKENS DIFFER" if dtype == torch.float32 else "tokens differ (rounding)"
+                    same = "same tokens" if torch.equal(ours_ids, ref_ids) else differ
+                    rows.append((label, f"decode tok/s, batch {batch}", fmt_rate(n / ours_s),
+                                 fmt_rate(n / ref_s), f"{ref_s / ours_s:.2f}x", same))
+                    if can_compile:
+                        comp_s, comp_ids = result["ours compile"]
+                        same = "same tokens as eager" if torch.equal(comp_ids, ours_ids) else differ
+                        rows.append((label, f"decode tok/s, batch {batch}, compile", fmt_rate(n / comp_s),
+                                     fmt_rate(n / ref_s), f"{ref_s / comp_s:.2f}x", same))
+
+            if "prefill" not in args.skip:
+                for length in prefill_lengths:
+                    runs = prefill_runs(module, ours, ref, length, args.device)
+                    with torch.no_grad():  # one untimed pass each: first-call allocations, page faults
+                        for fn in runs.values():
+                            fn()
+                    result = interleaved(runs, repeats, args.device, f"prefill {length}")
+                    (ours_s, a), (ref_s, b) = result["ours"], result["transformers"]
+                    delta = (a.float() - b.float()).abs().max().item()
+                    rows.append((label, f"prefill tok/s, {length} tokens", fmt_rate(length / ours_s),
+                                 fmt_rate(length / ref_s), f"{ref_s / ours_s:.2f}x",
+                                 f"max abs logit diff {delta:.1e}"))
+            del ours, ref
+
+            if "memory" not in args.skip:
+                peaks = {side: peak_memory(arch, side, directory, dtype, args.threads)
+                         for side in ("ours", "transformers")}
+                measures = ("memory peak of loading / weights file", "... + the first forward / weights file")
+                for i, what in enumerate(measures):
+                    o, r = peaks["ours"][i], peaks["transformers"][i]
+                    rows.append((label, what, f"{o / file_bytes:.2f}", f"{r / file_bytes:.2f}", "",
+                                 f"file {file_bytes / 2**20:,.0f} MiB; ours {o / 2**20:,.0f} MiB, "
+                                 f"transformers {r / 2**20:,.0f} MiB"))
+
+    command = "python bench/generate.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"\n`{command.strip()}`\n")
+    print(f"{machine(args)}; {args.dtype} on {args.device}; prompt {prompt_len}, {new_tokens} new tokens, "
+          f"greedy; median of {repeats}\n")
+    print("| model | measure | ours | transformers | ours / transformers | note |")
+    print("|---|---|---:|---:|---:|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
