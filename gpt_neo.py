@@ -444,13 +444,16 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
     step = last_logits
     logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
     if compile:  # from here on, every step has the same shapes: compiled once, replayed each token
-        if not isinstance(kv_cache, StaticCache):
-            raise ValueError("compile=True needs a StaticCache (model.make_cache(static_len=...)) or none")
+        if not isinstance(kv_cache, StaticCache) or kv_cache.max_len < T + max_new_tokens:
+            raise ValueError("compile=True needs a StaticCache of at least prompt + max_new_tokens positions "
+                             "(model.make_cache(static_len=...)), or none")
         kv_cache.start_full_buffer()
         # The mask spans the whole buffer: 1 on the real tokens so far, 0 on padding and on unwritten slots.
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         attention_mask = F.pad(mask, (0, kv_cache.max_len - T))  # (B, max_len)
-        step = torch.compile(last_logits, fullgraph=True)
+        # On CUDA, "reduce-overhead" also records the step's kernels as a CUDA graph: one launch per token.
+        mode = "reduce-overhead" if input_ids.is_cuda else None
+        step = torch.compile(last_logits, fullgraph=True, mode=mode)
     ids = input_ids
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     for i in range(max_new_tokens):
@@ -490,6 +493,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--attn", default="sdpa", choices=BACKENDS)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-token decode step (compiling takes a while, once per run)")
     return p.parse_args(argv)
 
 
@@ -512,7 +517,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             out = generate(model, input_ids, args.max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, eos_token_id=model.config.eos_token_id,
-                           generator=generator,
+                           generator=generator, compile=args.compile,
                            on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
             print(stream.flush(), flush=True)
             n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
