@@ -19,11 +19,17 @@ style): every step then has the same shapes, so one compiled graph serves them a
 import torch
 
 
+def per_layer_windows(window_sizes, n_layer):
+    """One window (an int, or None for unbounded) per layer."""
+    windows = list(window_sizes) if window_sizes is not None else [None] * n_layer
+    if len(windows) != n_layer:
+        raise ValueError(f"window_sizes has {len(windows)} entries for {n_layer} layers")
+    return windows
+
+
 class DynamicCache:
     def __init__(self, n_layer, window_sizes=None):
-        self.windows = list(window_sizes) if window_sizes is not None else [None] * n_layer
-        if len(self.windows) != n_layer:
-            raise ValueError(f"window_sizes has {len(self.windows)} entries for {n_layer} layers")
+        self.windows = per_layer_windows(window_sizes, n_layer)
         self.k = [None] * n_layer
         self.v = [None] * n_layer
         self.seen = 0
@@ -55,9 +61,7 @@ class StaticCache:
     """
 
     def __init__(self, n_layer, max_len, window_sizes=None):
-        self.windows = list(window_sizes) if window_sizes is not None else [None] * n_layer
-        if len(self.windows) != n_layer:
-            raise ValueError(f"window_sizes has {len(self.windows)} entries for {n_layer} layers")
+        self.windows = per_layer_windows(window_sizes, n_layer)
         self.max_len = max_len
         self.k = [None] * n_layer
         self.v = [None] * n_layer

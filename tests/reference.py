@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 LAYOUTS = ("safetensors", "sharded", "bin", "bin_sharded")
@@ -81,3 +82,27 @@ def assert_close(ours, ref, name, mask=None, tol=TOL):
     LARGEST[name] = max(LARGEST.get(name, 0.0), worst)
     assert worst <= tol, f"{name}: max |Δ| = {worst:.3g} > {tol}"
     return worst
+
+
+@st.composite
+def batches(draw, vocab_size, n_positions, min_len=1, max_batch=3):
+    """Left-padded token batches: ids (B, T) and attention_mask (B, T), each row with >= 1 real token."""
+    B = draw(st.integers(1, max_batch))
+    T = draw(st.integers(min(min_len, n_positions), n_positions))
+    ids = torch.tensor(draw(st.lists(st.lists(st.integers(0, vocab_size - 1), min_size=T, max_size=T),
+                                     min_size=B, max_size=B)))
+    pads = draw(st.lists(st.integers(0, T - 1), min_size=B, max_size=B))
+    mask = torch.tensor([[0] * p + [1] * (T - p) for p in pads])
+    return ids, mask
+
+
+def reference_positions(mask):
+    """The positions transformers' generate() derives from a mask; we pass them to its forward, which
+    would otherwise count the padding."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class Evil:
+    """A pickle that runs code when loaded: a .bin holding it must be refused (weights_only=True)."""
+    def __reduce__(self):
+        return (exec, ("import os; os.environ['EVIL_RAN'] = '1'",))

@@ -1,5 +1,4 @@
 """gpt2.py against transformers' GPT2LMHeadModel, saved in every layout real Hub repos use."""
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -9,7 +8,9 @@ import torch
 import transformers
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from reference import LAYOUTS, assert_close, hub_state_dict, save_checkpoint
+from reference import (
+    assert_close, batches, Evil, hub_state_dict, LAYOUTS, reference_positions, save_checkpoint,
+)
 
 import gpt2
 
@@ -42,22 +43,6 @@ def configs(draw):
 def reference(config, seed=0):
     torch.manual_seed(seed)
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
-
-
-@st.composite
-def batches(draw, vocab_size, n_positions, max_batch=3):
-    """Left-padded token batches: ids (B, T) and attention_mask (B, T), each row with >= 1 real token."""
-    B = draw(st.integers(1, max_batch))
-    T = draw(st.integers(1, n_positions))
-    ids = torch.tensor(draw(st.lists(st.lists(st.integers(0, vocab_size - 1), min_size=T, max_size=T),
-                                     min_size=B, max_size=B)))
-    pads = draw(st.lists(st.integers(0, T - 1), min_size=B, max_size=B))
-    mask = torch.tensor([[0] * p + [1] * (T - p) for p in pads])
-    return ids, mask
-
-
-def reference_positions(mask):
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def ours_and_reference(config, layout="safetensors", transform=None, **kwargs):
@@ -339,11 +324,6 @@ def test_bin_files_are_loaded_without_unpickling_code(tmp_path):
     with pytest.raises(ValueError, match="cannot read"):
         gpt2.from_pretrained(tmp_path)
     assert not os.environ.get("EVIL_RAN")
-
-
-class Evil:
-    def __reduce__(self):
-        return (exec, ("import os; os.environ['EVIL_RAN'] = '1'",))
 
 
 def test_loading_builds_on_meta_and_keeps_no_second_copy(tmp_path):

@@ -16,7 +16,9 @@ import transformers
 from conftest import ROOT, shared_tokenizer_dir
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from reference import LAYOUTS, assert_close, hub_state_dict, save_checkpoint
+from reference import (
+    assert_close, batches, Evil, hub_state_dict, LAYOUTS, reference_positions, save_checkpoint,
+)
 
 import gpt_neo
 
@@ -69,26 +71,10 @@ def reference(config, seed=0):
     return transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(**config)).eval()
 
 
-@st.composite
-def batches(draw, vocab_size, n_positions, min_len=1, max_batch=3):
-    """Left-padded token batches: ids (B, T) and attention_mask (B, T), each row with >= 1 real token."""
-    B = draw(st.integers(1, max_batch))
-    T = draw(st.integers(min(min_len, n_positions), n_positions))
-    ids = torch.tensor(draw(st.lists(st.lists(st.integers(0, vocab_size - 1), min_size=T, max_size=T),
-                                     min_size=B, max_size=B)))
-    pads = draw(st.lists(st.integers(0, T - 1), min_size=B, max_size=B))
-    mask = torch.tensor([[0] * p + [1] * (T - p) for p in pads])
-    return ids, mask
-
-
 def long_batches(config, max_len=None, max_batch=3):
     """Batches at least two windows + 1 long (when the context allows): local and global layers differ."""
     n = max_len or config["max_position_embeddings"]
     return batches(config["vocab_size"], n, min_len=2 * config["window_size"] + 1, max_batch=max_batch)
-
-
-def reference_positions(mask):
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def ours_and_reference(config, layout="safetensors", transform=None, **kwargs):
@@ -472,11 +458,6 @@ def test_bin_files_are_loaded_without_unpickling_code(tmp_path):
     with pytest.raises(ValueError, match="cannot read"):
         gpt_neo.from_pretrained(tmp_path)
     assert not os.environ.get("EVIL_RAN")
-
-
-class Evil:
-    def __reduce__(self):
-        return (exec, ("import os; os.environ['EVIL_RAN'] = '1'",))
 
 
 def test_loading_builds_on_meta_and_keeps_no_second_copy(tmp_path):
