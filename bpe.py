@@ -20,9 +20,11 @@ the text itself must not be able to produce by accident, see `Tokenizer.encode`)
 "added tokens" for runs of spaces that are cut out of the text before the regex runs.
 
 Exactness: the ids equal tiktoken's for GPT-2 and HF tokenizers' for GPT-NeoX on any text (tests/test_bpe.py
-checks this on random unicode). Speed: pure Python, so the two slow parts are kept off the hot path: a
-word cache (section 5) makes BPE run once per distinct word, and ASCII text is split with the standard
-library's faster `re` (section 2). See bench/bpe.py for figures against tiktoken.
+checks this on random unicode). Speed: pure Python, so the slow parts are kept off the hot path: a
+word cache (section 5) makes BPE run once per distinct word, ASCII text is split with the standard
+library's faster `re` (section 2), and long non-ASCII words (a CJK clause) are cut where no merge can join
+two characters, so that their pieces are cached too (section 3b). See bench/bpe.py for figures against
+tiktoken.
 
 Usage:
     tok = Tokenizer.from_pretrained("../shared/tokenizers/gpt2")   # or "gpt2", "EleutherAI/pythia-160m"
@@ -115,7 +117,9 @@ SPLIT = regex.compile(GPT2_SPLIT_PATTERN)       # SPLIT.findall(text) -> the wor
 # followed by an ASCII space: no word spans such a point (no alternative of the pattern puts a non-space
 # before a space in one word), and no word before it looks beyond it (the lookahead (?!\S) only follows
 # whitespace), so each part splits into exactly the words it has inside the whole text.
-ASCII_SPLIT = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""",
+# (Letters come first, the most common start, and the contractions share their "'": alternatives that cannot
+# start with the same character may be reordered; the contractions must stay before the punctuation runs.)
+ASCII_SPLIT = re.compile(r"""[ ]?[A-Za-z]+|'(?:[st]|re|ve|m|ll|d)|[ ]?[^\sA-Za-z0-9]+|[ ]?[0-9]+|\s+(?!\S)|\s+""",
                          re.ASCII)
 ASCII_SPACES = " \t\n\x0b\x0c\r"
 ASCII_NON_SPACES = "".join(chr(c) for c in range(128) if chr(c) not in ASCII_SPACES)
@@ -161,27 +165,118 @@ def bpe(word: str, ranks: dict[tuple[str, str], int], trace: list | None = None)
     Of equal pairs the leftmost merges first, as in GPT-2's encoder.py and HF tokenizers.
     With `trace` (a list), every step is appended as (left, right, rank, parts after the merge).
     """
+    get = ranks.get                                    # a local name: the loop below is the hot path
     parts = list(word)
     # pair_ranks[i] is the rank of the pair (parts[i], parts[i + 1]); NO_MERGE if it is not a merge
-    pair_ranks = list(map(ranks.get, pairwise(parts), repeat(NO_MERGE)))
-    while pair_ranks:
+    pair_ranks = list(map(get, pairwise(parts), repeat(NO_MERGE)))
+    n_pairs = len(pair_ranks)
+    while n_pairs:
         rank = min(pair_ranks)
         if rank == NO_MERGE:
             break
         i = pair_ranks.index(rank)                     # the leftmost pair with the lowest rank
-        left, right = parts[i], parts[i + 1]
-        merged = left + right
-        parts[i:i + 2] = [merged]
+        left, right = parts[i], parts.pop(i + 1)
+        parts[i] = merged = left + right
         # Only the two pairs around the new token changed: update them instead of recomputing all
-        # ranks (2x faster on a typical word, more on the long words of CJK text).
+        # ranks (2x faster on a typical word, more on long words).
         del pair_ranks[i]
+        n_pairs -= 1
         if i > 0:
-            pair_ranks[i - 1] = ranks.get((parts[i - 1], merged), NO_MERGE)
-        if i < len(pair_ranks):
-            pair_ranks[i] = ranks.get((merged, parts[i + 1]), NO_MERGE)
+            pair_ranks[i - 1] = get((parts[i - 1], merged), NO_MERGE)
+        if i < n_pairs:
+            pair_ranks[i] = get((merged, parts[i + 1]), NO_MERGE)
         if trace is not None:
             trace.append((left, right, rank, list(parts)))
     return parts
+
+
+# ------------------------------------------------------------------------------------------------------
+# 3b. Long words: cut them where no merge can join two characters
+# ------------------------------------------------------------------------------------------------------
+# A Chinese or Japanese clause has no spaces, so the split pattern leaves it as one long word
+# ("これはテストです": 8 characters, 24 bytes) that rarely occurs twice: the word cache does not help, and BPE
+# pays for every merge. But most merges join bytes of one character (3 bytes for a CJK character); few
+# join two characters (GPT-2: about 200 of its 50,000 that involve a non-ASCII character). Where the
+# merges list has no merge that can join the character before a point of the word to the one after it,
+# BPE never merges across that point, so the word can be cut there and each piece encoded on its own,
+# through the cache: single characters repeat even when the clauses do not.
+# Why this is exact: the first token to span the point must come from a merge of a left side that ends
+# there and a right side that starts there. With no such merge, each piece evolves as if alone (its pairs
+# change only through its own merges, taken in the same rank order), so BPE(word) is the concatenation
+# of BPE(piece). The check is per pair of characters: the left side of a merge ends with the character
+# before the point, or with its last bytes; the right side starts with the character after, or with its
+# first bytes. Between two ASCII characters merges are everywhere, and English words are short and
+# cached anyway: those points are never cut.
+
+
+def utf8_length(first_byte: int) -> int:
+    """The length of the UTF-8 character that starts with this byte; 0 for a continuation byte (10xxxxxx)."""
+    return 1 if first_byte < 0x80 else 0 if first_byte < 0xC0 else 2 if first_byte < 0xE0 else \
+        3 if first_byte < 0xF0 else 4
+
+
+_ASCII_CHARS = {BYTE_TO_CHAR[b] for b in range(0x80)}                    # tokens as printable characters
+_CONTINUATION_CHARS = {BYTE_TO_CHAR[b] for b in range(0x80, 0xC0)}
+
+
+def character_joins(merges) -> tuple[dict, dict]:
+    """The merges that join two characters, not both ASCII: ({end: ranks}, {start: ranks}). An end is
+    the last character of the merge's left side, or its last bytes when the left side holds only the
+    tail of a character; a start is the first character of the right side, or its first bytes."""
+    ends, starts = {}, {}
+    for rank, (left, right) in enumerate(merges):
+        if right[0] in _CONTINUATION_CHARS or (left[-1] in _ASCII_CHARS and right[0] in _ASCII_CHARS):
+            continue                                 # joins inside a character, or two ASCII characters
+        a, b = token_bytes(left), token_bytes(right)
+        last = max((i for i, byte in enumerate(a) if utf8_length(byte)), default=0)   # its last character
+        if utf8_length(a[last]) not in (0, len(a) - last):
+            continue                                 # the left side ends inside a character
+        ends.setdefault(a[last:], set()).add(rank)
+        starts.setdefault(b[:utf8_length(b[0])], set()).add(rank)
+    return ends, starts
+
+
+# character_joins leaves out the merges of two ASCII characters, which are everywhere: an ASCII character
+# is taken to join any ASCII character (a pseudo-rank they all share), so those points are never cut.
+ASCII_JOINS = frozenset([-1])
+
+
+def merges_ending_with(char: str, ends: dict) -> frozenset:
+    """The ranks of the merges (of character_joins) whose left side ends with `char` or its last bytes."""
+    utf8 = char.encode()
+    found = frozenset(rank for k in range(len(utf8)) for rank in ends.get(utf8[k:], ()))
+    return found | ASCII_JOINS if char < "\x80" else found
+
+
+def merges_starting_with(char: str, starts: dict) -> frozenset:
+    """The ranks of the merges whose right side starts with `char` or its first bytes."""
+    utf8 = char.encode()
+    found = frozenset(rank for k in range(1, len(utf8) + 1) for rank in starts.get(utf8[:k], ()))
+    return found | ASCII_JOINS if char < "\x80" else found
+
+
+class PerCharacter(dict):
+    """{character: fn(character)}, computed on first use."""
+    def __init__(self, fn, table):
+        super().__init__()
+        self.fn, self.table = fn, table
+
+    def __missing__(self, char):
+        self[char] = value = self.fn(char, self.table)
+        return value
+
+
+def cut_word(word: str, joins_after: PerCharacter, joins_before: PerCharacter) -> list[str]:
+    """Cut `word` between any two characters that no merge joins. joins_after[c]: the merges whose left
+    side can end with c (merges_ending_with); joins_before[c]: those whose right side can start with c."""
+    pieces, start = [], 0
+    for i, joins in enumerate(map(joins_after.__getitem__, word[:-1]), 1):
+        if joins and not joins.isdisjoint(joins_before[word[i]]):   # usually empty: most characters
+            continue                                                # end no merge of character_joins
+        pieces.append(word[start:i])
+        start = i
+    pieces.append(word[start:])
+    return pieces
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -330,6 +425,10 @@ class Tokenizer:
             listed = ", ".join(f"0x{b:02X}" for b in missing[:8]) + (" ..." if len(missing) > 8 else "")
             raise ValueError(f"not a byte-level BPE vocabulary: no token for the bytes {listed}")
         self._cache: dict[str, tuple[int, ...]] = {}   # word -> ids, see CACHE_MAX_WORDS
+        # section 3b: which merges can join a character to the next
+        ends, starts = character_joins(merges)
+        self._joins_after = PerCharacter(merges_ending_with, ends)
+        self._joins_before = PerCharacter(merges_starting_with, starts)
         self._added_patterns: dict[frozenset, tuple] = {}
         self._special_patterns: dict[frozenset, re.Pattern] = {}
 
@@ -555,8 +654,25 @@ class Tokenizer:
             cache[word] = self._word_ids(word)
         return list(chain.from_iterable(map(cache.__getitem__, words)))   # C loops: no Python per word
 
+    def clear_cache(self) -> None:
+        """Forget every cached word and the per-character tables (for benchmarks: a fresh tokenizer)."""
+        self._cache = {}
+        self._joins_after.clear()
+        self._joins_before.clear()
+
     def _word_ids(self, word: str) -> tuple[int, ...]:
-        return tuple(map(self.vocab.__getitem__, self.word_tokens(word)))
+        """A word's ids by BPE. A word with non-ASCII characters is first cut where no merge can join two
+        characters (section 3b) and each piece goes through the cache (not with ignore_merges, which takes
+        a whole word that is a token)."""
+        if word.isascii() or self.ignore_merges:
+            return tuple(map(self.vocab.__getitem__, self.word_tokens(word)))
+        pieces = cut_word(word, self._joins_after, self._joins_before)
+        if len(pieces) == 1:
+            return tuple(map(self.vocab.__getitem__, self.word_tokens(word)))
+        cache = self._cache
+        for piece in set(pieces).difference(cache):
+            cache[piece] = tuple(map(self.vocab.__getitem__, self.word_tokens(piece)))
+        return tuple(chain.from_iterable(map(cache.__getitem__, pieces)))
 
     def word_tokens(self, word: str, trace: list | None = None) -> list[str]:
         """The tokens of one word, by BPE (`trace`: see bpe())."""

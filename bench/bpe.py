@@ -12,7 +12,7 @@ depends on how often words repeat (Zipf's law), which generated text gets wrong.
            zh_tw,ja,ko}.utf-8) and CPython's test/cjkencodings/*-utf8.txt samples, whichever exist
 
 Three figures per corpus, because the word cache makes the speed depend on what was encoded before:
-  cold    the whole text with an empty cache (a fresh tokenizer: every distinct word pays its BPE);
+  cold    the whole text with empty caches (a fresh tokenizer: every distinct word pays its BPE);
   steady  the second half of the text after the first half filled the cache (a tokenizer that has been
           encoding text of the same kind: most words are cached, new ones keep coming);
   warm    the whole text again, every word cached (the upper bound: the split and the lookups).
@@ -61,7 +61,7 @@ def cjk() -> str:
 
 def timings(ours, reference, text: str, repeat: int) -> dict[str, tuple[float, float]]:
     """Best-of-`repeat` seconds, (bpe.py, reference), of three ways to meet the text:
-    cold    the whole text with an empty word cache (a fresh tokenizer);
+    cold    the whole text with empty caches (a fresh tokenizer);
     steady  the second half of the text, the cache filled by the first half (a tokenizer that has been
             encoding text of the same kind: most words are cached, new ones still appear);
     warm    the whole text again, every word cached (an upper bound).
@@ -75,12 +75,12 @@ def timings(ours, reference, text: str, repeat: int) -> dict[str, tuple[float, f
         best[kind][which] = min(best[kind][which], time.process_time() - start)
 
     for _ in range(repeat):
-        ours._cache.clear()
+        ours.clear_cache()
         clock("cold", ours.encode_ordinary, text, 0)
         clock("cold", reference, text, 1)
         clock("warm", ours.encode_ordinary, text, 0)
         clock("warm", reference, text, 1)
-        ours._cache.clear()
+        ours.clear_cache()
         ours.encode_ordinary(text[:half])
         clock("steady", ours.encode_ordinary, text[half:], 0)
         clock("steady", reference, text[half:], 1)

@@ -11,6 +11,7 @@ The references are built offline from the same files. Which of our calls matches
              hf.decode(ids, skip_special_tokens=False) == tok.decode(ids)
 """
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -319,6 +320,49 @@ def test_word_cache_is_bounded(gpt2, monkeypatch):
     for i in range(50):
         assert tok.encode(f" word{i} w{i}x") == gpt2.encode(f" word{i} w{i}x")
         assert len(tok._cache) <= 10 + 4
+
+
+# --- long words cut where no merge joins two characters (bpe.py section 3b) ------------------------------
+PHRASES = ["日本語のテキストです。", "これはペンです", "中文文本的例子", "我们的中文", "한국어 텍스트입니다",
+           "안녕하세요", "Ελληνικά κείμενα", "русский текст", "café naïve", "🤗👍🏽", "½²٣"]
+non_ascii_text = st.lists(st.one_of(st.sampled_from(PHRASES + PIECES),
+                                    st.characters(min_codepoint=0x80, exclude_categories=["Cs"])),
+                          max_size=30).map("".join)
+
+
+@pytest.fixture(scope="module")
+def trained_cjk():
+    """A tokenizer learned from non-ASCII phrases: many of its merges join two characters ("日本")."""
+    rng = random.Random(0)
+    tok = train(" ".join(rng.choice(PHRASES) for _ in range(2000)), 256 + 400)
+    ends, _ = bpe.character_joins(tok.merges)
+    assert sum(map(len, ends.values())) > 50          # so the tests below see words that must not be cut
+    return tok
+
+
+@settings(max_examples=300)
+@given(text=non_ascii_text)
+def test_cut_words_encode_as_whole_words(gpt2, neox, trained_cjk, text):
+    """Cutting a word between characters that no merge joins gives the ids of BPE on the whole word."""
+    for tok in (gpt2, neox, trained_cjk):
+        for word in tok.words(text):
+            whole = [tok.vocab[t] for t in bpe.bpe(bpe.to_printable(word), tok.merge_ranks)]
+            assert list(tok._word_ids(word)) == whole, word
+
+
+def test_cut_trained_cjk_matches_hf(trained_cjk, tmp_path):
+    """The same through the reference: HF tokenizers on the saved files, on text full of joined characters."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+    trained_cjk.save(tmp_path)
+    hf = HFTokenizer(models.BPE.from_file(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+
+    @settings(max_examples=300)
+    @given(text=non_ascii_text)
+    def check(text):
+        assert trained_cjk.encode_ordinary(text) == hf_ids(hf, text)
+    check()
 
 
 # --- added tokens: HF's lstrip / rstrip / single_word / normalized flags ----------------------------------
