@@ -14,6 +14,8 @@ by both sides from that directory. Then, ours and the reference interleaved, --r
            compiled in an untimed warm-up run (every measure gets one)
   prefill  one forward pass over a 512- and a 1024-token prompt that returns the next-token logits
            (ours: last_logits; transformers: logits_to_keep=1), into an empty KV cache
+  bound    the time to read every weight once (a sum over each parameter but the embedding tables, read
+           a row at a time): decoding a token at batch 1 reads them all, so no implementation on this machine decodes faster than 1 / that time
   memory   peak resident memory of from_pretrained in a fresh process, / the bytes of the weights file;
            "+ forward" adds one forward pass, which touches every weight (safetensors are memory-mapped,
            so loading alone may read little of the file)
@@ -108,6 +110,22 @@ def timed(fn, device):
 
 
 # ----------------------------------------------------------------------------- the measurements
+
+
+def read_every_weight(model, device, repeats):
+    """Median seconds to read each weight of `model` once (a sum over every parameter but the embedding
+    tables), and the bytes read. Decoding one token at batch 1 must read all of them at least once, so
+    1 / seconds bounds the tokens/s of any implementation on this machine: memory bandwidth sets it."""
+    # An embedding table is read one row per token, not whole (unless it is also the LM head: GPT-2's wte).
+    params = {id(p): p for m in model.modules() if not isinstance(m, torch.nn.Embedding)
+              for p in m.parameters(recurse=False)}.values()
+    total = sum(p.numel() * p.element_size() for p in params)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):  # the first pass pages the weights in
+            seconds, _ = timed(lambda: [p.sum() for p in params], device)
+            times.append(seconds)
+    return statistics.median(times[1:]), total
 
 
 def decode_runs(module, ours, ref, batch, prompt_len, new_tokens, device, use_compile):
@@ -264,6 +282,14 @@ def main(argv=None):
                         same = "same tokens as eager" if torch.equal(comp_ids, ours_ids) else differ
                         rows.append((label, f"decode tok/s, batch {batch}, compile", fmt_rate(n / comp_s),
                                      fmt_rate(n / ref_s), f"{ref_s / comp_s:.2f}x", same))
+
+                seconds, total = read_every_weight(ours, args.device, max(repeats, 5))
+                ref_b1 = next(float(r[3].replace(",", "")) for r in rows
+                              if r[0] == label and r[1] == "decode tok/s, batch 1")
+                rows.append((label, "decode tok/s, batch 1, bound: every weight read once per token",
+                             fmt_rate(1 / seconds), "", f"{1 / seconds / ref_b1:.2f}x",
+                             f"{total / 2**20:,.0f} MiB in {seconds * 1e3:.1f} ms: "
+                             f"{total / seconds / 1e9:.0f} GB/s"))
 
             if "prefill" not in args.skip:
                 for length in prefill_lengths:
