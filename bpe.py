@@ -646,13 +646,16 @@ class Tokenizer:
 
     def _encode_words(self, text: str) -> list[int]:
         """Ids of text free of added tokens: split into words, each word's ids from the cache or BPE."""
-        words = self.words(text)
+        if len(self._cache) > CACHE_MAX_WORDS:
+            self._cache = {}       # a new dict, not clear(): another thread may be reading the old
+        return list(self._cached_ids(self.words(text)))
+
+    def _cached_ids(self, words: list[str]):
+        """The ids of `words`, one after the other: from the cache, where the words not in it yet go first."""
         cache = self._cache
-        if len(cache) > CACHE_MAX_WORDS:
-            cache = self._cache = {}       # a new dict, not clear(): another thread may be reading the old
         for word in set(words).difference(cache):     # the words never seen before
             cache[word] = self._word_ids(word)
-        return list(chain.from_iterable(map(cache.__getitem__, words)))   # C loops: no Python per word
+        return chain.from_iterable(map(cache.__getitem__, words))   # C loops: no Python per word
 
     def clear_cache(self) -> None:
         """Forget every cached word and the per-character tables (for benchmarks: a fresh tokenizer)."""
@@ -662,17 +665,13 @@ class Tokenizer:
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
         """A word's ids by BPE. A word with non-ASCII characters is first cut where no merge can join two
-        characters (section 3b) and each piece goes through the cache (not with ignore_merges, which takes
-        a whole word that is a token)."""
-        if word.isascii() or self.ignore_merges:
-            return tuple(map(self.vocab.__getitem__, self.word_tokens(word)))
-        pieces = cut_word(word, self._joins_after, self._joins_before)
-        if len(pieces) == 1:
-            return tuple(map(self.vocab.__getitem__, self.word_tokens(word)))
-        cache = self._cache
-        for piece in set(pieces).difference(cache):
-            cache[piece] = tuple(map(self.vocab.__getitem__, self.word_tokens(piece)))
-        return tuple(chain.from_iterable(map(cache.__getitem__, pieces)))
+        characters (section 3b), and its pieces go through the cache (not with ignore_merges, which takes
+        a whole word that is a token). A piece cuts no further, so it comes back here as one piece."""
+        if not (word.isascii() or self.ignore_merges):
+            pieces = cut_word(word, self._joins_after, self._joins_before)
+            if len(pieces) > 1:
+                return tuple(self._cached_ids(pieces))
+        return tuple(map(self.vocab.__getitem__, self.word_tokens(word)))
 
     def word_tokens(self, word: str, trace: list | None = None) -> list[str]:
         """The tokens of one word, by BPE (`trace`: see bpe())."""
