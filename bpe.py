@@ -23,8 +23,8 @@ Exactness: the ids equal tiktoken's for GPT-2 and HF tokenizers' for GPT-NeoX on
 checks this on random unicode). Speed: pure Python, so the slow parts are kept off the hot path: a
 word cache (section 5) makes BPE run once per distinct word, ASCII text is split with the standard
 library's faster `re` (section 2), and long non-ASCII words (a CJK clause) are cut where no merge can join
-two characters, so that their pieces are cached too (section 3b). See bench/bpe.py for figures against
-tiktoken.
+two characters, so that their pieces are cached too (section 3b), and a new word that is a token BPE
+gives whole skips BPE (section 3c). See bench/bpe.py for figures against tiktoken.
 
 Usage:
     tok = Tokenizer.from_pretrained("../shared/tokenizers/gpt2")   # or "gpt2", "EleutherAI/pythia-160m"
@@ -75,6 +75,8 @@ def bytes_to_unicode() -> dict[int, str]:
 BYTE_TO_CHAR = bytes_to_unicode()                             # 0x20 -> 'Ġ'
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}        # 'Ġ' -> 0x20
 _LATIN1_TO_PRINTABLE = str.maketrans({chr(b): c for b, c in BYTE_TO_CHAR.items()})
+_PRINTABLE_TO_LATIN1 = str.maketrans({c: chr(b) for b, c in BYTE_TO_CHAR.items()})
+_PRINTABLE = frozenset(CHAR_TO_BYTE)
 
 
 def to_printable(text: str) -> str:
@@ -88,8 +90,8 @@ def to_printable(text: str) -> str:
 def token_bytes(token: str) -> bytes:
     """The bytes a vocabulary entry stands for: "Ġworld" -> b" world". An entry with a character outside
     the table (an added token such as a run of real spaces) stands for its own UTF-8, as in HF tokenizers."""
-    if all(c in CHAR_TO_BYTE for c in token):
-        return bytes(CHAR_TO_BYTE[c] for c in token)
+    if _PRINTABLE.issuperset(token):
+        return token.translate(_PRINTABLE_TO_LATIN1).encode("latin-1")    # to_printable, backwards
     return token.encode("utf-8")
 
 
@@ -280,6 +282,63 @@ def cut_word(word: str, joins_after: PerCharacter, joins_before: PerCharacter) -
 
 
 # ------------------------------------------------------------------------------------------------------
+# 3c. Words that are tokens: take them whole, where that is what BPE would give
+# ------------------------------------------------------------------------------------------------------
+# Most new words are vocabulary entries (" language", " returns"): in English prose about 3 in 5 of the
+# distinct words, and the cost of a cold cache is BPE on new words. tiktoken takes such a word as its
+# token without running BPE. That is exact only if BPE on the token's own bytes gives the token back,
+# which a merges list does not promise: with the merges ("b", "c") then ("a", "b") then ("ab", "c"), the
+# token "abc" exists, but BPE on "abc" merges "b c" first and ends at ["a", "bc"]. So bpe.py takes a word
+# whole only if it is a "whole token", found once per tokenizer (~0.2 s for 50,000 merges; in GPT-2's and
+# NeoX's files every token made by a merge is whole).
+# A token made by the merge (left, right) of rank r is whole when left and right are whole (so made by
+# lower ranks) and BPE on the bytes of left + right forms both before any merge joins across the point
+# between them: then only (left, right) is left, and r joins it. That last check walks BPE's run
+# backwards, from [left, right] down to single bytes. Here BPE takes its merges in increasing rank
+# (every token is made from parts made by lower ranks), so the last merge to happen is the one that
+# formed whichever of left and right has the higher rank (of equal ranks, the right one: ties go to the
+# leftmost pair first). Undo it: that side's inner part now stands at the point, and the pair at the
+# point must not have been the one to go first, so its rank must be above the rank just undone (or
+# equal, when what was undone lies left of the point). Repeat, checking the pair at the point each time.
+# (GitHub's `bpe` crate checks with the same walk whether two tokens can stand side by side.)
+
+
+def whole_tokens(merges: list[tuple[str, str]], ranks: dict) -> dict[str, tuple[int, str, str]]:
+    """The tokens that BPE gives whole for their own bytes: {token: (rank, left, right) of the merge that
+    makes it}, single bytes as (-1, "", ""). Left out as well: a token that two different merges make
+    (this check cannot tell which one BPE takes). A merge listed twice counts at its last rank, as in BPE."""
+    made = {}
+    for pair in merges:
+        token = pair[0] + pair[1]
+        made[token] = pair if made.get(token, pair) == pair else None
+    whole = {char: (-1, "", "") for char in BYTE_TO_CHAR.values()}
+    for rank, (left, right) in enumerate(merges):      # lower ranks first, so the parts are decided
+        token = left + right
+        if (made[token] == (left, right) and ranks[left, right] == rank and left in whole and right in whole
+                and not joins_across(left, right, whole, ranks)):
+            whole[token] = (rank, left, right)
+    return whole
+
+
+def joins_across(left: str, right: str, whole: dict, ranks: dict) -> bool:
+    """Does BPE on the bytes of left + right (both whole tokens) merge across the point between them
+    before it has formed left and right? Walks the run backwards (see above)."""
+    rank_left, rank_right = whole[left][0], whole[right][0]
+    while rank_left >= 0 or rank_right >= 0:
+        if rank_left > rank_right:                     # undo the merge that formed `left`: its right part
+            undone, left = rank_left, whole[left][2]   # was at the point, and that merge came first
+            rank_left = whole[left][0]
+            if ranks.get((left, right), NO_MERGE) < undone:
+                return True
+        else:                                          # undo the merge that formed `right`
+            undone, right = rank_right, whole[right][1]
+            rank_right = whole[right][0]
+            if ranks.get((left, right), NO_MERGE) <= undone:   # a tie: the pair at the point is leftmost
+                return True
+    return False
+
+
+# ------------------------------------------------------------------------------------------------------
 # 4. Added and special tokens: cut out of the text before the split pattern runs
 # ------------------------------------------------------------------------------------------------------
 class AddedToken(NamedTuple):
@@ -390,8 +449,9 @@ class Tokenizer:
     text is one word); BPE's `ignore_merges` (a word that is a token is taken whole, as in Llama 3).
 
     Attributes: vocab {token: id}, merges [(left, right)] in rank order, merge_ranks {(left, right): rank},
-    added_tokens, special_tokens {string: id}, eos_token_id (of "<|endoftext|>", or None), vocab_size
-    (the highest id + 1: the rows an embedding table needs).
+    whole_tokens (the tokens BPE gives whole: section 3c), added_tokens, special_tokens {string: id},
+    eos_token_id (of "<|endoftext|>", or None), vocab_size (the highest id + 1: the rows an embedding
+    table needs).
     """
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], added_tokens=(), *,
@@ -429,6 +489,7 @@ class Tokenizer:
         ends, starts = character_joins(merges)
         self._joins_after = PerCharacter(merges_ending_with, ends)
         self._joins_before = PerCharacter(merges_starting_with, starts)
+        self.whole_tokens = whole_tokens(merges, self.merge_ranks)     # section 3c
         self._added_patterns: dict[frozenset, tuple] = {}
         self._special_patterns: dict[frozenset, re.Pattern] = {}
 
@@ -664,17 +725,22 @@ class Tokenizer:
         self._joins_before.clear()
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
-        """A word's ids by BPE. A word with non-ASCII characters is first cut where no merge can join two
+        """A word's ids. A word with non-ASCII characters is first cut where no merge can join two
         characters (section 3b), and its pieces go through the cache (not with ignore_merges, which takes
-        a whole word that is a token). A piece cuts no further, so it comes back here as one piece."""
+        a whole word that is a token). A piece cuts no further, so it comes back here as one piece. A word
+        that is a whole token (section 3c) is that token; any other word takes BPE."""
         if not (word.isascii() or self.ignore_merges):
             pieces = cut_word(word, self._joins_after, self._joins_before)
             if len(pieces) > 1:
                 return tuple(self._cached_ids(pieces))
-        return tuple(map(self.vocab.__getitem__, self.word_tokens(word)))
+        chars = to_printable(word)
+        if chars in self.whole_tokens or (self.ignore_merges and chars in self.vocab):
+            return (self.vocab[chars],)
+        return tuple(map(self.vocab.__getitem__, bpe(chars, self.merge_ranks)))
 
     def word_tokens(self, word: str, trace: list | None = None) -> list[str]:
-        """The tokens of one word, by BPE (`trace`: see bpe())."""
+        """The tokens of one word, by BPE step by step (`trace`: see bpe()), for the teaching mode: encode()
+        gets the same tokens through _word_ids, which skips BPE for a whole token (section 3c)."""
         chars = to_printable(word)
         if self.ignore_merges and chars in self.vocab:
             return [chars]
@@ -827,6 +893,8 @@ def explain(tokenizer: Tokenizer, text: str, out=None) -> list[int]:
             show(f"\n  {word!r} as bytes: {' '.join(to_printable(word))}")
             for left, right, rank, parts in steps:
                 show(f"    merge rank {rank:>5}: {left} + {right} -> {' '.join(parts)}")
+            if to_printable(word) in tokenizer.whole_tokens:
+                show("    (a whole token: encode() takes it without the merges, see section 3c)")
             show(f"    tokens {tokens} -> ids {word_ids}")
             ids += word_ids
     show(f"\nids: {ids}")

@@ -84,6 +84,17 @@ def hf_ids(hf, text):
     return hf.encode(text, add_special_tokens=False).ids
 
 
+def hf_from_saved(tok, directory):
+    """HF tokenizers' byte-level BPE on the vocab.json + merges.txt that `tok` saves into `directory`."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+    tok.save(directory)
+    hf = HFTokenizer(models.BPE.from_file(str(Path(directory) / "vocab.json"), str(Path(directory) / "merges.txt")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    return hf
+
+
 # --- known values ---------------------------------------------------------------------------------------
 def test_gpt2_known_ids(gpt2):
     assert gpt2.encode("Hello world") == [15496, 995]
@@ -286,6 +297,101 @@ def test_merges_apply_by_rank_not_by_position():
     assert bpe.bpe("aaaa", tiny_tokenizer([("a", "a"), ("aa", "aa")]).merge_ranks) == ["aaaa"]
 
 
+# --- whole tokens (section 3c): a word that is a token skips BPE only where BPE gives that token ------------
+def test_a_token_that_bpe_does_not_give_whole():
+    tok = tiny_tokenizer([("b", "c"), ("a", "b"), ("ab", "c")])   # "abc" is a token, but BPE on it merges
+    assert bpe.bpe("abc", tok.merge_ranks) == ["a", "bc"]            # "b c" first and cannot reach it
+    assert "abc" not in tok.whole_tokens and {"ab", "bc"} <= tok.whole_tokens.keys()
+    assert tok.encode("abc") == [tok.vocab["a"], tok.vocab["bc"]]
+
+
+@st.composite
+def merges_lists(draw, alphabet=("a", "b", "c", "Ġ")):
+    """Random merges over a few bytes: each joins two tokens made before (a token may be made twice, a
+    pair listed twice), then, half the time, shuffled (a merge may use a token made only later)."""
+    tokens, merges = list(alphabet), []
+    for _ in range(draw(st.integers(1, 30))):
+        merges.append((draw(st.sampled_from(tokens)), draw(st.sampled_from(tokens))))
+        tokens.append(merges[-1][0] + merges[-1][1])
+    return draw(st.permutations(merges)) if draw(st.booleans()) else merges
+
+
+@settings(max_examples=500)
+@given(merges=merges_lists())
+def test_whole_tokens_are_exactly_those_bpe_gives_whole(merges):
+    """Every whole token is what BPE gives for its bytes; and where each token is made by one merge, of
+    tokens made before it (as training writes them), every token that BPE gives whole is found."""
+    ranks = {pair: rank for rank, pair in enumerate(merges)}
+    whole = bpe.whole_tokens(merges, ranks)
+    made = [left + right for left, right in merges]
+    gives_itself = {token for token in made if bpe.bpe(token, ranks) == [token]}
+    assert whole.keys() & set(made) <= gives_itself
+    in_order = all(len(part) == 1 or part in made[:rank] for rank, pair in enumerate(merges) for part in pair)
+    if in_order and len(set(made)) == len(made):
+        assert whole.keys() & set(made) == gives_itself
+
+
+def texts_of_tokens(data, merges):
+    """Texts made of the merges' tokens (so that words are tokens, whole or not) and random "abc " text."""
+    made = [bpe.token_bytes(left + right).decode() for left, right in merges]      # "Ġab" -> " ab"
+    pieces = st.one_of(st.sampled_from(made), st.text(alphabet="abc ", max_size=8))
+    return data.draw(st.lists(st.lists(pieces, max_size=6).map("".join), min_size=1, max_size=5))
+
+
+@settings(max_examples=150, deadline=None)
+@given(merges=merges_lists(), data=st.data())
+def test_tiny_tokenizers_match_hf(merges, data):
+    """The same through the reference: HF tokenizers (which never skips BPE) on the saved files."""
+    import tempfile
+    texts = texts_of_tokens(data, merges)
+    tok = tiny_tokenizer(merges)
+    with tempfile.TemporaryDirectory() as directory:
+        hf = hf_from_saved(tok, directory)
+    for text in texts:
+        assert tok.encode_ordinary(text) == hf_ids(hf, text), text
+
+
+@settings(max_examples=100, deadline=None)
+@given(merges=merges_lists(), data=st.data())
+def test_ignore_merges_matches_hf(merges, data):
+    """tokenizer.json's ignore_merges (Llama 3): any word that is a token is taken whole, whole or not."""
+    import tempfile
+    texts = texts_of_tokens(data, merges)
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+    vocab = tiny_tokenizer(merges).vocab
+    hf = HFTokenizer(models.BPE(vocab, merges, ignore_merges=True))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    with tempfile.TemporaryDirectory() as directory:
+        hf.save(str(Path(directory) / "tokenizer.json"))
+        tok = Tokenizer.from_pretrained(Path(directory) / "tokenizer.json")
+    assert tok.ignore_merges
+    for text in texts:
+        assert tok.encode_ordinary(text) == hf_ids(hf, text), text
+
+
+def test_real_tokenizers_every_token_is_whole(gpt2, neox):
+    """GPT-2's and NeoX's files: BPE gives every merged token whole, as tiktoken assumes."""
+    for tok in (gpt2, neox):
+        made = {left + right for left, right in tok.merges}
+        assert made <= tok.whole_tokens.keys()
+        assert all(bpe.bpe(token, tok.merge_ranks) == [token] for token in made)
+
+
+def test_teaching_mode_shows_every_merge(gpt2, tiktoken_gpt2):
+    import io
+    out = io.StringIO()
+    text = "Hello worldz"                        # " worldz" is no token: BPE ends at two
+    ids = bpe.explain(gpt2, text, out=out)
+    assert ids == tiktoken_gpt2.encode_ordinary(text)
+    shown = out.getvalue()
+    steps = [line.split() for line in shown.splitlines() if line.strip().startswith("merge rank")]
+    assert len(steps) == len(text.encode()) - len(ids)     # each merge makes one piece fewer
+    assert all(gpt2.merge_ranks[left, right] == int(rank.rstrip(":"))
+               for _, _, rank, left, _, right, *_ in steps)
+    assert shown.count("a whole token") == 1     # "Hello" is one, " worldz" is not
+
+
 def test_gpt2_merge_steps(gpt2):
     steps = []
     assert bpe.bpe("Ġworld", gpt2.merge_ranks, trace=steps) == ["Ġworld"]
@@ -352,11 +458,7 @@ def test_cut_words_encode_as_whole_words(gpt2, neox, trained_cjk, text):
 
 def test_cut_trained_cjk_matches_hf(trained_cjk, tmp_path):
     """The same through the reference: HF tokenizers on the saved files, on text full of joined characters."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, pre_tokenizers
-    trained_cjk.save(tmp_path)
-    hf = HFTokenizer(models.BPE.from_file(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")))
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf = hf_from_saved(trained_cjk, tmp_path)
 
     @settings(max_examples=300)
     @given(text=non_ascii_text)
@@ -405,13 +507,8 @@ def test_added_token_flags_match_hf(trained, tmp_path):
 
 # --- training -------------------------------------------------------------------------------------------
 def test_train_round_trips_through_hf_tokenizers(trained, tmp_path):
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers
     assert trained.vocab_size == 256 + 300 and len(trained.merges) == 300
-    trained.save(tmp_path)
-    hf = HFTokenizer(models.BPE.from_file(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")))
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
+    hf = hf_from_saved(trained, tmp_path)
     reloaded = Tokenizer.from_pretrained(tmp_path)
     import argparse
     sample = Path(argparse.__file__).read_text(encoding="utf-8")[60_000:70_000]   # unseen text
