@@ -300,7 +300,7 @@ def cut_word(word: str, joins_after: PerCharacter, joins_before: PerCharacter) -
 # leftmost pair first). Undo it: that side's inner part now stands at the point, and the pair at the
 # point must not have been the one to go first, so its rank must be above the rank just undone (or
 # equal, when what was undone lies left of the point). Repeat, checking the pair at the point each time.
-# (GitHub's `bpe` crate checks with the same walk whether two tokens can stand side by side.)
+# (GitHub's `bpe` crate uses a similar walk to check whether two tokens can stand side by side.)
 
 
 def whole_tokens(merges: list[tuple[str, str]], ranks: dict) -> dict[str, tuple[int, str, str]]:
