@@ -733,16 +733,13 @@ class Tokenizer:
             pieces = cut_word(word, self._joins_after, self._joins_before)
             if len(pieces) > 1:
                 return tuple(self._cached_ids(pieces))
-        chars = to_printable(word)
-        if chars in self.whole_tokens or (self.ignore_merges and chars in self.vocab):
-            return (self.vocab[chars],)
-        return tuple(map(self.vocab.__getitem__, bpe(chars, self.merge_ranks)))
+        return tuple(map(self.vocab.__getitem__, self.word_tokens(word)))
 
     def word_tokens(self, word: str, trace: list | None = None) -> list[str]:
-        """The tokens of one word, by BPE step by step (`trace`: see bpe()), for the teaching mode: encode()
-        gets the same tokens through _word_ids, which skips BPE for a whole token (section 3c)."""
+        """The tokens of one word: a whole token (section 3c) is itself, other words take BPE. With
+        `trace` (the teaching mode, see bpe()) every word takes BPE, to show its merges."""
         chars = to_printable(word)
-        if self.ignore_merges and chars in self.vocab:
+        if (trace is None and chars in self.whole_tokens) or (self.ignore_merges and chars in self.vocab):
             return [chars]
         return bpe(chars, self.merge_ranks, trace)
 
@@ -890,10 +887,11 @@ def explain(tokenizer: Tokenizer, text: str, out=None) -> list[int]:
             steps = []
             tokens = tokenizer.word_tokens(word, trace=steps)
             word_ids = [tokenizer.vocab[t] for t in tokens]
-            show(f"\n  {word!r} as bytes: {' '.join(to_printable(word))}")
+            chars = to_printable(word)
+            show(f"\n  {word!r} as bytes: {' '.join(chars)}")
             for left, right, rank, parts in steps:
                 show(f"    merge rank {rank:>5}: {left} + {right} -> {' '.join(parts)}")
-            if to_printable(word) in tokenizer.whole_tokens:
+            if chars in tokenizer.whole_tokens:
                 show("    (a whole token: encode() takes it without the merges, see section 3c)")
             show(f"    tokens {tokens} -> ids {word_ids}")
             ids += word_ids
