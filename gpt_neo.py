@@ -357,10 +357,16 @@ def check_state_dict(model, state_dict):
         raise ValueError("checkpoint does not match config.json: " + "; ".join(problems))
 
 
-def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, attn="sdpa"):
-    """GPT-Neo from a Hub name/id or a local directory with config.json and weights (fp32 unless `dtype`)."""
+def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, attn="sdpa",
+                    quantize=None):
+    """GPT-Neo from a Hub name/id or a local directory with config.json and weights (fp32 unless `dtype`).
+    quantize="int8" | "int4" stores the weights as integers (quantize.py; the model then runs in bf16 unless
+    `dtype` says otherwise)."""
     if attn not in BACKENDS:
         raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
+    if quantize is not None:
+        from quantize import check_scheme, load_quantized  # weight-only int8/int4, in its own file
+        check_scheme(quantize)
     directory = checkpoint_dir(name_or_path, revision)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
@@ -369,7 +375,10 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
         model = GPTNeoForCausalLM(config, attn)
     state_dict = convert_hub_state_dict(read_state_dict(directory), config)
     check_state_dict(model, state_dict)
-    dtype = dtype or torch.float32
+    dtype = dtype or (torch.bfloat16 if quantize else torch.float32)
+    if quantize is not None:  # every weight matrix quantized as it is read: no full-precision copy
+        load_quantized(model, state_dict, quantize, dtype, device)
+        return model.eval()
     model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
     model.tie_weights()  # assign=True replaced wte.weight: point lm_head at the new tensor
     return model.to(device).eval()
@@ -491,8 +500,9 @@ def parse_args(argv=None):
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--dtype", default=None, choices=DTYPES, help="float32; bfloat16 with --quantize")
     p.add_argument("--attn", default="sdpa", choices=BACKENDS)
+    p.add_argument("--quantize", default=None, help="int8 or int4: weight-only quantized (quantize.py)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-token decode step (compiling takes a while, once per run)")
     return p.parse_args(argv)
@@ -507,7 +517,8 @@ def main(argv=None):
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
         directory = checkpoint_dir(args.model, args.revision)
         tokenizer = Tokenizer.from_pretrained(directory)
-        model = from_pretrained(directory, device=args.device, dtype=DTYPES[args.dtype], attn=args.attn)
+        model = from_pretrained(directory, device=args.device, dtype=DTYPES.get(args.dtype),
+                                attn=args.attn, quantize=args.quantize)
         prompt = tokenizer.encode(args.prompt, allowed_special="all") or [tokenizer.eos_token_id]
         input_ids = torch.tensor([prompt], device=args.device)
         generator = torch.Generator(args.device).manual_seed(args.seed)

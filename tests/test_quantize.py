@@ -1,0 +1,225 @@
+"""quantize.py: the schemes keep their error bound, the quantized layers compute exactly what their dequantized
+weights would (so PyTorch's kernels and our packing are what is tested), and a quantized model of each
+architecture, loaded from a transformers reference saved as a Hub checkpoint, gives the logits and greedy
+tokens of the same model holding the dequantized weights in plain nn.Linear layers.
+
+How accurate quantization is (perplexity on trained weights) is measured in bench/quantize.py, not here."""
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+import torch.nn as nn
+import transformers
+from conftest import ROOT
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from reference import assert_close, save_checkpoint
+
+import gpt2
+import gpt_neo
+import gpt_neox
+import quantize
+
+transformers.logging.set_verbosity_error()
+
+GROUP_SIZES = [32, 64, 128]
+
+
+@st.composite
+def weights(draw, multiple_of=1):
+    N = draw(st.integers(1, 70))
+    K = multiple_of * draw(st.integers(1, 4 if multiple_of > 1 else 80))
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    w = torch.randn(N, K) * draw(st.sampled_from([1e-3, 0.02, 1.0, 30.0]))
+    if draw(st.booleans()):  # outliers and a shifted group: what group-wise scales are for
+        w[0, 0] = 50 * w.abs().max()
+        w[-1] += 3 * w.abs().max()
+    return w
+
+# ----------------------------------------------------------------------------- the schemes' error bounds
+
+
+@given(w=weights())
+def test_int8_error_is_at_most_half_a_step(w):
+    q, scales = quantize.quantize_int8(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127
+    error = (w - quantize.dequantize_int8(q, scales)).abs()
+    assert (error <= scales[:, None] / 2 * (1 + 1e-5) + 1e-30).all()
+
+
+@given(group_size=st.sampled_from(GROUP_SIZES), data=st.data())
+def test_int4_error_is_at_most_half_a_step_of_its_group(group_size, data):
+    w = data.draw(weights(multiple_of=group_size))
+    q, scales, zeros = quantize.quantize_int4(w, group_size)
+    assert q.dtype == torch.uint8 and q.max() <= 15
+    error = (w - quantize.dequantize_int4(q, scales, zeros, group_size)).abs()
+    bound = scales.repeat_interleave(group_size, dim=1) / 2  # (N, K): the step of each weight's group
+    assert (error <= bound * (1 + 1e-5) + 1e-6 * w.abs().max()).all()
+
+# ----------------------------------------------------------------------------- the layers
+
+
+def dequantized(w, scheme, dtype, group_size=quantize.GROUP_SIZE):
+    """The weight a quantized layer stands for, computed from the scheme alone (no kernel, no packing): the
+    scales and zero points rounded to `dtype` as the layer stores them. int8 where int4 does not apply."""
+    if scheme == "int4" and w.shape[1] % group_size == 0:
+        q, scales, zeros = quantize.quantize_int4(w, group_size)
+        return quantize.dequantize_int4(q, scales.to(dtype), zeros.to(dtype), group_size)
+    q, scales = quantize.quantize_int8(w)
+    return quantize.dequantize_int8(q, scales.to(dtype))
+
+
+@given(scheme=st.sampled_from(quantize.SCHEMES), group_size=st.sampled_from(GROUP_SIZES),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), bias=st.booleans(),
+       lead=st.sampled_from([(1,), (3,), (2, 5)]), data=st.data())
+def test_layer_equals_matmul_with_its_dequantized_weight(scheme, group_size, dtype, bias, lead, data):
+    w = data.draw(weights(multiple_of=group_size))
+    b = torch.randn(w.shape[0]) if bias else None
+    layer = quantize.quantized_linear(w, b, scheme, dtype, group_size)
+    assert isinstance(layer, quantize.Int4Linear if scheme == "int4" else quantize.Int8Linear)
+    x = torch.randn(*lead, w.shape[1]).to(dtype)
+    with torch.no_grad():
+        y = layer(x)
+    W = dequantized(w, scheme, dtype, group_size)
+    expected = x.float() @ W.T + (0 if b is None else b.to(dtype).float())
+    assert y.shape == (*lead, w.shape[0]) and y.dtype == dtype
+    # Accumulation order and the output's rounding: relative to the sum of |terms| (bf16: 8 bits of mantissa).
+    magnitude = x.float().abs() @ W.abs().T + (0 if b is None else b.abs())
+    assume(dtype != torch.float16 or magnitude.max() < 1e4)  # fp16 overflows at 65504
+    rel = 1e-5 if dtype == torch.float32 else 2**-7
+    assert ((y.float() - expected).abs() <= rel * magnitude + 1e-6).all()
+
+
+def test_int4_pads_rows_and_falls_back_to_int8_on_odd_widths():
+    torch.manual_seed(0)
+    w = torch.randn(50257 % 64 + 16 * 3 + 1, 64)  # rows not divisible by 16: padded, then cut
+    layer = quantize.quantized_linear(w, None, "int4", torch.float32, 32)
+    assert isinstance(layer, quantize.Int4Linear) and layer.weight.shape[0] % 16 == 0
+    x = torch.randn(2, 64)
+    assert_close(layer(x), x @ dequantized(w, "int4", torch.float32, 32).T, "int4 padded rows", tol=1e-4)
+    assert isinstance(quantize.quantized_linear(torch.randn(8, 40), None, "int4", torch.float32, 32),
+                      quantize.Int8Linear)  # 40 inputs: not a whole number of groups
+
+
+def test_unknown_scheme_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown quantization 'int3'; choose one of int8, int4"):
+        quantize.quantized_linear(torch.randn(4, 32), None, "int3", torch.float32)
+    with pytest.raises(ValueError, match="unknown quantization 'int3'"):
+        gpt2.from_pretrained("/no/such/dir", quantize="int3")  # refused before anything is read
+
+# ----------------------------------------------------------------------------- whole models
+
+
+def tiny(arch, vocab_size, n_embd, seed=0):
+    """A transformers reference model of `arch`, small, with weights large enough that logits differ."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size, initializer_range=0.3, bos_token_id=0, eos_token_id=1)
+    if arch == "gpt2":
+        config = transformers.GPT2Config(n_positions=64, n_embd=n_embd, n_layer=2, n_head=2, **common,
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return gpt2, transformers.GPT2LMHeadModel(config).eval()
+    if arch == "gpt_neo":
+        config = transformers.GPTNeoConfig(max_position_embeddings=64, hidden_size=n_embd, num_layers=2,
+                                           num_heads=2, attention_types=[[["global", "local"], 1]],
+                                           window_size=16, **common, resid_dropout=0.0, embed_dropout=0.0,
+                                           attention_dropout=0.0)
+        return gpt_neo, transformers.GPTNeoForCausalLM(config).eval()
+    config = transformers.GPTNeoXConfig(max_position_embeddings=64, hidden_size=n_embd, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=4 * n_embd, rotary_pct=0.25,
+                                        **common, tie_word_embeddings=False)
+    return gpt_neox, transformers.GPTNeoXForCausalLM(config).eval()
+
+
+def quantized_and_dequantized(arch, scheme, vocab_size=83, n_embd=64, dtype=torch.float32, seed=0):
+    """Our model loaded with quantize=scheme, and ours loaded in `dtype` with every nn.Linear's weight replaced
+    by the scheme's dequantized weight (a tied LM head gets its own plain nn.Linear, as quantizing gives it)."""
+    module, ref = tiny(arch, vocab_size, n_embd, seed)
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(ref, d)
+        quantized = module.from_pretrained(d, quantize=scheme, dtype=dtype)
+        plain = module.from_pretrained(d, dtype=torch.float32)
+    for name, linear in [(n, m) for n, m in plain.named_modules() if isinstance(m, nn.Linear)]:
+        copy = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        with torch.no_grad():
+            copy.weight.copy_(dequantized(linear.weight, scheme, dtype))
+            if linear.bias is not None:
+                copy.bias.copy_(linear.bias.to(dtype))
+        parent, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent), child, copy)
+    return module, quantized, plain.to(dtype)
+
+
+@given(arch=st.sampled_from(["gpt2", "gpt_neo", "gpt_neox"]), scheme=st.sampled_from(quantize.SCHEMES),
+       vocab_size=st.integers(40, 130), n_embd=st.sampled_from([32, 64]), seed=st.integers(0, 2**16))
+def test_quantized_model_logits_equal_the_dequantized_models(arch, scheme, vocab_size, n_embd, seed):
+    module, quantized, plain = quantized_and_dequantized(arch, scheme, vocab_size, n_embd, seed=seed)
+    kinds = {type(m) for m in quantized.modules()}
+    assert nn.Linear not in kinds and (quantize.Int4Linear in kinds) == (scheme == "int4")
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (2, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # a left-padded row
+    with torch.no_grad():
+        assert_close(quantized(ids, mask), plain(ids, mask), f"{arch} {scheme} logits vs dequantized",
+                     mask=mask.bool(), tol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_greedy_generation_equals_the_dequantized_models(arch, scheme):
+    """Left-padded batch, KV cache: the same tokens. Fixed seeds (no hypothesis): the two models' logits
+    differ by ~1e-5, and the check below makes sure no step is decided by a near-tie."""
+    module, quantized, plain = quantized_and_dequantized(arch, scheme)
+    ids = torch.tensor([[0, 0, 0, 5, 17, 42, 8], [3, 9, 11, 60, 2, 7, 30]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [1] * 7])
+    steps = []
+    expected = module.generate(plain, ids, 10, attention_mask=mask, temperature=0,
+                               on_token=lambda t: steps.append(t))
+    out = module.generate(quantized, ids, 10, attention_mask=mask, temperature=0)
+    assert torch.equal(out, expected)
+    with torch.no_grad():  # margins of the greedy choices: far larger than the logits' difference
+        logits = plain(expected[:, :-1], torch.cat([mask, torch.ones_like(expected[:, 7:-1])], dim=1))[:, 6:]
+        top2 = logits.topk(2, dim=-1).values
+        assert (top2[..., 0] - top2[..., 1]).min() > 1e-3
+
+
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_compiled_decoding_and_bf16(scheme):
+    """compile=True over a StaticCache gives the eager tokens; in bf16 (the default with quantize) too."""
+    module, quantized, _ = quantized_and_dequantized("gpt2", scheme, dtype=torch.bfloat16)
+    assert quantized.transformer.wte.weight.dtype == torch.bfloat16
+    ids = torch.tensor([[0, 0, 5, 17, 42, 8], [3, 9, 11, 60, 2, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
+    eager = module.generate(quantized, ids, 6, attention_mask=mask, temperature=0)
+    compiled = module.generate(quantized, ids, 6, attention_mask=mask, temperature=0, compile=True)
+    assert torch.equal(compiled, eager)
+
+
+def test_default_dtype_with_quantize_is_bf16_and_the_lm_head_is_untied():
+    module, ref = tiny("gpt2", 83, 64)
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(ref, d)
+        model = gpt2.from_pretrained(d, quantize="int8")
+    assert model.transformer.wte.weight.dtype == torch.bfloat16
+    assert isinstance(model.lm_head, quantize.Int8Linear)  # its own int8 copy of wte
+    assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+
+
+def test_cli_flag(tmp_path):
+    module, ref = tiny("gpt_neox", 300, 64)  # room for the tokenizer's 276 tokens
+    save_checkpoint(ref, tmp_path)
+    from bpe import train
+    train("hello world, hello quantized world " * 20, vocab_size=256 + 20).save(tmp_path)
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "gpt_neox.py"), "--model", str(tmp_path), *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+    for scheme in quantize.SCHEMES:
+        result = run("--quantize", scheme, "--prompt", "hello", "--max-new-tokens", "4", "--temperature", "0")
+        assert result.returncode == 0 and result.stdout.startswith("hello"), result.stderr
+    result = run("--quantize", "int3")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert lines[0] == "error: unknown quantization 'int3'; choose one of int8, int4"
