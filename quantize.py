@@ -61,7 +61,7 @@ import torch.nn.functional as F
 SCHEMES = ("int8", "int4")
 GROUP_SIZES = (32, 64, 128, 256)
 GROUP_SIZE = 32  # int4: input weights per scale, chosen by perplexity (README, "Quantization")
-ROWS = 4096  # rows quantized at a time, so the temporaries stay small even for a 50257-row LM head
+ROWS = 1024  # rows quantized at a time, so the temporaries stay small even for a 50257-row LM head
 
 
 def check_scheme(scheme):
@@ -74,7 +74,7 @@ def check_scheme(scheme):
 def quantize_int8(w):
     """w (N, K) -> q int8 (N, K), scales fp32 (N,): symmetric, one scale per output row; w ≈ q * scales[:, None]."""
     scales = w.float().abs().amax(dim=1).clamp(min=1e-12) / 127  # a row of zeros still gets a valid scale
-    q = (w.float() / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
+    q = (w.float() / scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)  # in place: one temporary
     return q, scales
 
 
@@ -90,7 +90,7 @@ def quantize_int4(w, group_size):
     lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)  # (N, K/G)
     scales = (hi - lo).clamp(min=1e-12) / 15  # 16 levels span [lo, hi]
     zeros = lo + 8 * scales  # the value of q = 8, the middle level
-    q = ((groups - lo[..., None]) / scales[..., None]).round().clamp(0, 15).to(torch.uint8)
+    q = (groups - lo[..., None]).div_(scales[..., None]).round_().clamp_(0, 15).to(torch.uint8)
     return q.reshape(N, K), scales, zeros
 
 
@@ -134,21 +134,23 @@ class Int4Linear(nn.Module):
     Where PyTorch has an int4 kernel for the device and dtype, q is packed into its layout (two weights per
     byte, tiled) and the kernel dequantizes on the fly; otherwise q stays one uint8 per weight and the layer
     dequantizes then multiplies (the plain path). The CPU packer wants out_features divisible by 16: GPT-2's
-    50257-row LM head is padded with zero rows, and the padding columns are cut off the output."""
+    50257-row LM head is padded with zero rows, whose outputs are cut off."""
 
     def __init__(self, weight, bias, dtype, group_size=GROUP_SIZE):
         super().__init__()
         device = weight.device
         self.in_features, self.out_features, self.group_size = weight.shape[1], weight.shape[0], group_size
-        padded = -self.out_features % 16
-        q, scales, zeros = by_rows(quantize_int4, F.pad(weight, (0, 0, 0, padded)), group_size)
         self.kernel = int4_kernel(device, dtype)
-        if self.kernel == "cpu":
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.int(), 1)  # (N, K/2) uint8
-        elif self.kernel == "cuda":  # two weights per byte (high nibble first), then the kernel's tiling
-            packed = torch.ops.aten._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(device), 8)
-        else:
-            packed = q
+        padded = -self.out_features % 16
+
+        def quantize_block(rows):  # ROWS rows at a time, so no temporary is as large as the weight
+            q, scales, zeros = quantize_int4(F.pad(rows, (0, 0, 0, -len(rows) % 16)), group_size)
+            if self.kernel == "cpu":  # the CPU layout packs each block of 16 rows on its own: (n, K/2) uint8
+                q = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.int(), 1)
+            return q, scales, zeros
+        packed, scales, zeros = by_rows(quantize_block, weight)
+        if self.kernel == "cuda":  # two weights per byte (high nibble first), then the kernel's tiling
+            packed = torch.ops.aten._convert_weight_to_int4pack((packed[:, ::2] << 4 | packed[:, 1::2]), 8)
         self.register_buffer("weight", packed.to(device))
         # The kernels' layout for the groups' parameters: (K/G, N, 2), [..., 0] scale, [..., 1] zero point.
         self.register_buffer("scales_and_zeros", torch.stack([scales, zeros], dim=-1).transpose(0, 1)

@@ -21,11 +21,18 @@ by both sides from that directory. Then, ours and the reference interleaved, --r
            "+ forward" adds one forward pass, which touches every weight (safetensors are memory-mapped,
            so loading alone may read little of the file)
 
+With --quantize int8 int4, the same decode and prefill runs also time our model loaded with
+from_pretrained(quantize=...) (bf16 activations, quantize.py), and, where they install, transformers with
+torchao's int8 weight-only (--compare torchao) and with bitsandbytes 8-bit / 4-bit (--compare bnb); the
+ratio is against transformers in --dtype (fp32 by default). The memory rows add the peak of loading
+quantized, against the quantized model's bytes plus its checkpoint's largest tensor.
+
 Medians are printed, with the ratio ours / transformers (higher is better for tokens/s). "same tokens"
 checks our greedy tokens against transformers' (and the compiled path against our eager one).
 """
 import argparse
 import inspect
+import math
 import os
 import platform
 import statistics
@@ -129,8 +136,9 @@ def read_every_weight(model, device, repeats):
     return statistics.median(times[1:]), total
 
 
-def decode_runs(module, ours, ref, batch, prompt_len, new_tokens, device, use_compile):
-    """name -> a function that generates and returns the ids (B, prompt + new)."""
+def decode_runs(module, ours, ref, batch, prompt_len, new_tokens, device, use_compile, extra=None):
+    """name -> a function that generates and returns the ids (B, prompt + new). `extra`: more models, name ->
+    (ours: bool, model), timed beside the two (quantized ones)."""
     g = torch.Generator().manual_seed(batch)
     ids = torch.randint(0, ref.config.vocab_size, (batch, prompt_len), generator=g).to(device)
     ones = torch.ones_like(ids)
@@ -141,10 +149,19 @@ def decode_runs(module, ours, ref, batch, prompt_len, new_tokens, device, use_co
     }
     if use_compile:
         runs["ours compile"] = lambda: module.generate(ours, ids, new_tokens, temperature=0, compile=True)
+    for name, (is_ours, model) in (extra or {}).items():
+        if is_ours:
+            runs[name] = lambda m=model: module.generate(m, ids, new_tokens, temperature=0)
+            if use_compile:
+                runs[name + " compile"] = lambda m=model: module.generate(m, ids, new_tokens, temperature=0,
+                                                                          compile=True)
+        else:
+            runs[name] = lambda m=model: m.generate(ids, attention_mask=ones, max_new_tokens=new_tokens,
+                                                    do_sample=False)
     return runs
 
 
-def prefill_runs(module, ours, ref, length, device):
+def prefill_runs(module, ours, ref, length, device, extra=None):
     g = torch.Generator().manual_seed(length)
     ids = torch.randint(0, ref.config.vocab_size, (1, length), generator=g).to(device)
     if hasattr(module, "last_logits"):
@@ -153,8 +170,42 @@ def prefill_runs(module, ours, ref, length, device):
     else:  # not ported yet: the whole (B, T, V) logits
         def run_ours():
             return ours(ids, kv_cache=ours.make_cache())[:, -1]
-    return {"ours": run_ours,
+    runs = {"ours": run_ours,
             "transformers": lambda: ref(ids, use_cache=True, logits_to_keep=1).logits[:, -1]}
+    for name, (is_ours, model) in (extra or {}).items():
+        runs[name] = ((lambda m=model: module.last_logits(m, ids, None, m.make_cache())) if is_ours else
+                      (lambda m=model: m(ids, use_cache=True, logits_to_keep=1).logits[:, -1]))
+    return runs
+
+
+def quantized_models(arch, directory, module, schemes, compare, device):
+    """name -> (ours?, model): ours loaded with quantize=scheme (bf16 activations), and what a user would
+    pick instead where it installs (transformers + torchao int8 weight-only, + bitsandbytes 8 / 4 bit)."""
+    import transformers
+    models = {f"ours {s}": (True, module.from_pretrained(directory, quantize=s, device=device)) for s in schemes}
+
+    def hf(**kwargs):
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, **kwargs).to(device).eval()
+        model.generation_config.eos_token_id, model.generation_config.pad_token_id = None, 0
+        return model
+    if "torchao" in compare:
+        try:
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+            model = hf(dtype=torch.bfloat16)
+            quantize_(model, Int8WeightOnlyConfig())
+            models["transformers bf16 + torchao int8"] = (False, model)
+        except Exception as e:  # not installed, or no CPU path: say so, time the rest
+            print(f"  torchao int8 weight-only: not measured ({type(e).__name__}: {e})", file=sys.stderr)
+    if "bnb" in compare:
+        for bits in (8, 4):
+            try:
+                config = transformers.BitsAndBytesConfig(**{f"load_in_{bits}bit": True})
+                model = hf(dtype=torch.bfloat16, quantization_config=config)
+                models[f"transformers bf16 + bitsandbytes {bits}-bit"] = (False, model)
+            except Exception as e:
+                print(f"  bitsandbytes {bits}-bit: not measured ({type(e).__name__}: {str(e)[:200]})",
+                      file=sys.stderr)
+    return models
 
 
 def interleaved(runs, repeats, device, label):
@@ -178,9 +229,10 @@ torch.set_num_threads({threads})
 def status(key):  # kB -> bytes; VmHWM (the peak) starts afresh with each new process
     return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key + ':'))
 import torch._dynamo  # code, not weights (building modules imports it): in the baseline for both sides
-if {side!r} == 'ours':
+if {side!r}.startswith('ours'):
     import {arch} as module
-    load = lambda: module.from_pretrained({directory!r}, dtype=torch.{dtype})
+    scheme = {side!r}.split()[1] if ' ' in {side!r} else None
+    load = lambda: module.from_pretrained({directory!r}, dtype=None if scheme else torch.{dtype}, quantize=scheme)
 else:
     import transformers
     transformers.logging.set_verbosity_error()
@@ -188,22 +240,29 @@ else:
 before = status('VmRSS')
 model = load()
 loaded = status('VmHWM')
+size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 with torch.no_grad():
     model(torch.zeros(1, 8, dtype=torch.long))
-print(loaded - before, status('VmHWM') - before)
+print(size, loaded - before, status('VmHWM') - before)
 """
 
 
 def peak_memory(arch, side, directory, dtype, threads):
-    """(peak of loading, peak of loading + one forward) in bytes, over the process's memory before it."""
+    """(peak of loading, peak of loading + one forward) in bytes, over the process's memory before it, and
+    the bytes of the loaded model's tensors."""
     code = MEMORY_SCRIPT.format(root=str(ROOT), arch=arch, side=side, directory=str(directory),
                                 dtype=str(dtype).removeprefix("torch."), threads=threads)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    if side.startswith("ours ") and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        # glibc's threshold for serving a request with its own mmap grows with the largest block freed, so
+        # the quantizer's freed temporaries stay in the heap a varying amount (peaks vary by ~150 MiB run to
+        # run); a fixed threshold returns them at once. README, "Quantization", gives both.
+        env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 16)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"memory measurement failed:\n{out.stderr[-3000:]}")
-    loaded, forward = map(int, out.stdout.split()[-2:])
-    return loaded, forward
+    size, loaded, forward = map(int, out.stdout.split()[-3:])
+    return loaded, forward, size
 
 
 # ----------------------------------------------------------------------------- report
@@ -238,14 +297,20 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: 16 new tokens, prefill 128, 1 repeat")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
     p.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill", "memory"])
+    p.add_argument("--quantize", nargs="*", default=[], choices=["int8", "int4"],
+                   help="also time our model quantized (bf16 activations)")
+    p.add_argument("--compare", nargs="*", default=[], choices=["torchao", "bnb"],
+                   help="with --quantize: also time transformers + torchao / bitsandbytes, if installed")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--prefill", nargs="+", type=int, default=[512, 1024])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     dtype = DTYPES[args.dtype]
-    new_tokens, prefill_lengths, repeats = (16, (128,), 1) if args.quick else (128, (512, 1024), args.repeats)
-    prompt_len, batches = 32, (1, 8)
+    new_tokens, prefill_lengths, repeats = (16, (128,), 1) if args.quick else (128, args.prefill, args.repeats)
+    prompt_len, batches = 32, args.batches
 
     rows = []  # (model, measure, ours, transformers, ratio, note)
     for arch in available_archs(args.arch):
@@ -258,12 +323,13 @@ def main(argv=None):
             can_compile = not args.no_compile and "compile" in inspect.signature(module.generate).parameters
             if not args.no_compile and not can_compile:
                 print(f"  {arch}.generate has no compile option yet: no compile row", file=sys.stderr)
+            extra = quantized_models(arch, directory, module, args.quantize, args.compare, args.device)
 
             if "decode" not in args.skip:
                 ref_rate = {}  # batch -> transformers' tokens/s
                 for batch in batches:
                     runs = decode_runs(module, ours, ref, batch, prompt_len, new_tokens, args.device,
-                                       can_compile)
+                                       can_compile, extra)
                     # One untimed run of each first: compiling (a minute on a small CPU), the first touch of
                     # the memory-mapped weights, the allocators' first requests.
                     for name, fn in runs.items():
@@ -285,6 +351,13 @@ def main(argv=None):
                         same = "same tokens as eager" if torch.equal(comp_ids, ours_ids) else differ
                         rows.append((label, f"decode tok/s, batch {batch}, compile", fmt_rate(n / comp_s),
                                      fmt_rate(n / ref_s), f"{ref_s / comp_s:.2f}x", same))
+                    for name in runs:  # the quantized rows: against transformers in --dtype
+                        if name.startswith(tuple(extra)):
+                            q_s, q_ids = result[name]
+                            agree = (q_ids[:, prompt_len:] == ref_ids[:, prompt_len:]).float().mean().item()
+                            rows.append((label, f"decode tok/s, batch {batch}, {name}", fmt_rate(n / q_s),
+                                         fmt_rate(n / ref_s), f"{ref_s / q_s:.2f}x",
+                                         f"{100 * agree:.0f}% of tokens as transformers {args.dtype}"))
 
                 seconds, total = read_every_weight(ours, args.device, max(repeats, 5))
                 rows.append((label, "decode tok/s, batch 1, bound: every weight read once per token",
@@ -294,7 +367,7 @@ def main(argv=None):
 
             if "prefill" not in args.skip:
                 for length in prefill_lengths:
-                    runs = prefill_runs(module, ours, ref, length, args.device)
+                    runs = prefill_runs(module, ours, ref, length, args.device, extra)
                     with torch.no_grad():  # one untimed pass each: first-call allocations, page faults
                         for fn in runs.values():
                             fn()
@@ -304,7 +377,13 @@ def main(argv=None):
                     rows.append((label, f"prefill tok/s, {length} tokens", fmt_rate(length / ours_s),
                                  fmt_rate(length / ref_s), f"{ref_s / ours_s:.2f}x",
                                  f"max abs logit diff {delta:.1e}"))
-            del ours, ref
+                    for name in extra:
+                        q_s, q = result[name]
+                        delta = (q.float() - b.float()).abs().max().item()
+                        rows.append((label, f"prefill tok/s, {length} tokens, {name}", fmt_rate(length / q_s),
+                                     fmt_rate(length / ref_s), f"{ref_s / q_s:.2f}x",
+                                     f"max abs logit diff {delta:.1e}"))
+            del ours, ref, extra
 
             if "memory" not in args.skip:
                 peaks = {side: peak_memory(arch, side, directory, dtype, args.threads)
@@ -315,6 +394,16 @@ def main(argv=None):
                     rows.append((label, what, f"{o / file_bytes:.2f}", f"{r / file_bytes:.2f}", "",
                                  f"file {file_bytes / 2**20:,.0f} MiB; ours {o / 2**20:,.0f} MiB, "
                                  f"transformers {r / 2**20:,.0f} MiB"))
+                from safetensors import safe_open
+                with safe_open(weights, "pt") as f:  # the largest tensor, in the file's fp32
+                    largest = max(math.prod(f.get_slice(k).get_shape()) for k in f.keys()) * 4
+                for scheme in args.quantize:
+                    loaded, forward, size = peak_memory(arch, f"ours {scheme}", directory, dtype, args.threads)
+                    rows.append((label, f"memory peak of loading {scheme} / (quantized model + largest tensor)",
+                                 f"{loaded / (size + largest):.2f}", "", "",
+                                 f"peak {loaded / 2**20:,.0f} MiB (+ forward {forward / 2**20:,.0f}); model "
+                                 f"{size / 2**20:,.0f} MiB, largest tensor {largest / 2**20:,.0f} MiB; "
+                                 f"1.2x model + largest = {(1.2 * size + largest) / 2**20:,.0f} MiB"))
 
     command = "python bench/generate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"\n`{command.strip()}`\n")

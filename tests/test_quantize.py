@@ -94,7 +94,7 @@ def test_layer_equals_matmul_with_its_dequantized_weight(scheme, group_size, dty
 
 def test_int4_pads_rows_and_falls_back_to_int8_on_odd_widths():
     torch.manual_seed(0)
-    w = torch.randn(50257 % 64 + 16 * 3 + 1, 64)  # rows not divisible by 16: padded, then cut
+    w = torch.randn(quantize.ROWS + 37, 64)  # more than one block of rows, not divisible by 16: padded
     layer = quantize.quantized_linear(w, None, "int4", torch.float32, 32)
     assert isinstance(layer, quantize.Int4Linear) and layer.weight.shape[0] % 16 == 0
     x = torch.randn(2, 64)
