@@ -334,19 +334,22 @@ HEAD_MODULES = tuple(head.HEAD for head in TASKS.values())  # score, classifier,
 
 
 def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, device="cpu", dtype=None,
-                    attn="sdpa"):
+                    attn="sdpa", quantize=None):
     """A head model from a Hub name/id or a local directory (fp32 unless `dtype`), in eval() mode.
 
     A head checkpoint (config.json's architectures: GPT2ForSequenceClassification, ...) loads strictly: a
     missing, unexpected or wrongly shaped tensor is an error that names it. A language model (GPT2LMHeadModel,
     GPTNeoForCausalLM, ...) needs `task` (one of TASKS, and `num_labels` for the classifiers): its backbone
     is loaded and the head is new, initialised as transformers does (weights N(0, initializer_range),
-    biases 0), with a warning that names the new keys.
+    biases 0), with a warning that names the new keys. quantize="int8" | "int4" as in the model files.
     """
     if attn not in BACKENDS:
         raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if quantize is not None:
+        from quantize import check_scheme, load_quantized  # weight-only int8/int4 (quantize.py)
+        check_scheme(quantize)
     directory = checkpoint_dir(name_or_path, revision)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
@@ -380,7 +383,10 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
                    f"({', '.join(new)}: train it before use)")
         warnings.warn(message + (f"; not used: {', '.join(unused)}" if unused else ""), stacklevel=2)
     family.module.check_state_dict(model, state_dict)
-    dtype = dtype or torch.float32
+    dtype = dtype or (torch.bfloat16 if quantize else torch.float32)
+    if quantize is not None:  # every linear layer, the head's too, quantized as it is read
+        load_quantized(model, state_dict, quantize, dtype, device)
+        return model.eval()
     model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
     if head is GPT2DoubleHeads:
         model.tie_weights()  # assign=True replaced wte.weight: point lm_head at the new tensor

@@ -223,3 +223,26 @@ def test_cli_flag(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert lines[0] == "error: unknown quantization 'int3'; choose one of int8, int4"
+
+
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_heads_loader_quantizes_backbone_and_head(scheme):
+    """heads.from_pretrained(quantize=): a GPT-NeoX sequence classifier's logits equal those of the same model
+    with dequantized weights (the head's `score` layer included)."""
+    import heads
+    torch.manual_seed(0)
+    config = transformers.GPTNeoXConfig(vocab_size=70, max_position_embeddings=32, hidden_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+                                        num_labels=3, pad_token_id=0, initializer_range=0.3)
+    ref = transformers.GPTNeoXForSequenceClassification(config).eval()
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(ref, d)
+        quantized = heads.from_pretrained(d, quantize=scheme, dtype=torch.float32)
+        plain = heads.from_pretrained(d)
+    assert not any(isinstance(m, nn.Linear) for m in quantized.modules())
+    for name, linear in [(n, m) for n, m in plain.named_modules() if isinstance(m, nn.Linear)]:
+        with torch.no_grad():
+            linear.weight.copy_(dequantized(linear.weight, scheme, torch.float32))
+    ids = torch.randint(1, 70, (2, 9))
+    with torch.no_grad():
+        assert_close(quantized(ids).logits, plain(ids).logits, f"heads {scheme} logits vs dequantized", tol=1e-3)
