@@ -16,6 +16,7 @@ load_state_dict after one visible key transform (`convert_hub_state_dict`).
 import argparse
 import json
 import math
+import os
 import pickle
 import re
 import sys
@@ -27,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import tp
 from attention import BACKENDS, attention
 from kv_cache import DynamicCache, StaticCache
 
@@ -91,30 +93,30 @@ ACTIVATIONS = {
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx, backend="sdpa"):
         super().__init__()
-        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
         self.layer_idx = layer_idx
         self.backend = backend
         # GPT-2 stores these as Conv1D (weight (in, out)); we use nn.Linear (out, in) and transpose on load.
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        hd = config.n_embd // config.n_head
-        self.scale = 1.0 / math.sqrt(hd) if config.scale_attn_weights else 1.0
+        self.scale = 1.0 / math.sqrt(self.head_dim) if config.scale_attn_weights else 1.0
         if config.scale_attn_by_inverse_layer_idx:  # an option of the Mistral/Stanford GPT-2 runs
             self.scale /= layer_idx + 1
         self.upcast = config.reorder_and_upcast_attn  # scores in fp32 even when the model runs in fp16
 
     def forward(self, x, attention_mask=None, kv_cache=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # nh is read off the tensors (-1): all heads, or this process's share under tensor parallel (tp.py)
+        q, k, v = self.c_attn(x).chunk(3, dim=2)  # 3 × (B, T, nh * hd)
+        q = q.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, -1, self.head_dim).transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_past + T, hd)
         if self.upcast:
             q, k, v = q.float(), k.float(), v.float()
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale)
-        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hd) -> (B, T, C): heads side by side
+        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
         return self.c_proj(y)
 
 
@@ -221,6 +223,18 @@ def lm_loss(logits, labels):
     logits = logits[:, :-1].float()  # (B, T-1, V), fp32 for a stable log-softmax
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
 
+# Tensor parallel (tp.py, under torchrun): how a block's layers split over the N processes. "colwise": the
+# layer's outputs (heads, MLP columns) are divided among the processes; "rowwise": its inputs are, and an
+# all-reduce sums the partial results. Every other tensor (embeddings, LayerNorms, LM head) is replicated.
+TP_PLAN = {
+    # c_attn's rows are [all q | all k | all v]: each process takes its heads' rows from each third (a plain
+    # cut would hand one process all the q and some of the k: wrong logits, no error).
+    "attn.c_attn": "colwise_qkv",
+    "attn.c_proj": "rowwise",
+    "mlp.c_fc": "colwise",
+    "mlp.c_proj": "rowwise",
+}
+
 # ----------------------------------------------------------------------------- loading
 
 HUB_MODELS = {
@@ -275,8 +289,9 @@ def download(repo_id, revision=None):
     return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
 
 
-def read_state_dict(directory):
-    """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds."""
+def read_state_dict(directory, lazy=False):
+    """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds. lazy: safetensors
+    tensors are not read yet (tp.CheckpointTensor: the shape now, slices later)."""
     directory = Path(directory)
     for name in WEIGHT_FILES:
         if (directory / name).exists():
@@ -289,19 +304,20 @@ def read_state_dict(directory):
         shards = [name]
     state_dict = {}
     for shard in shards:
-        state_dict.update(read_weights_file(directory / shard))
+        state_dict.update(read_weights_file(directory / shard, lazy))
     return state_dict
 
 
-def read_weights_file(path):
+def read_weights_file(path, lazy=False):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     if not path.exists():
         raise FileNotFoundError(f"missing checkpoint file {path}")
     try:
         if path.suffix == ".safetensors":
-            return load_file(path)
+            return tp.open_safetensors(path) if lazy else load_file(path)
         # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
+        # (mmap: only the pages of the tensors used are read; a whole .bin is unpickled, sliced or not.)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
@@ -351,8 +367,12 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     config = GPT2Config.from_json(directory / "config.json")
     with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
         model = GPT2LMHeadModel(config, attn)
-    state_dict = convert_hub_state_dict(read_state_dict(directory), config)
+    # Under torchrun (tp.py): which layers split; a number of processes that does not divide them fails here.
+    split = tp.layers_to_split(model, TP_PLAN, config.n_head)
+    state_dict = convert_hub_state_dict(read_state_dict(directory, lazy=bool(split)), config)
     check_state_dict(model, state_dict)
+    if split:  # this process's share: the split layers cut to it, only their slices read from the file
+        state_dict = tp.shard(model, split, state_dict)
     dtype = dtype or torch.float32
     model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
     model.tie_weights()  # assign=True replaced wte.weight: point lm_head at the new tensor
@@ -486,6 +506,9 @@ def main(argv=None):
     from bpe import StreamDecoder, Tokenizer
     args = parse_args(argv)
     try:
+        args.device = tp.init(args.device)  # under torchrun: join the other processes, one device each
+        if tp.rank() > 0:
+            sys.stdout = open(os.devnull, "w")  # rank 0 prints; every process samples the same tokens
         check_sampling(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
@@ -505,9 +528,12 @@ def main(argv=None):
                            on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
             print(stream.flush(), flush=True)
             n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
-            print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
+            if tp.rank() == 0:
+                print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if tp.rank() == 0 else 1)  # under torchrun every process fails alike: one line
+    finally:
+        tp.finish()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ loading is a load_state_dict after one visible key transform (`convert_hub_state
 import argparse
 import json
 import math
+import os
 import pickle
 import re
 import sys
@@ -34,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import tp
 from attention import BACKENDS, attention
 from kv_cache import DynamicCache, StaticCache
 
@@ -138,27 +140,28 @@ def apply_rotary(x, cos, sin):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx, backend="sdpa"):
         super().__init__()
-        self.n_head = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
         self.layer_idx = layer_idx
         self.backend = backend
         C = config.hidden_size
         self.query_key_value = nn.Linear(C, 3 * C, bias=config.attention_bias)  # q, k, v for all heads
         self.dense = nn.Linear(C, C, bias=config.attention_bias)
-        self.scale = 1.0 / math.sqrt(C // config.num_attention_heads)
+        self.scale = 1.0 / math.sqrt(self.head_dim)
 
     def forward(self, x, rotary, attention_mask=None, kv_cache=None):
         B, T, C = x.shape
-        hd = C // self.n_head
+        hd = self.head_dim
         # The fused projection is laid out per head, [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] (Megatron's layout,
         # kept by GPT-NeoX), not [all q | all k | all v] as GPT-2's c_attn: view by head, then split.
-        qkv = self.query_key_value(x).view(B, T, self.n_head, 3 * hd).transpose(1, 2)  # (B, nh, T, 3 hd)
+        # nh is read off the tensors (-1): all heads, or this process's share under tensor parallel (tp.py)
+        qkv = self.query_key_value(x).view(B, T, -1, 3 * hd).transpose(1, 2)  # (B, nh, T, 3 hd)
         q, k, v = qkv.split(hd, dim=-1)  # 3 × (B, nh, T, hd)
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if kv_cache is not None:
             # Keys are cached after rotation: each keeps the angle of the position it was seen at.
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_past + T, hd)
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale)
-        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hd) -> (B, T, C): heads side by side
+        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
         return self.dense(y)
 
 
@@ -275,6 +278,16 @@ def lm_loss(logits, labels):
     logits = logits[:, :-1].float()  # (B, T-1, V), fp32 for a stable log-softmax
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
 
+# Tensor parallel (tp.py, under torchrun): how a block's layers split over the N processes. "colwise": the
+# layer's outputs (heads, MLP columns) are divided among the processes; "rowwise": its inputs are, and an
+# all-reduce sums the partial results. Every other tensor (embeddings, LayerNorms, LM head) is replicated.
+TP_PLAN = {
+    "attention.query_key_value": "colwise",  # rows by head, [q_0 k_0 v_0 | q_1 ...]: a plain cut keeps them
+    "attention.dense": "rowwise",
+    "mlp.dense_h_to_4h": "colwise",
+    "mlp.dense_4h_to_h": "rowwise",
+}
+
 # ----------------------------------------------------------------------------- loading
 
 PYTHIA_SIZES = ["70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]  # each also "-deduped"
@@ -330,8 +343,9 @@ def download(repo_id, revision=None):
     return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
 
 
-def read_state_dict(directory):
-    """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds."""
+def read_state_dict(directory, lazy=False):
+    """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds. lazy: safetensors
+    tensors are not read yet (tp.CheckpointTensor: the shape now, slices later)."""
     directory = Path(directory)
     for name in WEIGHT_FILES:
         if (directory / name).exists():
@@ -344,19 +358,20 @@ def read_state_dict(directory):
         shards = [name]
     state_dict = {}
     for shard in shards:
-        state_dict.update(read_weights_file(directory / shard))
+        state_dict.update(read_weights_file(directory / shard, lazy))
     return state_dict
 
 
-def read_weights_file(path):
+def read_weights_file(path, lazy=False):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     if not path.exists():
         raise FileNotFoundError(f"missing checkpoint file {path}")
     try:
         if path.suffix == ".safetensors":
-            return load_file(path)
+            return tp.open_safetensors(path) if lazy else load_file(path)
         # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
+        # (mmap: only the pages of the tensors used are read; a whole .bin is unpickled, sliced or not.)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
@@ -412,8 +427,12 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     config = GPTNeoXConfig.from_json(directory / "config.json")
     with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
         model = GPTNeoXForCausalLM(config, attn)
-    state_dict = convert_hub_state_dict(read_state_dict(directory), config)
+    # Under torchrun (tp.py): which layers split; a number of processes that does not divide them fails here.
+    split = tp.layers_to_split(model, TP_PLAN, config.num_attention_heads)
+    state_dict = convert_hub_state_dict(read_state_dict(directory, lazy=bool(split)), config)
     check_state_dict(model, state_dict)
+    if split:  # this process's share: the split layers cut to it, only their slices read from the file
+        state_dict = tp.shard(model, split, state_dict)
     dtype = dtype or torch.float32
     model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
     model.tie_weights()  # assign=True replaced embed_in.weight: point a tied embed_out at the new tensor
@@ -548,6 +567,9 @@ def main(argv=None):
     from bpe import StreamDecoder, Tokenizer
     args = parse_args(argv)
     try:
+        args.device = tp.init(args.device)  # under torchrun: join the other processes, one device each
+        if tp.rank() > 0:
+            sys.stdout = open(os.devnull, "w")  # rank 0 prints; every process samples the same tokens
         check_sampling(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
@@ -572,9 +594,12 @@ def main(argv=None):
                            on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
             print(stream.flush(), flush=True)
             n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
-            print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
+            if tp.rank() == 0:
+                print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if tp.rank() == 0 else 1)  # under torchrun every process fails alike: one line
+    finally:
+        tp.finish()
 
 
 if __name__ == "__main__":
