@@ -382,14 +382,12 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
     config = GPTNeoConfig.from_json(directory / "config.json")
+    tp.check_heads(config.num_heads)  # under torchrun (tp.py): N must divide the heads
     with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
         model = GPTNeoForCausalLM(config, attn)
-    # Under torchrun (tp.py): which layers split; a number of processes that does not divide them fails here.
-    split = tp.layers_to_split(model, TP_PLAN, config.num_heads)
-    state_dict = convert_hub_state_dict(read_state_dict(directory, lazy=bool(split)), config)
+    state_dict = convert_hub_state_dict(read_state_dict(directory, lazy=tp.world_size() > 1), config)
     check_state_dict(model, state_dict)
-    if split:  # this process's share: the split layers cut to it, only their slices read from the file
-        state_dict = tp.shard(model, split, state_dict)
+    state_dict = tp.shard(model, TP_PLAN, state_dict)  # under torchrun: this process's share, read by slices
     dtype = dtype or torch.float32
     model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
     model.tie_weights()  # assign=True replaced wte.weight: point lm_head at the new tensor

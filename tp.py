@@ -73,20 +73,47 @@ class RowwiseLinear(nn.Linear):
         return y if self.bias is None else y + self.bias  # the bias once, not once per process
 
 
-def split(n, pieces):
-    """(start, length) of this process's share of n things cut in `pieces` equal parts."""
-    return rank() * (n // pieces), n // pieces
+def check_heads(n_head):
+    """The N processes must share the attention heads evenly. Called before anything is read: a bad N fails
+    at once."""
+    if n_head % world_size():
+        raise ValueError(f"tensor parallel over {world_size()} processes: the {n_head} attention heads do not "
+                         f"split evenly; use a number of processes that divides {n_head}")
 
 
-def layers_to_split(model, plan, n_head):
-    """{module name: style} for the layers of `model` that `plan` splits, after checking that the N processes
-    divide them evenly; {} without torchrun. Called before anything is read: a bad N fails at once."""
+def shard(model, plan, state_dict):
+    """Without torchrun, `state_dict` as it is. Under it: cut the layers that `plan` names in `model` (built
+    on the meta device) to this process's share, and return the checkpoint's tensors for it: the slices of
+    the split layers, the rest whole. From safetensors only those slices are read (CheckpointTensor)."""
+    if world_size() == 1:
+        return state_dict
+    out = {}
+    for name, style in layers_to_split(model, plan).items():
+        old = model.get_submodule(name)
+        has_bias = old.bias is not None
+        if style == "rowwise":  # the input features are split; the bias stays whole
+            start, n = share(old.in_features)
+            new = RowwiseLinear(n, old.out_features, bias=has_bias, device="meta")
+            out[name + ".weight"] = take(state_dict.pop(name + ".weight"), 1, [(start, n)])
+        else:  # the output features are split, and the bias with them
+            blocks = 3 if style == "colwise_qkv" else 1  # [all q | all k | all v]: a share of each third
+            size = old.out_features // blocks
+            start, n = share(size)
+            pieces = [(b * size + start, n) for b in range(blocks)]
+            new = nn.Linear(old.in_features, n * blocks, bias=has_bias, device="meta")
+            out[name + ".weight"] = take(state_dict.pop(name + ".weight"), 0, pieces)
+            if has_bias:
+                out[name + ".bias"] = take(state_dict.pop(name + ".bias"), 0, pieces)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
+    for key, tensor in state_dict.items():  # replicated
+        out[key] = tensor.read() if isinstance(tensor, CheckpointTensor) else tensor
+    return out
+
+
+def layers_to_split(model, plan):
+    """{module name: style} for the layers of `model` that `plan` names, each checked to split evenly."""
     N = world_size()
-    if N == 1:
-        return {}
-    if n_head % N:
-        raise ValueError(f"tensor parallel over {N} processes: the {n_head} attention heads do not split "
-                         f"evenly; use a number of processes that divides {n_head}")
     layers = {}
     for name, module in model.named_modules():
         style = next((s for suffix, s in plan.items() if name.endswith("." + suffix)), None)
@@ -102,32 +129,9 @@ def layers_to_split(model, plan, n_head):
     return layers
 
 
-def shard(model, layers, state_dict):
-    """Cut the `layers` (from `layers_to_split`) of a meta-device `model` to this process's share; return
-    the checkpoint's tensors for it: the slices of the split layers, the rest whole. Only those slices are
-    read from a safetensors file (see CheckpointTensor)."""
-    out = {}
-    for name, style in layers.items():
-        old = model.get_submodule(name)
-        has_bias = old.bias is not None
-        if style == "rowwise":  # the input features are split; the bias stays whole
-            start, n = split(old.in_features, world_size())
-            new = RowwiseLinear(n, old.out_features, bias=has_bias, device="meta")
-            out[name + ".weight"] = take(state_dict.pop(name + ".weight"), 1, [(start, n)])
-        else:  # the output features are split, and the bias with them
-            blocks = 3 if style == "colwise_qkv" else 1  # [all q | all k | all v]: a share of each third
-            size = old.out_features // blocks
-            start, n = split(size, world_size())
-            pieces = [(b * size + start, n) for b in range(blocks)]
-            new = nn.Linear(old.in_features, n * blocks, bias=has_bias, device="meta")
-            out[name + ".weight"] = take(state_dict.pop(name + ".weight"), 0, pieces)
-            if has_bias:
-                out[name + ".bias"] = take(state_dict.pop(name + ".bias"), 0, pieces)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
-    for key, tensor in state_dict.items():  # replicated
-        out[key] = take(tensor, 0, [(0, tensor.shape[0])]) if isinstance(tensor, CheckpointTensor) else tensor
-    return out
+def share(n):
+    """(start, length) of this process's share of n things."""
+    return rank() * (n // world_size()), n // world_size()
 
 
 def take(tensor, dim, pieces):
@@ -142,22 +146,28 @@ class CheckpointTensor:
     (safetensors' get_slice reads only the bytes of the slice). `.t()` transposes it, as GPT-2's loading
     does to its Conv1D weights, so the model files' key transforms run on it unchanged."""
 
-    def __init__(self, path, file_slice, transposed=False):
-        self.path, self.slice, self.transposed = path, file_slice, transposed
+    def __init__(self, path, file, name, transposed=False):
+        self.path, self.file, self.name, self.transposed = path, file, name, transposed
 
     @property
     def shape(self):
-        shape = torch.Size(self.slice.get_shape())
+        shape = torch.Size(self.file.get_slice(self.name).get_shape())
         return shape[::-1] if self.transposed else shape
 
     def t(self):
-        return CheckpointTensor(self.path, self.slice, not self.transposed)
+        return CheckpointTensor(self.path, self.file, self.name, not self.transposed)
 
     def narrow(self, dim, start, length):
         index = [slice(None)] * len(self.shape)
         index[len(index) - 1 - dim if self.transposed else dim] = slice(start, start + length)
+        return self._read(lambda: self.file.get_slice(self.name)[tuple(index)])
+
+    def read(self):
+        return self._read(lambda: self.file.get_tensor(self.name))
+
+    def _read(self, read):
         try:
-            tensor = self.slice[tuple(index)]
+            tensor = read()
         except Exception as e:  # SafetensorError: the header promised more bytes than the file holds
             raise ValueError(f"cannot read {self.path}: corrupted or truncated weights file ({e})") from None
         return tensor.t() if self.transposed else tensor
@@ -167,4 +177,4 @@ def open_safetensors(path):
     """{name: CheckpointTensor} for every tensor of a safetensors file; only its header is read."""
     from safetensors import safe_open
     f = safe_open(path, framework="pt")
-    return {name: CheckpointTensor(path, f.get_slice(name)) for name in f.keys()}
+    return {name: CheckpointTensor(path, f, name) for name in f.keys()}
