@@ -423,6 +423,14 @@ def check_finite(state_dict, dtype):
         raise ValueError(f"weights hold NaN or inf in {dtype}: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}")
 
 
+def torch_dtype(dtype):
+    """A torch.dtype from itself or its name ("bfloat16"); None is float32."""
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype or torch.float32
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
 def check_device(device):
     """The device exists here: --device cuda on a machine without CUDA is an error that says so."""
     try:
@@ -436,9 +444,7 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     torch.dtype or its name ("bfloat16"), float32 by default."""
     if attn not in BACKENDS:
         raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
-    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype or torch.float32
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    dtype = torch_dtype(dtype)
     check_device(device)
     directory = checkpoint_dir(name_or_path, revision)
     if not (directory / "config.json").exists():

@@ -17,7 +17,8 @@ SHARED = [
     "check_inputs", "positions_from_mask", "lm_loss",
     # loading
     "WEIGHT_FILES", "TOKENIZER_FILES", "DTYPES", "checkpoint_dir", "download", "read_json", "read_state_dict",
-    "shard_names", "read_weights_file", "check_state_dict", "check_finite", "check_device", "from_pretrained",
+    "shard_names", "read_weights_file", "check_state_dict", "check_finite", "torch_dtype", "check_device",
+    "from_pretrained",
     # generation
     "check_sampling", "top_k_filter", "top_p_filter", "sample_next", "last_logits", "check_generation",
     "generate", "choose_next", "generate_compiled",
