@@ -550,7 +550,7 @@ def real_gpt_neo_dir():
             return Path(snapshot_download(repo, local_files_only=True))
         except Exception:
             pass
-    pytest.skip("EleutherAI/gpt-neo-125m is not in the local Hub cache: run `huggingface-cli download "
+    pytest.skip("EleutherAI/gpt-neo-125m is not in the local Hub cache: run `hf download "
                 "EleutherAI/gpt-neo-125m` while online, or set GPT_NEO_CHECKPOINT_DIR to a directory with it")
 
 
