@@ -12,6 +12,8 @@ and an MLP, a final LayerNorm, and an LM head that shares its matrix with the to
 Notation: B batch, T tokens, C n_embd, nh n_head, hd head size (C / nh), V vocab_size.
 The module names are the Hub's state-dict keys (transformer.h.0.attn.c_attn.weight ...), so loading is a
 load_state_dict after one visible key transform (`convert_hub_state_dict`).
+To use this file in another project, copy it together with attention.py and kv_cache.py; the sampling
+CLI (main) also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
 """
 import argparse
 import json
@@ -81,38 +83,6 @@ class GPT2Config:
         return cls.from_dict(read_json(path))
 
 
-MODEL_FILES = {"gpt2": "gpt2.py", "gpt_neo": "gpt_neo.py", "gpt_neox": "gpt_neox.py"}  # model_type -> file
-
-
-def check_model_type(d, model_type):
-    """A config.json of another architecture is named as such, not reported as hundreds of missing keys."""
-    if not isinstance(d, dict):
-        raise ValueError(f"config.json must hold a JSON object, not a {type(d).__name__}")
-    found = d.get("model_type", model_type)
-    if found != model_type:
-        use = f"use {MODEL_FILES[found]}" if found in MODEL_FILES else "none of this project's files reads it"
-        raise ValueError(f"config.json is a {found!r} checkpoint, not {model_type!r}: {use}")
-
-
-def check_field_types(config):
-    """Each field holds its annotated type (a JSON integer may stand for a float); sizes are >= 1 and token
-    ids >= 0. A config.json value of the wrong type is named, not met later as a strange error."""
-    for f in fields(config):
-        value = getattr(config, f.name)
-        types = typing.get_args(f.type) or (f.type,)  # `int | None` -> (int, NoneType)
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if not ok and not (float in types and type(value) is int):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ValueError(f"config.json: {f.name} must be {names}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"config.json: {f.name} must be finite, got {value!r}")
-        if f.name.endswith("token_id"):
-            if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
-                raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
-        elif type(value) is int and value < 1:
-            raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
-
-
 ACTIVATIONS = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's: the tanh approximation of GELU
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -150,6 +120,7 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_past + T, hd)
         if self.upcast:
             q, k, v = q.float(), k.float(), v.float()
+        # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hd) -> (B, T, C): heads side by side
         return self.c_proj(y)
@@ -188,14 +159,15 @@ class GPT2Model(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned absolute positions
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned positions
         self.h = nn.ModuleList(Block(config, i, backend) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
         B, T = input_ids.shape
         past = kv_cache.seen if kv_cache is not None else 0
-        check_inputs(input_ids, attention_mask, past, self.config.n_positions, self.config.vocab_size)
+        context, vocab_size = self.config.n_positions, self.config.vocab_size
+        check_inputs(input_ids, attention_mask, past, context, vocab_size)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, C)
@@ -241,7 +213,7 @@ class GPT2LMHeadModel(nn.Module):
         self.tie_weights()
 
     def tie_weights(self):
-        if self.config.tie_word_embeddings:  # GPT-2 reads its output scores off the embedding matrix
+        if self.config.tie_word_embeddings:  # the output scores are read off the embedding matrix
             self.lm_head.weight = self.transformer.wte.weight
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, labels=None):
@@ -310,9 +282,9 @@ def download(repo_id, revision=None):
             return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
         except Exception:
             reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
-            raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in the "
-                          f"local cache; download it while online (hf download {repo_id}), or pass a local "
-                          "directory holding config.json and the weights (--model /path/to/dir)") from None
+            raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in "
+                          f"the local cache; download it while online (hf download {repo_id}), or pass a "
+                          "local directory holding config.json and the weights (--model /path/to/dir)") from None
     weights = [f for f in WEIGHT_FILES if f in files][:1]
     if not weights:
         raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
@@ -328,6 +300,38 @@ def read_json(path):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+MODEL_FILES = {"gpt2": "gpt2.py", "gpt_neo": "gpt_neo.py", "gpt_neox": "gpt_neox.py"}  # model_type -> file
+
+
+def check_model_type(d, model_type):
+    """A config.json of another architecture is named as such, not reported as hundreds of missing keys."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config.json must hold a JSON object, not a {type(d).__name__}")
+    found = d.get("model_type", model_type)
+    if found != model_type:
+        use = f"use {MODEL_FILES[found]}" if found in MODEL_FILES else "none of this project's files reads it"
+        raise ValueError(f"config.json is a {found!r} checkpoint, not {model_type!r}: {use}")
+
+
+def check_field_types(config):
+    """Each field holds its annotated type (a JSON integer may stand for a float); sizes are >= 1 and token
+    ids >= 0. A config.json value of the wrong type is named, not met later as a strange error."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        types = typing.get_args(f.type) or (f.type,)  # `int | None` -> (int, NoneType)
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok and not (float in types and type(value) is int):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"config.json: {f.name} must be {names}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config.json: {f.name} must be finite, got {value!r}")
+        if f.name.endswith("token_id"):
+            if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
+                raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
+        elif type(value) is int and value < 1:
+            raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
 
 
 def read_state_dict(directory):
@@ -372,7 +376,8 @@ def read_weights_file(path):
             # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
             # Zip files (torch >= 1.6) are memory-mapped; the older format, which many old Hub repos
             # hold, cannot be, and is read whole.
-            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            mmap = zipfile.is_zipfile(path)
+            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
     if not isinstance(state_dict, dict) or not all(
@@ -420,7 +425,8 @@ def check_finite(state_dict, dtype):
     tensor; in float16 a value above 65504 becomes inf, which this catches too)."""
     bad = [k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        raise ValueError(f"weights hold NaN or inf in {dtype}: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}")
+        more = " ..." if len(bad) > 8 else ""
+        raise ValueError(f"weights hold NaN or inf in {dtype}: {', '.join(bad[:8])}{more}")
 
 
 def torch_dtype(dtype):
@@ -452,8 +458,8 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     config = GPT2Config.from_json(directory / "config.json")
     state_dict = convert_hub_state_dict(read_state_dict(directory), config)
     if config.n_layer > len(state_dict):  # every layer has tensors: what we build is bounded by the file
-        raise ValueError(f"config.json says n_layer={config.n_layer}, but the checkpoint holds only "
-                         f"{len(state_dict)} tensors")
+        raise ValueError(f"config.json says n_layer={config.n_layer}, but the checkpoint holds "
+                         f"only {len(state_dict)} tensors")
     with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
         model = GPT2LMHeadModel(config, attn)
     check_state_dict(model, state_dict)
@@ -651,7 +657,8 @@ def encode_prompt(tokenizer, text, context, max_new_tokens):
     in bytes, so a text of more than `context` times that many bytes has more than `context` tokens."""
     longest = max(map(len, tokenizer.id_to_bytes.values()))
     if len(text.encode()) > context * longest:
-        raise ValueError(f"--prompt ({len(text.encode())} bytes) is longer than the context of {context} tokens")
+        raise ValueError(f"--prompt ({len(text.encode())} bytes) is longer than the context of {context} "
+                         "tokens")
     ids = tokenizer.encode(text, allowed_special="all") or [tokenizer.eos_token_id]
     if len(ids) >= context:
         raise ValueError(f"--prompt is {len(ids)} tokens, longer than the context of {context} tokens "

@@ -9,7 +9,7 @@ GPT-2's architecture as EleutherAI rewrote it in Mesh TensorFlow, with these dif
   the window_size - 1 tokens before it (config.json's attention_types, e.g. [[["global", "local"], 6]]);
 - the attention scores are not scaled by 1/sqrt(hd), and q and k are multiplied in fp32;
 - q, k, v are three bias-free nn.Linear (q_proj, k_proj, v_proj), not one Conv1D; out_proj has a bias;
-- the config.json names are the generic ones (hidden_size, num_layers, num_heads, ...).
+- the config.json names are the generic ones, and the module names are GPT-2's, attention one level deeper.
 
     ids ─ wte + wpe ─┬─ [ x + attn(ln_1(x)) ; x + mlp(ln_2(x)) ] × num_layers ─ ln_f ─ lm_head ─ logits
                       positions 0..T-1           attn: global or local, per layer
@@ -18,6 +18,11 @@ Notation: B batch, T tokens, C hidden_size, nh num_heads, hd head size (C / nh),
 w window_size.
 The module names are the Hub's state-dict keys (transformer.h.0.attn.attention.q_proj.weight ...), so
 loading is a load_state_dict after one visible key transform (`convert_hub_state_dict`).
+Names that differ from gpt2.py's (config.json's, so the Hub's): hidden_size (n_embd), num_layers (n_layer),
+num_heads (n_head), max_position_embeddings (n_positions), intermediate_size (n_inner); modules
+attn.attention.{q,k,v,out}_proj (attn.c_attn, attn.c_proj). The rest of the file is gpt2.py's, word for word.
+To use this file in another project, copy it together with attention.py and kv_cache.py; the sampling
+CLI (main) also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
 """
 import argparse
 import json
@@ -97,38 +102,6 @@ class GPTNeoConfig:
         return cls.from_dict(read_json(path))
 
 
-MODEL_FILES = {"gpt2": "gpt2.py", "gpt_neo": "gpt_neo.py", "gpt_neox": "gpt_neox.py"}
-
-
-def check_model_type(d, model_type):
-    """A config.json of another architecture is named as such, not reported as hundreds of missing keys."""
-    if not isinstance(d, dict):
-        raise ValueError(f"config.json must hold a JSON object, not a {type(d).__name__}")
-    found = d.get("model_type", model_type)
-    if found != model_type:
-        use = f"use {MODEL_FILES[found]}" if found in MODEL_FILES else "none of this project's files reads it"
-        raise ValueError(f"config.json is a {found!r} checkpoint, not {model_type!r}: {use}")
-
-
-def check_field_types(config):
-    """Each field holds its annotated type (a JSON integer may stand for a float); sizes are >= 1 and token
-    ids >= 0. A config.json value of the wrong type is named, not met later as a strange error."""
-    for f in fields(config):
-        value = getattr(config, f.name)
-        types = typing.get_args(f.type) or (f.type,)  # `int | None` -> (int, NoneType)
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if not ok and not (float in types and type(value) is int):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ValueError(f"config.json: {f.name} must be {names}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"config.json: {f.name} must be finite, got {value!r}")
-        if f.name.endswith("token_id"):
-            if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
-                raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
-        elif type(value) is int and value < 1:
-            raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
-
-
 ACTIVATIONS = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's: the tanh approximation of GELU
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -144,7 +117,7 @@ ACTIVATIONS = {
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx, backend="sdpa"):
         super().__init__()
-        self.num_heads = config.num_heads
+        self.n_head = config.num_heads
         self.layer_idx = layer_idx
         self.backend = backend
         # Three plain nn.Linear, stored as such (no transpose); q, k, v have no bias, as the checkpoints hold.
@@ -157,15 +130,16 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, attention_mask=None, kv_cache=None):
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_kept + T, hd), T_kept <= w if local
         # Scores in fp32, as the reference does: unscaled, q·k overflows fp16 (v too: sdpa wants one dtype).
         if self.backend != "flash":  # flash_attn takes fp16/bf16 only, and accumulates q·k in fp32 itself
             q, k, v = q.float(), k.float(), v.float()
         # No 1/sqrt(hd): GPT-Neo was trained without it (EleutherAI's Mesh TF code), so scale=1.
+        # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=1.0,
                       window=self.window)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hd) -> (B, T, C): heads side by side
@@ -194,7 +168,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, attention_mask=None, kv_cache=None):
-        x = x + self.attn.attention(self.ln_1(x), attention_mask, kv_cache)  # pre-LN: normalise, attend, add
+        x = x + self.attn.attention(self.ln_1(x), attention_mask, kv_cache)  # pre-LN, as GPT-2
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -206,14 +180,15 @@ class GPTNeoModel(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)  # learned, absolute
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)  # learned positions
         self.h = nn.ModuleList(Block(config, i, backend) for i in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
         B, T = input_ids.shape
         past = kv_cache.seen if kv_cache is not None else 0
-        check_inputs(input_ids, attention_mask, past, self.config.max_position_embeddings, self.config.vocab_size)
+        context, vocab_size = self.config.max_position_embeddings, self.config.vocab_size
+        check_inputs(input_ids, attention_mask, past, context, vocab_size)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, C)
@@ -259,7 +234,7 @@ class GPTNeoForCausalLM(nn.Module):
         self.tie_weights()
 
     def tie_weights(self):
-        if self.config.tie_word_embeddings:  # GPT-Neo reads its output scores off the embedding matrix
+        if self.config.tie_word_embeddings:  # the output scores are read off the embedding matrix
             self.lm_head.weight = self.transformer.wte.weight
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, labels=None):
@@ -330,9 +305,9 @@ def download(repo_id, revision=None):
             return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
         except Exception:
             reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
-            raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in the "
-                          f"local cache; download it while online (hf download {repo_id}), or pass a local "
-                          "directory holding config.json and the weights (--model /path/to/dir)") from None
+            raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in "
+                          f"the local cache; download it while online (hf download {repo_id}), or pass a "
+                          "local directory holding config.json and the weights (--model /path/to/dir)") from None
     weights = [f for f in WEIGHT_FILES if f in files][:1]
     if not weights:
         raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
@@ -348,6 +323,38 @@ def read_json(path):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+MODEL_FILES = {"gpt2": "gpt2.py", "gpt_neo": "gpt_neo.py", "gpt_neox": "gpt_neox.py"}  # model_type -> file
+
+
+def check_model_type(d, model_type):
+    """A config.json of another architecture is named as such, not reported as hundreds of missing keys."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config.json must hold a JSON object, not a {type(d).__name__}")
+    found = d.get("model_type", model_type)
+    if found != model_type:
+        use = f"use {MODEL_FILES[found]}" if found in MODEL_FILES else "none of this project's files reads it"
+        raise ValueError(f"config.json is a {found!r} checkpoint, not {model_type!r}: {use}")
+
+
+def check_field_types(config):
+    """Each field holds its annotated type (a JSON integer may stand for a float); sizes are >= 1 and token
+    ids >= 0. A config.json value of the wrong type is named, not met later as a strange error."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        types = typing.get_args(f.type) or (f.type,)  # `int | None` -> (int, NoneType)
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok and not (float in types and type(value) is int):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"config.json: {f.name} must be {names}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config.json: {f.name} must be finite, got {value!r}")
+        if f.name.endswith("token_id"):
+            if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
+                raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
+        elif type(value) is int and value < 1:
+            raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
 
 
 def read_state_dict(directory):
@@ -392,7 +399,8 @@ def read_weights_file(path):
             # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
             # Zip files (torch >= 1.6) are memory-mapped; the older format, which many old Hub repos
             # hold, cannot be, and is read whole.
-            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            mmap = zipfile.is_zipfile(path)
+            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
     if not isinstance(state_dict, dict) or not all(
@@ -437,7 +445,8 @@ def check_finite(state_dict, dtype):
     tensor; in float16 a value above 65504 becomes inf, which this catches too)."""
     bad = [k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        raise ValueError(f"weights hold NaN or inf in {dtype}: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}")
+        more = " ..." if len(bad) > 8 else ""
+        raise ValueError(f"weights hold NaN or inf in {dtype}: {', '.join(bad[:8])}{more}")
 
 
 def torch_dtype(dtype):
@@ -469,8 +478,8 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     config = GPTNeoConfig.from_json(directory / "config.json")
     state_dict = convert_hub_state_dict(read_state_dict(directory), config)
     if config.num_layers > len(state_dict):  # every layer has tensors: what we build is bounded by the file
-        raise ValueError(f"config.json says num_layers={config.num_layers}, but the checkpoint holds only "
-                         f"{len(state_dict)} tensors")
+        raise ValueError(f"config.json says num_layers={config.num_layers}, but the checkpoint holds "
+                         f"only {len(state_dict)} tensors")
     with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
         model = GPTNeoForCausalLM(config, attn)
     check_state_dict(model, state_dict)
@@ -668,7 +677,8 @@ def encode_prompt(tokenizer, text, context, max_new_tokens):
     in bytes, so a text of more than `context` times that many bytes has more than `context` tokens."""
     longest = max(map(len, tokenizer.id_to_bytes.values()))
     if len(text.encode()) > context * longest:
-        raise ValueError(f"--prompt ({len(text.encode())} bytes) is longer than the context of {context} tokens")
+        raise ValueError(f"--prompt ({len(text.encode())} bytes) is longer than the context of {context} "
+                         "tokens")
     ids = tokenizer.encode(text, allowed_special="all") or [tokenizer.eos_token_id]
     if len(ids) >= context:
         raise ValueError(f"--prompt is {len(ids)} tokens, longer than the context of {context} tokens "
