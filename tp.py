@@ -43,6 +43,10 @@ def init(device="cpu", timeout=timedelta(minutes=10)):
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
         return device
     if device.startswith("cuda"):
+        n_procs, n_gpus = int(os.environ["LOCAL_WORLD_SIZE"]), torch.cuda.device_count()
+        if n_procs > n_gpus:  # every process sees this, so rank 0 reports it
+            raise ValueError(f"torchrun started {n_procs} processes on a machine with {n_gpus} CUDA devices: "
+                             "tensor parallel needs one device per process")
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timeout)

@@ -99,17 +99,11 @@ def checks(module, model):
     out["greedy_eos"] = run(temperature=0, eos_token_id=eos)
     out["static"] = run(temperature=0, kv_cache=model.make_cache(static_len=13))
     out["sampled"] = run(temperature=0.9, top_k=40, top_p=0.9, generator=torch.Generator().manual_seed(1))
+    from reference import recording_compile
     graphs = []
     real_compile = torch.compile
-
-    def recording_compile(fn, **kwargs):
-        def backend(graph_module, example_inputs):
-            graphs.append(graph_module)
-            return graph_module.forward
-        return real_compile(fn, backend=backend, **kwargs)
-
     torch._dynamo.reset()
-    torch.compile = recording_compile
+    torch.compile = recording_compile(graphs)
     try:
         out["compiled"] = run(temperature=0, compile=True)
     finally:
@@ -245,18 +239,11 @@ def test_a_number_of_processes_that_does_not_divide_the_heads_is_refused(split_r
 
 @pytest.fixture(scope="module")
 def cli_checkpoint(tmp_path_factory):
-    """A tiny GPT-2 with the real tokenizer (its 50257 rows), as tests/test_gpt2_cli.py uses."""
-    import transformers
+    """A tiny GPT-2 with the real tokenizer, as tests/test_gpt2_cli.py runs; 4 heads."""
     from conftest import shared_tokenizer_dir
-    from reference import save_checkpoint
+    from reference import tiny_gpt2_with_tokenizer
     tokenizer = shared_tokenizer_dir("gpt2", "openai-community/gpt2", ["vocab.json", "merges.txt"])
-    directory = tmp_path_factory.mktemp("tp-cli")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_positions=32, n_embd=16, n_layer=2, n_head=4, initializer_range=0.5)
-    save_checkpoint(transformers.GPT2LMHeadModel(config).eval(), directory)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(tokenizer / name, directory / name)
-    return directory
+    return tiny_gpt2_with_tokenizer(tmp_path_factory.mktemp("tp-cli"), tokenizer, n_head=4)
 
 
 def run_cli(*args, nproc=None):
@@ -290,3 +277,12 @@ def test_cli_bad_number_of_processes_is_one_line_before_any_reading(cli_checkpoi
     assert ours == ["error: tensor parallel over 2 processes: the 3 attention heads do not split evenly; use a "
                     "number of processes that divides 3"], result.stderr
     assert 'gpt2.py", line' not in result.stderr  # no traceback from our file (torchrun adds its own summary)
+
+
+def test_more_processes_than_gpus_is_refused_before_joining(monkeypatch):
+    import tp
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="torchrun started 2 processes on a machine with 1 CUDA devices"):
+        tp.init("cuda")
