@@ -12,8 +12,9 @@ and an MLP, a final LayerNorm, and an LM head that shares its matrix with the to
 Notation: B batch, T tokens, C n_embd, nh n_head, hd head size (C / nh), V vocab_size.
 The module names are the Hub's state-dict keys (transformer.h.0.attn.c_attn.weight ...), so loading is a
 load_state_dict after one visible key transform (`convert_hub_state_dict`).
-To use this file in another project, copy it together with attention.py and kv_cache.py; the sampling
-CLI (main) also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
+To use this file in another project, copy it together with attention.py, kv_cache.py and tp.py (tensor
+parallel under torchrun; without it, loading and the CLI pass through it unchanged); the sampling CLI (main)
+also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
 """
 import argparse
 import json

@@ -21,8 +21,9 @@ loading is a load_state_dict after one visible key transform (`convert_hub_state
 Names that differ from gpt2.py's (config.json's, so the Hub's): hidden_size (n_embd), num_layers (n_layer),
 num_heads (n_head), max_position_embeddings (n_positions), intermediate_size (n_inner); modules
 attn.attention.{q,k,v,out}_proj (attn.c_attn, attn.c_proj). The rest of the file is gpt2.py's, word for word.
-To use this file in another project, copy it together with attention.py and kv_cache.py; the sampling
-CLI (main) also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
+To use this file in another project, copy it together with attention.py, kv_cache.py and tp.py (tensor
+parallel under torchrun; without it, loading and the CLI pass through it unchanged); the sampling CLI (main)
+also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
 """
 import argparse
 import json

@@ -25,8 +25,9 @@ layer_norm_eps (layer_norm_epsilon), hidden_act (activation_function); modules g
 embed_in (wte), layers (h), input_layernorm (ln_1), attention (attn), query_key_value (c_attn),
 dense (c_proj), post_attention_layernorm (ln_2), dense_h_to_4h (c_fc), dense_4h_to_h (mlp.c_proj),
 final_layer_norm (ln_f), embed_out (lm_head). The rest of the file is gpt2.py's, word for word.
-To use this file in another project, copy it together with attention.py and kv_cache.py; the sampling
-CLI (main) also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
+To use this file in another project, copy it together with attention.py, kv_cache.py and tp.py (tensor
+parallel under torchrun; without it, loading and the CLI pass through it unchanged); the sampling CLI (main)
+also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
 """
 import argparse
 import json
