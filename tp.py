@@ -40,7 +40,7 @@ def init(device="cpu", timeout=timedelta(minutes=10)):
     device (cuda:LOCAL_RANK for "cuda", one GPU per process). Otherwise nothing happens: `device` back.
     gloo on CPU, nccl on CUDA. A collective that waits longer than `timeout` for a peer fails instead of
     hanging (loading a large checkpoint comes before the first one: keep it generous)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or joined():
         return device
     if device.startswith("cuda"):
         n_procs, n_gpus = int(os.environ["LOCAL_WORLD_SIZE"]), torch.cuda.device_count()
@@ -53,16 +53,20 @@ def init(device="cpu", timeout=timedelta(minutes=10)):
     return device
 
 
+def joined():
+    return dist.is_available() and dist.is_initialized()  # (some torch builds have no torch.distributed)
+
+
 def world_size():
-    return dist.get_world_size() if dist.is_initialized() else 1
+    return dist.get_world_size() if joined() else 1
 
 
 def rank():
-    return dist.get_rank() if dist.is_initialized() else 0
+    return dist.get_rank() if joined() else 0
 
 
 def finish():
-    if dist.is_initialized():
+    if joined():
         dist.destroy_process_group()
 
 # ----------------------------------------------------------------------------- the layers
