@@ -1,4 +1,4 @@
-"""Speed for bpe.py: the same ids, sooner. Read bpe.py first; this file only makes it fast.
+r"""Speed for bpe.py: the same ids, sooner. Read bpe.py first; this file only makes it fast.
 
 bpe.py is the tokenizer, simple and exact. `Tokenizer(..., fast=True)` (the default) hands two of its
 steps to a FastPath from here: splitting the text into words, and turning a new word into ids. Each
@@ -34,7 +34,7 @@ UNICODE_SPLIT = regex.compile(bpe.GPT2_SPLIT_PATTERN)
 
 @cache
 def disputed() -> re.Pattern:
-    """A pattern matching any code point that `regex`'s \p{L} / \p{N} / \s classify unlike bpe.py."""
+    r"""A pattern matching any code point that `regex`'s \p{L} / \p{N} / \s classify unlike bpe.py."""
     every = "".join(map(chr, (*range(0xD800), *range(0xE000, 0x110000))))
     differ = set()
     for ours, theirs in ((bpe.LETTERS, r"\p{L}"), (bpe.NUMBERS, r"\p{N}"), (bpe.WHITE_SPACE, r"\s")):
