@@ -296,6 +296,9 @@ def test_merges_apply_by_rank_not_by_position():
     # equal pairs: leftmost first, and a merged token can merge again
     assert bpe.bpe("aaa", tiny_tokenizer([("a", "a")]).merge_ranks) == ["aa", "a"]
     assert bpe.bpe("aaaa", tiny_tokenizer([("a", "a"), ("aa", "aa")]).merge_ranks) == ["aaaa"]
+    for merges, word in ([[("b", "c"), ("a", "b")], "abc"], [[("a", "a")], "aaa"], [[("a", "a"), ("aa", "aa")], "a" * 7]):
+        ranks = tiny_tokenizer(merges).merge_ranks
+        assert bpe_fast.bpe_heap(word, ranks) == bpe.bpe(word, ranks)     # the same rule, n log n
 
 
 # --- whole tokens (bpe_fast.py section 4): a word that is a token skips BPE only where BPE gives that token ------------
