@@ -37,9 +37,22 @@ def disputed() -> re.Pattern:
     r"""A pattern matching any code point that `regex`'s \p{L} / \p{N} / \s classify unlike bpe.py."""
     every = "".join(map(chr, (*range(0xD800), *range(0xE000, 0x110000))))
     differ = set()
-    for ours, theirs in ((bpe.LETTERS, r"\p{L}"), (bpe.NUMBERS, r"\p{N}"), (bpe.WHITE_SPACE, r"\s")):
-        differ |= set(re.findall(f"[{ours}]", every)) ^ set(regex.findall(theirs, every))
-    return re.compile("[" + "".join(map(re.escape, sorted(differ))) + "]" if differ else "(?!)")
+    for ours, theirs in ((bpe.LETTER_RANGES, r"\p{L}"), (bpe.NUMBER_RANGES, r"\p{N}")):
+        differ |= code_points(ours) ^ set(map(ord, "".join(regex.findall(theirs + "+", every))))
+    differ |= set(map(ord, re.findall(f"[{bpe.WHITE_SPACE}]", every))) ^ set(map(ord, regex.findall(r"\s", every)))
+    starts = [c for c in sorted(differ) if c - 1 not in differ]          # as ranges: a short class
+    ranges = [(a, next(c for c in range(a, 0x110001) if c + 1 not in differ)) for a in starts]
+    return re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]"
+                      if ranges else "(?!)")
+
+
+def code_points(ranges: str) -> set[int]:
+    """bpe.py's "41-5a b5" as {0x41, ..., 0x5a, 0xb5}."""
+    found = set()
+    for r in ranges.split():
+        first, _, last = r.partition("-")
+        found.update(range(int(first, 16), int(last or first, 16) + 1))
+    return found
 
 
 # The same split, twice as fast on ASCII text (the split is most of the encoding time once words are
