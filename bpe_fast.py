@@ -27,23 +27,26 @@ from bpe import BYTE_TO_CHAR, NO_MERGE, bpe as simple_bpe, to_printable, token_b
 # ------------------------------------------------------------------------------------------------------
 # `regex` knows \p{L} and \p{N} natively (fast), but from its own Unicode version, which may be newer than
 # the references' 16.0 (bpe.py part 2). disputed() finds, once, the code points on which the installed
-# `regex` and bpe.py's pinned tables disagree (4,657 with regex's Unicode 17.0, none with 16.0); a text
-# that holds one of them is split by bpe.SPLIT, the exact pinned pattern.
+# `regex` and bpe.py's pinned tables disagree (4,657 with regex's Unicode 17.0, none with 16.0); a stretch of
+# non-ASCII text that holds one of them is split by bpe.SPLIT, the exact pinned pattern (slower, same words).
 UNICODE_SPLIT = regex.compile(bpe.GPT2_SPLIT_PATTERN)
 
 
 @cache
-def disputed() -> re.Pattern:
-    r"""A pattern matching any code point that `regex`'s \p{L} / \p{N} / \s classify unlike bpe.py."""
+def disputed() -> frozenset[str]:
+    r"""The characters that `regex`'s \p{L} / \p{N} / \s classify unlike bpe.py's tables (0.5 s, once)."""
     every = "".join(map(chr, (*range(0xD800), *range(0xE000, 0x110000))))
     differ = set()
     for ours, theirs in ((bpe.LETTER_RANGES, r"\p{L}"), (bpe.NUMBER_RANGES, r"\p{N}")):
         differ |= code_points(ours) ^ set(map(ord, "".join(regex.findall(theirs + "+", every))))
     differ |= set(map(ord, re.findall(f"[{bpe.WHITE_SPACE}]", every))) ^ set(map(ord, regex.findall(r"\s", every)))
-    starts = [c for c in sorted(differ) if c - 1 not in differ]          # as ranges: a short class
-    ranges = [(a, next(c for c in range(a, 0x110001) if c + 1 not in differ)) for a in starts]
-    return re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]"
-                      if ranges else "(?!)")
+    return frozenset(map(chr, differ))
+
+
+def split_unicode(text: str, begin: int = 0, end: int | None = None) -> list[str]:
+    """The words of text[begin:end]: by UNICODE_SPLIT, unless it holds a disputed character."""
+    part = text[begin:end]
+    return (UNICODE_SPLIT if disputed().isdisjoint(part) else bpe.SPLIT).findall(part)
 
 
 def code_points(ranges: str) -> set[int]:
@@ -77,7 +80,6 @@ def split_words(text: str) -> list[str]:
     """bpe.split_words(text), only faster (see ASCII_SPLIT and UNICODE_SPLIT)."""
     if text.isascii():
         return ASCII_SPLIT.findall(text)
-    split = UNICODE_SPLIT.findall if disputed().search(text) is None else bpe.SPLIT.findall
     words = []
     done = 0                                        # text[:done] is split
     for stretch in ASCII_STRETCH.finditer(text):
@@ -90,10 +92,10 @@ def split_words(text: str) -> list[str]:
         if end < len(text):                         # ... to the last: drop the word that touches the
             # non-ASCII character after the stretch, and the spaces before that word
             end = begin + len(text[begin:end].rstrip(ASCII_NON_SPACES).rstrip(ASCII_SPACES))
-        words += split(text, done, begin)
+        words += split_unicode(text, done, begin)
         words += ASCII_SPLIT.findall(text, begin, end)
         done = end
-    words += split(text, done)
+    words += split_unicode(text, done)
     return words
 
 
