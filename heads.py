@@ -21,7 +21,6 @@ losses are transformers' (GPT2ForSequenceClassification ... GPTNeoXForQuestionAn
 Dropout: the backbones have none (they are written for inference), so fine-tuning runs without it; the
 heads' dropout is what config.json sets, active in train() mode only.
 """
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,10 +346,14 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
         raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    dtype = gpt2.torch_dtype(dtype)
+    gpt2.check_device(device)
     directory = checkpoint_dir(name_or_path, revision)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
-    raw = json.loads((directory / "config.json").read_text())
+    raw = gpt2.read_json(directory / "config.json")  # (the loading helpers are the same in every model file)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{directory / 'config.json'} must hold a JSON object")
     architecture, family, head = read_architecture(raw)
     new_head = head is None
     if new_head and task is None:
@@ -380,8 +383,9 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
                    f"({', '.join(new)}: train it before use)")
         warnings.warn(message + (f"; not used: {', '.join(unused)}" if unused else ""), stacklevel=2)
     family.module.check_state_dict(model, state_dict)
-    dtype = dtype or torch.float32
-    model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
+    state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
+    gpt2.check_finite(state_dict, dtype)
+    model.load_state_dict(state_dict, strict=False, assign=True)
     if head is GPT2DoubleHeads:
         model.tie_weights()  # assign=True replaced wte.weight: point lm_head at the new tensor
     return model.to(device).eval()
