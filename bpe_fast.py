@@ -15,6 +15,7 @@ What is left is the word cache (bpe.py) plus these: see bench/bpe.py and the REA
 import heapq
 import re
 from functools import cache
+from itertools import chain
 
 import regex
 
@@ -124,7 +125,7 @@ def bpe_heap(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     heapq.heapify(heap)
     while heap:
         rank, i, j, end = heapq.heappop(heap)           # the pair of parts word[i:j], word[j:end]
-        if next_start[i] != j or j >= n or next_start[j] != end:
+        if next_start[i] != j or next_start[j] != end:
             continue                                   # stale: one of the two parts has changed
         next_start[i] = end                            # merge: the part at i now ends at `end`
         next_start[j] = -1                             # (the part at j is gone)
@@ -322,7 +323,7 @@ class FastPath:
                 cache = tok._cache
                 for piece in set(pieces).difference(cache):
                     cache[piece] = self.word_ids(piece)
-                return tuple(i for piece in pieces for i in cache[piece])
+                return tuple(chain.from_iterable(map(cache.__getitem__, pieces)))
         chars = to_printable(word)
         if chars in self.whole_tokens or (tok.ignore_merges and chars in tok.vocab):
             return (tok.vocab[chars],)
