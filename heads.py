@@ -21,7 +21,6 @@ losses are transformers' (GPT2ForSequenceClassification ... GPTNeoXForQuestionAn
 Dropout: the backbones have none (they are written for inference), so fine-tuning runs without it; the
 heads' dropout is what config.json sets, active in train() mode only.
 """
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,10 +349,14 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
     if quantize is not None:
         from quantize import check_scheme, load_quantized  # weight-only int8/int4 (quantize.py)
         check_scheme(quantize)
+    dtype = gpt2.torch_dtype(dtype or (torch.bfloat16 if quantize else None))
+    gpt2.check_device(device)
     directory = checkpoint_dir(name_or_path, revision)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
-    raw = json.loads((directory / "config.json").read_text())
+    raw = gpt2.read_json(directory / "config.json")  # (the loading helpers are the same in every model file)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{directory / 'config.json'} must hold a JSON object")
     architecture, family, head = read_architecture(raw)
     new_head = head is None
     if new_head and task is None:
@@ -383,11 +386,12 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
                    f"({', '.join(new)}: train it before use)")
         warnings.warn(message + (f"; not used: {', '.join(unused)}" if unused else ""), stacklevel=2)
     family.module.check_state_dict(model, state_dict)
-    dtype = dtype or (torch.bfloat16 if quantize else torch.float32)
     if quantize is not None:  # every linear layer, the head's too, quantized as it is read
-        load_quantized(model, state_dict, quantize, dtype, device)
+        load_quantized(model, state_dict, quantize, dtype, device, check=gpt2.check_finite)
         return model.eval()
-    model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
+    state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
+    gpt2.check_finite(state_dict, dtype)
+    model.load_state_dict(state_dict, strict=False, assign=True)
     if head is GPT2DoubleHeads:
         model.tie_weights()  # assign=True replaced wte.weight: point lm_head at the new tensor
     return model.to(device).eval()

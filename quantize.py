@@ -200,13 +200,16 @@ def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE):
 # ----------------------------------------------------------------------------- quantizing while loading
 
 
-def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GROUP_SIZE):
+def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GROUP_SIZE, check=None):
     """Give `model` (built on the meta device, with `state_dict` already checked against it) the checkpoint's
     tensors, every nn.Linear replaced by its quantized form. The state dict is consumed one tensor at a time:
     a weight is read, quantized and dropped before the next is read, so memory holds the quantized model plus
     one full-precision tensor. A linear layer whose weight is tied to an embedding (GPT-2's lm_head and wte)
-    gets its own quantized copy; the embedding stays in `dtype`."""
+    gets its own quantized copy; the embedding stays in `dtype`. check({key: tensor}, dtype), if given, sees
+    each tensor before it is converted (the model files pass check_finite: NaN or inf is refused)."""
     check_scheme(scheme)
+    if not all(isinstance(t, torch.Tensor) for t in state_dict.values()):  # tp.py's lazily read tensors
+        raise ValueError("quantize= and tensor parallel (torchrun, tp.py) do not combine yet")
     device = torch.device(device)
     owner = {}  # parameter -> the first name it has in the state dict (a tied lm_head reads wte's tensor)
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -218,6 +221,8 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
         tied = key != f"{name}.weight"
         weight = state_dict[key] if tied else state_dict.pop(key)
         bias = state_dict.pop(f"{name}.bias", None)
+        if check is not None:
+            check({key: weight, **({} if bias is None else {f"{name}.bias": bias})}, dtype)
         layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
@@ -227,6 +232,8 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
     for key in list(state_dict):  # embeddings, layer norms: in dtype, one at a time
         tensor = state_dict.pop(key)
         converted = tensor.to(device, dtype)
+        if check is not None:
+            check({key: converted}, dtype)
         model.load_state_dict({key: converted}, strict=False, assign=True)
         if converted.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
             release(tensor)
