@@ -219,7 +219,7 @@ def test_cli_flag(tmp_path):
     for scheme in quantize.SCHEMES:
         result = run("--quantize", scheme, "--prompt", "hello", "--max-new-tokens", "4", "--temperature", "0")
         assert result.returncode == 0 and result.stdout.startswith("hello"), result.stderr
-    result = run("--quantize", "int3")
+    result = run("--quantize", "int3", "--max-new-tokens", "4")
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert lines[0] == "error: unknown quantization 'int3'; choose one of int8, int4"
