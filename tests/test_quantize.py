@@ -246,3 +246,13 @@ def test_heads_loader_quantizes_backbone_and_head(scheme):
     ids = torch.randint(1, 70, (2, 9))
     with torch.no_grad():
         assert_close(quantized(ids).logits, plain(ids).logits, f"heads {scheme} logits vs dequantized", tol=1e-3)
+
+
+def test_nan_weights_are_refused_while_quantizing():
+    module, ref = tiny("gpt2", 83, 64)
+    with torch.no_grad():
+        ref.transformer.h[1].mlp.c_fc.weight[3, 5] = float("nan")
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(ref, d)
+        with pytest.raises(ValueError, match="NaN or inf .*transformer.h.1.mlp.c_fc.weight"):
+            gpt2.from_pretrained(d, quantize="int4")
