@@ -24,7 +24,7 @@ BACKENDS = ("naive", "sdpa", "flash")
 
 
 def attention(q, k, v, *, backend="sdpa", causal=True, padding_mask=None, scale=None, window=None,
-              return_probs=False):
+              dropout_p=0.0, return_probs=False):
     """q: (B, nh, Tq, hd); k, v: (B, nh, Tk, hd). Returns (B, nh, Tq, hd), and the probabilities
     (B, nh, Tq, Tk) too when `return_probs` (naive only).
 
@@ -33,6 +33,8 @@ def attention(q, k, v, *, backend="sdpa", causal=True, padding_mask=None, scale=
                   are read (a windowed cache may keep fewer keys than the mask has columns).
     scale:        multiplies the scores; default 1/sqrt(hd). GPT-Neo passes 1.0 (it never scales).
     window:       a query sees only the last `window` positions, itself included (GPT-Neo local layers).
+    dropout_p:    in training, zero this fraction of the probabilities (and scale the rest by 1 / (1 - p)),
+                  as the reference models do; the callers pass 0 in eval() mode.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -45,16 +47,16 @@ def attention(q, k, v, *, backend="sdpa", causal=True, padding_mask=None, scale=
     if padding_mask is not None:
         padding_mask = padding_mask[:, -k.size(2):].bool()  # (B, Tk)
     if backend == "flash":
-        return _flash(q, k, v, causal, padding_mask, scale, window)
+        return _flash(q, k, v, causal, padding_mask, scale, window, dropout_p)
     if backend == "sdpa" and causal and padding_mask is None and window is None and q.size(2) == k.size(2):
         # The plain causal triangle (a prompt without padding): SDPA's own is_causal skips the masked half
         # of the work and needs no mask tensor. Same result as the general path below.
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p)
     mask = build_mask(q.size(2), k.size(2), causal, padding_mask, window, q.device)
     if backend == "naive":
-        out, probs = _naive(q, k, v, mask, scale)
+        out, probs = _naive(q, k, v, mask, scale, dropout_p)
         return (out, probs) if return_probs else out
-    return _sdpa(q, k, v, mask, scale)
+    return _sdpa(q, k, v, mask, scale, dropout_p)
 
 
 def build_mask(Tq, Tk, causal, padding_mask, window, device):
@@ -75,25 +77,27 @@ def build_mask(Tq, Tk, causal, padding_mask, window, device):
     return mask
 
 
-def _naive(q, k, v, mask, scale):
+def _naive(q, k, v, mask, scale, dropout_p=0.0):
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, nh, Tq, Tk)
     if mask is not None:
         # The most negative finite number, not -inf: a row with no visible key (a padding query) then
         # gets a uniform softmax instead of NaN, and NaN would leak into real rows through `probs @ v`.
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1).to(v.dtype)
+    if dropout_p > 0:  # attention dropout: a query forgets some of the keys it chose, for this step only
+        probs = F.dropout(probs, p=dropout_p)
     return probs @ v, probs  # (B, nh, Tq, hd)
 
 
-def _sdpa(q, k, v, mask, scale):
+def _sdpa(q, k, v, mask, scale, dropout_p=0.0):
     if mask is not None:
         # SDPA gives NaN for a query that sees no key at all; let such (padding) rows see every key, as
         # the finfo.min fill does in `_naive`. Their outputs are never read.
         mask = mask | ~mask.any(dim=-1, keepdim=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, dropout_p=dropout_p)
 
 
-def _flash(q, k, v, causal, padding_mask, scale, window):
+def _flash(q, k, v, causal, padding_mask, scale, window, dropout_p=0.0):
     try:
         from flash_attn import flash_attn_func
     except ImportError as e:
@@ -108,5 +112,5 @@ def _flash(q, k, v, causal, padding_mask, scale, window):
     # flash_attn wants (B, T, nh, hd); its window is (left, right) and excludes the query itself.
     window_size = (window - 1, 0) if window is not None else (-1, -1)
     out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale,
-                          causal=causal, window_size=window_size)
+                          causal=causal, window_size=window_size, dropout_p=dropout_p)
     return out.transpose(1, 2)  # (B, nh, Tq, hd)

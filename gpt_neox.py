@@ -27,7 +27,7 @@ import pickle
 import re
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -59,6 +59,11 @@ class GPTNeoXConfig:
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 0
     eos_token_id: int | None = 0  # transformers' class default is 2, but every NeoX/Pythia file sets 0
+    # Training only (no-ops in eval() mode): dropout rates, and the std of a new model's weights.
+    attention_dropout: float = 0.0  # on the attention probabilities
+    hidden_dropout: float = 0.0  # on the embeddings, and on each sublayer's output before it is added
+    initializer_range: float = 0.02
+    model_type = "gpt_neox"  # (not a field) config.json's name for this architecture
 
     # config.json files written by transformers >= 5 hold the rotary settings as rope_parameters =
     # {rope_theta, partial_rotary_factor, rope_type}; the Hub's own files have rotary_emb_base and
@@ -145,6 +150,7 @@ class CausalSelfAttention(nn.Module):
         self.query_key_value = nn.Linear(C, 3 * C, bias=config.attention_bias)  # q, k, v for all heads
         self.dense = nn.Linear(C, C, bias=config.attention_bias)
         self.scale = 1.0 / math.sqrt(C // config.num_attention_heads)
+        self.dropout_p = config.attention_dropout  # on the attention probabilities, in training only
 
     def forward(self, x, rotary, attention_mask=None, kv_cache=None):
         B, T, C = x.shape
@@ -157,7 +163,8 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             # Keys are cached after rotation: each keeps the angle of the position it was seen at.
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_past + T, hd)
-        y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale)
+        y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale,
+                      dropout_p=self.dropout_p if self.training else 0.0)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hd) -> (B, T, C): heads side by side
         return self.dense(y)
 
@@ -181,15 +188,18 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
         self.use_parallel_residual = config.use_parallel_residual
+        # NeoX drops out the sublayers' outputs here, in the block (GPT-2 does it inside attn and mlp).
+        self.post_attention_dropout = nn.Dropout(config.hidden_dropout)
+        self.post_mlp_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x, rotary, attention_mask=None, kv_cache=None):
-        a = self.attention(self.input_layernorm(x), rotary, attention_mask, kv_cache)
+        a = self.post_attention_dropout(self.attention(self.input_layernorm(x), rotary, attention_mask, kv_cache))
         if self.use_parallel_residual:
             # Pythia and 20B: attention and MLP both read x, side by side (GPT-J's formulation; the
             # GPT-NeoX-20B paper keeps it because it trains faster at scale).
-            return x + a + self.mlp(self.post_attention_layernorm(x))
+            return x + a + self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(x)))
         x = x + a  # sequential, as in GPT-2: the MLP reads the attention's output
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
 class GPTNeoXModel(nn.Module):
@@ -199,6 +209,7 @@ class GPTNeoXModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)  # no position table: RoPE
+        self.emb_dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(Block(config, i, backend) for i in range(config.num_hidden_layers))
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
@@ -210,7 +221,7 @@ class GPTNeoXModel(nn.Module):
             # (Rotated q.k depends only on the distance between query and key, so a row's offset from left
             # padding would change nothing but rounding; we count as transformers does, to match its angles.)
             position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
-        x = self.embed_in(input_ids)  # (B, T, C)
+        x = self.emb_dropout(self.embed_in(input_ids))  # (B, T, C)
         # Computed once per forward pass, shared by every layer (no buffer: nothing to fix after loading
         # on the meta device, and the angles stay fp32 whatever the model's dtype).
         rotary = rotary_cos_sin(position_ids, self.config.rotary_ndims, self.config.rotary_emb_base, x.dtype)
@@ -275,7 +286,30 @@ def lm_loss(logits, labels):
     logits = logits[:, :-1].float()  # (B, T-1, V), fp32 for a stable log-softmax
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
 
-# ----------------------------------------------------------------------------- loading
+# ----------------------------------------------------------------------------- a new model, for training
+
+
+def init_weights(model):
+    """The reference's initialisation of a model trained from scratch: Linear and Embedding weights
+    N(0, initializer_range), biases 0, LayerNorms 1 and 0. Works on heads.py's models too."""
+    std = model.config.initializer_range
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+def from_config(config, *, device="cpu", attn="sdpa"):
+    """A new model of this config's shape, initialised as the reference does, in train() mode."""
+    with torch.device(device):
+        return init_weights(GPTNeoXForCausalLM(config, attn)).train()
+
+# ----------------------------------------------------------------------------- loading and saving
 
 PYTHIA_SIZES = ["70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]  # each also "-deduped"
 HUB_MODELS = {
@@ -419,6 +453,33 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     model.tie_weights()  # assign=True replaced embed_in.weight: point a tied embed_out at the new tensor
     return model.to(device).eval()
 
+
+def hub_state_dict(model):
+    """This file's names and layouts -> the Hub's, as transformers writes them (convert_hub_state_dict
+    undone): the same names and layouts, a tied embed_out left out (it is embed_in)."""
+    state_dict = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state_dict.pop("embed_out.weight", None)
+    return state_dict
+
+
+def hub_config(model):
+    """config.json as transformers writes it: the config's fields, and what names the class to load."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return {"architectures": [type(model).__name__], "model_type": model.config.model_type, "dtype": dtype,
+            **asdict(model.config)}
+
+
+def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
+    """Write a Hub checkpoint that transformers' from_pretrained and ours both load: config.json (or the
+    dict `config`) and model.safetensors, or, above max_shard_size (bytes or "5GB"), the shards
+    model-0000k-of-0000n.safetensors and model.safetensors.index.json (huggingface_hub does the split)."""
+    from huggingface_hub import save_torch_state_dict
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config or hub_config(model), indent=2) + "\n")
+    save_torch_state_dict(hub_state_dict(model), directory, max_shard_size=max_shard_size)
+
 # ----------------------------------------------------------------------------- generation
 
 
@@ -484,6 +545,8 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
     if T + max_new_tokens > n_positions:
         raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
                          f"{n_positions} tokens")
+    training = model.training
+    model.eval()  # no dropout while sampling; the mode is given back at the end
     if kv_cache is None:
         kv_cache = model.make_cache(static_len=T + max_new_tokens if compile else None)
     step = last_logits
@@ -516,6 +579,7 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
         elif attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
         logits = step(model, next_id[:, None], attention_mask, kv_cache)  # (B, V)
+    model.train(training)
     return ids
 
 # ----------------------------------------------------------------------------- command line
