@@ -310,6 +310,9 @@ def train(args):
               f"{'bfloat16' if bf16 else 'float32'} on {device}", file=sys.stderr)
 
     stop = min(args.max_steps, args.stop_after or args.max_steps)
+    if start == 0:  # where the curve starts: the untrained (or not yet fine-tuned) model
+        rows.append(dict(step=0, train_loss="", val_loss=round(eval_loss(model, val_data, args, block_size,
+                         autocast, rank, world, device), 6), lr=0.0, tokens=0, seconds=0.0))
     t0, last_log, loss = time.perf_counter(), start, torch.tensor(0.0)
     for step in range(start, stop):
         lr = learning_rate(step, args)
