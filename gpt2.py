@@ -12,6 +12,8 @@ and an MLP, a final LayerNorm, and an LM head that shares its matrix with the to
 Notation: B batch, T tokens, C n_embd, nh n_head, hd head size (C / nh), V vocab_size.
 The module names are the Hub's state-dict keys (transformer.h.0.attn.c_attn.weight ...), so loading is a
 load_state_dict after one visible key transform (`convert_hub_state_dict`).
+To use this file in another project, copy it together with attention.py and kv_cache.py; the sampling
+CLI (main) also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
 """
 import argparse
 import json
@@ -20,6 +22,8 @@ import pickle
 import re
 import sys
 import time
+import typing
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -28,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attention import BACKENDS, attention
-from kv_cache import DynamicCache, StaticCache
+from kv_cache import DynamicCache, FullBuffer, StaticCache
 
 # ----------------------------------------------------------------------------- config
 
@@ -49,14 +53,14 @@ class GPT2Config:
     reorder_and_upcast_attn: bool = False
     tie_word_embeddings: bool = True
     bos_token_id: int | None = 50256
-    eos_token_id: int | None = 50256
+    eos_token_id: int | list | None = 50256  # a list: any of them ends a row
     # Training only (no-ops in eval() mode): dropout rates, and the std of a new model's weights.
     embd_pdrop: float = 0.1  # on the embeddings
     attn_pdrop: float = 0.1  # on the attention probabilities
     resid_pdrop: float = 0.1  # on each sublayer's output, before it joins the residual stream
     initializer_range: float = 0.02
-    model_type = "gpt2"  # (not a field) config.json's name for this architecture
 
+    MODEL_TYPE = "gpt2"  # config.json's model_type
     # Newer config.json files may use the generic names; they mean the same fields.
     ALIASES = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
                "max_position_embeddings": "n_positions"}
@@ -65,11 +69,13 @@ class GPT2Config:
 
     @classmethod
     def from_dict(cls, d):
+        check_model_type(d, cls.MODEL_TYPE)
         for key, default in cls.UNSUPPORTED.items():
             if d.get(key, default) != default:
                 raise ValueError(f"config.json sets {key}={d[key]!r}, which gpt2.py does not implement")
         d = {cls.ALIASES.get(k, k): v for k, v in d.items()}
         config = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})  # unknown keys ignored
+        check_field_types(config)
         if config.n_embd % config.n_head:
             raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
         if config.activation_function not in ACTIVATIONS:
@@ -79,7 +85,7 @@ class GPT2Config:
 
     @classmethod
     def from_json(cls, path):
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_json(path))
 
 
 ACTIVATIONS = {
@@ -121,6 +127,7 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_past + T, hd)
         if self.upcast:
             q, k, v = q.float(), k.float(), v.float()
+        # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale,
                       dropout_p=self.dropout_p if self.training else 0.0)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hd) -> (B, T, C): heads side by side
@@ -161,7 +168,7 @@ class GPT2Model(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned absolute positions
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned positions
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(Block(config, i, backend) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
@@ -169,7 +176,8 @@ class GPT2Model(nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
         B, T = input_ids.shape
         past = kv_cache.seen if kv_cache is not None else 0
-        check_inputs(input_ids, attention_mask, past, self.config.n_positions)
+        context, vocab_size = self.config.n_positions, self.config.vocab_size
+        check_inputs(input_ids, attention_mask, past, context, vocab_size)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
@@ -180,13 +188,22 @@ class GPT2Model(nn.Module):
         return self.ln_f(x)
 
 
-def check_inputs(input_ids, attention_mask, past, n_positions):
+def check_inputs(input_ids, attention_mask, past, context, vocab_size):
     B, T = input_ids.shape
-    if past + T > n_positions:
-        raise ValueError(f"sequence of {past + T} tokens is longer than the context n_positions={n_positions}")
+    if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+    if past + T > context:
+        raise ValueError(f"sequence of {past + T} tokens is longer than the context of {context} tokens")
     if attention_mask is not None and attention_mask.shape != (B, past + T):
         raise ValueError(f"attention_mask must be (B, past + T) = ({B}, {past + T}), got "
                          f"{tuple(attention_mask.shape)}")
+    if torch.compiler.is_compiling():  # the checks below read the values: eager only (the compiled decode
+        return  # step is fed ids it sampled itself)
+    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise ValueError(f"input_ids must be in [0, vocab_size={vocab_size}), got ids from "
+                         f"{input_ids.min().item()} to {input_ids.max().item()}")
+    if attention_mask is not None and ((attention_mask != 0) & (attention_mask != 1)).any():
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (tokens)")
 
 
 def positions_from_mask(attention_mask, past, T, device):
@@ -206,7 +223,7 @@ class GPT2LMHeadModel(nn.Module):
         self.tie_weights()
 
     def tie_weights(self):
-        if self.config.tie_word_embeddings:  # GPT-2 reads its output scores off the embedding matrix
+        if self.config.tie_word_embeddings:  # the output scores are read off the embedding matrix
             self.lm_head.weight = self.transformer.wte.weight
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, labels=None):
@@ -259,7 +276,7 @@ def from_config(config, *, device="cpu", attn="sdpa"):
     with torch.device(device):
         return init_weights(GPT2LMHeadModel(config, attn)).train()
 
-# ----------------------------------------------------------------------------- loading and saving
+# ----------------------------------------------------------------------------- loading
 
 HUB_MODELS = {
     "gpt2": "openai-community/gpt2",  # 124M
@@ -271,6 +288,7 @@ HUB_MODELS = {
 WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json"]
 TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt"]
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def checkpoint_dir(name_or_path, revision=None):
@@ -279,31 +297,31 @@ def checkpoint_dir(name_or_path, revision=None):
     if path.is_dir():
         if revision is not None:  # a directory is one revision already: refuse rather than ignore
             raise ValueError(f"revision {revision!r} names a Hub revision, but {name_or_path} is a local "
-                             "directory; pass the Hub id (openai-community/gpt2) to download that revision")
+                             "directory; pass a Hub id to download that revision")
         return path
     repo_id = HUB_MODELS.get(name_or_path, name_or_path)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or name_or_path.startswith((".", "/", "~")):
         if "/" in name_or_path or name_or_path.startswith("."):
             raise FileNotFoundError(f"no such directory: {name_or_path}")
         raise ValueError(f"unknown model {name_or_path!r}: use one of {', '.join(HUB_MODELS)}, a Hub id "
-                         "such as openai-community/gpt2, or a local directory")
+                         f"such as {next(iter(HUB_MODELS.values()))}, or a local directory")
     return download(repo_id, revision)
 
 
 def download(repo_id, revision=None):
     """Fetch only what we need (config, one weights format, tokenizer) with huggingface_hub; offline, use
-    its cache."""
-    from huggingface_hub import list_repo_files, snapshot_download
+    its cache. One quick request, no retries: without a network the answer comes at once."""
+    from huggingface_hub import model_info, snapshot_download
     try:
-        files = set(list_repo_files(repo_id, revision=revision))
+        files = {f.rfilename for f in model_info(repo_id, revision=revision).siblings}
     except Exception as online_error:  # no network, unknown repo, ...: the local cache is the last chance
         try:
             return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
         except Exception:
             reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
-            raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in the "
-                          "local cache; download it while online, or pass a local directory holding "
-                          "config.json and the weights (--model /path/to/dir)") from None
+            raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in "
+                          f"the local cache; download it while online (hf download {repo_id}), or pass a "
+                          "local directory holding config.json and the weights (--model /path/to/dir)") from None
     weights = [f for f in WEIGHT_FILES if f in files][:1]
     if not weights:
         raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
@@ -311,6 +329,46 @@ def download(repo_id, revision=None):
               "pytorch_model.bin.index.json": ["pytorch_model-*.bin"]}.get(weights[0], [])
     patterns = ["config.json", *weights, *shards, *(f for f in TOKENIZER_FILES if f in files)]
     return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+
+
+def read_json(path):
+    """A JSON file's content; a malformed file is named in the error."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+MODEL_FILES = {"gpt2": "gpt2.py", "gpt_neo": "gpt_neo.py", "gpt_neox": "gpt_neox.py"}  # model_type -> file
+
+
+def check_model_type(d, model_type):
+    """A config.json of another architecture is named as such, not reported as hundreds of missing keys."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config.json must hold a JSON object, not a {type(d).__name__}")
+    found = d.get("model_type", model_type)
+    if found != model_type:
+        use = f"use {MODEL_FILES[found]}" if found in MODEL_FILES else "none of this project's files reads it"
+        raise ValueError(f"config.json is a {found!r} checkpoint, not {model_type!r}: {use}")
+
+
+def check_field_types(config):
+    """Each field holds its annotated type (a JSON integer may stand for a float); sizes are >= 1 and token
+    ids >= 0. A config.json value of the wrong type is named, not met later as a strange error."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        types = typing.get_args(f.type) or (f.type,)  # `int | None` -> (int, NoneType)
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok and not (float in types and type(value) is int):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"config.json: {f.name} must be {names}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config.json: {f.name} must be finite, got {value!r}")
+        if f.name.endswith("token_id"):
+            if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
+                raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
+        elif type(value) is int and int in types and value < 1:  # a size (a float field may be 0)
+            raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
 
 
 def read_state_dict(directory):
@@ -321,28 +379,48 @@ def read_state_dict(directory):
             break
     else:
         raise FileNotFoundError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
-    if name.endswith(".index.json"):  # sharded: the index maps each tensor to its shard file
-        shards = sorted(set(json.loads((directory / name).read_text())["weight_map"].values()))
-    else:
-        shards = [name]
+    shards = shard_names(directory / name) if name.endswith(".index.json") else [name]
     state_dict = {}
     for shard in shards:
         state_dict.update(read_weights_file(directory / shard))
     return state_dict
 
 
+def shard_names(index_path):
+    """The files a sharded checkpoint's index maps its tensors to: plain names of files beside it (a path
+    such as ../x or /x would read outside the checkpoint, so it is refused)."""
+    index = read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ValueError(f"{index_path} has no \"weight_map\" of tensor names to shard files")
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"{index_path} names the shard {name!r}: shards must be files in the "
+                             "checkpoint's own directory")
+    return names
+
+
 def read_weights_file(path):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"missing checkpoint file {path}")
     try:
         if path.suffix == ".safetensors":
-            return load_file(path)
-        # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state_dict = load_file(path)
+        else:
+            # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
+            # Zip files (torch >= 1.6) are memory-mapped; the older format, which many old Hub repos
+            # hold, cannot be, and is read whole.
+            mmap = zipfile.is_zipfile(path)
+            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise ValueError(f"{path} does not hold a dict of tensors")
+    return state_dict
 
 
 # GPT-2 was written in TensorFlow with Conv1D layers whose weight is (in, out): transposed w.r.t. nn.Linear.
@@ -379,21 +457,53 @@ def check_state_dict(model, state_dict):
         raise ValueError("checkpoint does not match config.json: " + "; ".join(problems))
 
 
+def check_finite(state_dict, dtype):
+    """Weights holding NaN or inf would generate garbage without a word: refuse them (one pass over each
+    tensor; in float16 a value above 65504 becomes inf, which this catches too)."""
+    bad = [k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = " ..." if len(bad) > 8 else ""
+        raise ValueError(f"weights hold NaN or inf in {dtype}: {', '.join(bad[:8])}{more}")
+
+
+def torch_dtype(dtype):
+    """A torch.dtype from itself or its name ("bfloat16"); None is float32."""
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype or torch.float32
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def check_device(device):
+    """The device exists here: --device cuda on a machine without CUDA is an error that says so."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as e:  # AssertionError: torch built without CUDA
+        raise ValueError(f"device {str(device)!r} is not available here ({str(e).splitlines()[0]})") from None
+
+
 def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, attn="sdpa"):
-    """GPT-2 from a Hub name/id or a local directory with config.json and weights (fp32 unless `dtype`)."""
+    """The model from a Hub name/id or a local directory with config.json and weights; `dtype` is a
+    torch.dtype or its name ("bfloat16"), float32 by default."""
     if attn not in BACKENDS:
         raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
+    dtype = torch_dtype(dtype)
+    check_device(device)
     directory = checkpoint_dir(name_or_path, revision)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
     config = GPT2Config.from_json(directory / "config.json")
+    state_dict = convert_hub_state_dict(read_state_dict(directory), config)
+    if config.n_layer > len(state_dict):  # every layer has tensors: what we build is bounded by the file
+        raise ValueError(f"config.json says n_layer={config.n_layer}, but the checkpoint holds "
+                         f"only {len(state_dict)} tensors")
     with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
         model = GPT2LMHeadModel(config, attn)
-    state_dict = convert_hub_state_dict(read_state_dict(directory), config)
     check_state_dict(model, state_dict)
-    dtype = dtype or torch.float32
-    model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
-    model.tie_weights()  # assign=True replaced wte.weight: point lm_head at the new tensor
+    state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
+    check_finite(state_dict, dtype)
+    model.load_state_dict(state_dict, strict=False, assign=True)
+    model.tie_weights()  # assign=True replaced wte.weight: point a tied lm_head at the new tensor
     return model.to(device).eval()
 
 
@@ -409,7 +519,7 @@ def hub_state_dict(model):
 def hub_config(model):
     """config.json as transformers writes it: the config's fields, and what names the class to load."""
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return {"architectures": [type(model).__name__], "model_type": model.config.model_type, "dtype": dtype,
+    return {"architectures": [type(model).__name__], "model_type": model.config.MODEL_TYPE, "dtype": dtype,
             **asdict(model.config)}
 
 
@@ -427,11 +537,11 @@ def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
 
 
 def check_sampling(temperature, top_k, top_p):
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):  # NaN fails too
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
@@ -471,83 +581,162 @@ def last_logits(model, x, attention_mask=None, kv_cache=None):
     return model.lm_head(h[:, -1])  # (B, V)
 
 
+def check_generation(model, input_ids, max_new_tokens, attention_mask):
+    """What generate needs beyond what the model checks: room in the context, and left padding."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+    T, context = input_ids.size(1), model.config.n_positions
+    if T >= context:
+        raise ValueError(f"prompt is {T} tokens, longer than the context of {context} tokens "
+                         "(it needs room for at least one new token)")
+    if T + max_new_tokens > context:
+        raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+                         f"{context} tokens")
+    if attention_mask is not None and attention_mask.shape == input_ids.shape and (
+            attention_mask.diff(dim=1) < 0).any() | (attention_mask[:, -1] == 0).any():
+        raise ValueError("attention_mask must be left-padded for generate: each row's padding (0) before "
+                         "its tokens (1), and at least one token")
+
+
 @torch.no_grad()
 def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=1.0, top_k=None,
-             top_p=None, eos_token_id=None, generator=None, on_token=None, kv_cache=None, compile=False):
-    """Extend input_ids (B, T) by up to max_new_tokens; returns (B, T + new). Prompts in a batch are
-    left-padded, with attention_mask 0 on the padding. A row that emitted eos_token_id continues with
-    eos_token_id; generation stops when every row has. on_token(ids (B,)) is called after each step.
-    compile=True decodes over a StaticCache's full buffer with a torch.compile'd step (gpt-fast): the same
-    tokens, faster once compiled; the first call compiles, which takes a while."""
+             top_p=None, eos_token_id=None, vocab_size=None, generator=None, on_token=None, kv_cache=None,
+             compile=False):
+    """Extend input_ids (B, T) by up to max_new_tokens; returns (B, T + new).
+
+    The prompt goes through the model once, filling the KV cache; then each step feeds only the token
+    just chosen. Prompts in a batch are left-padded, with attention_mask 0 on the padding. A row that
+    emitted eos_token_id (an id, or a list of ids) continues with it; generation stops when every row
+    has. vocab_size < the model's: only ids below it are chosen (a checkpoint with more embedding rows
+    than its tokenizer has tokens, like Pythia's 50304 for 50277). on_token(ids (B,)) is called after
+    each step. compile=True runs the fast path below, `generate_compiled`: the same tokens, faster once
+    compiled.
+    """
     check_sampling(temperature, top_k, top_p)
-    B, T = input_ids.shape
-    n_positions = model.config.n_positions
-    if T >= n_positions:
-        raise ValueError(f"prompt is {T} tokens, longer than the context of {n_positions} tokens "
-                         "(it needs room for at least one new token)")
-    if T + max_new_tokens > n_positions:
-        raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
-                         f"{n_positions} tokens")
+    check_generation(model, input_ids, max_new_tokens, attention_mask)
+    if compile:
+        return generate_compiled(model, input_ids, max_new_tokens, attention_mask=attention_mask,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
+                                 vocab_size=vocab_size, generator=generator, on_token=on_token,
+                                 kv_cache=kv_cache)
     training = model.training
-    model.eval()  # no dropout while sampling; the mode is given back at the end
-    if kv_cache is None:
-        kv_cache = model.make_cache(static_len=T + max_new_tokens if compile else None)
-    step = last_logits
+    model.eval()  # sampling never drops out; the model's mode is given back at the end
+    kv_cache = model.make_cache() if kv_cache is None else kv_cache
     logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
-    if compile:  # from here on, every step has the same shapes: compiled once, replayed each token
-        if not isinstance(kv_cache, StaticCache) or kv_cache.max_len < T + max_new_tokens:
-            raise ValueError("compile=True needs a StaticCache of at least prompt + max_new_tokens positions "
-                             "(model.make_cache(static_len=...)), or none")
-        kv_cache.start_full_buffer()
-        # The mask spans the whole buffer: 1 on the real tokens so far, 0 on padding and on unwritten slots.
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        attention_mask = F.pad(mask, (0, kv_cache.max_len - T))  # (B, max_len)
-        # On CUDA, "reduce-overhead" also records the step's kernels as a CUDA graph: one launch per token.
-        mode = "reduce-overhead" if input_ids.is_cuda else None
-        step = torch.compile(last_logits, fullgraph=True, mode=mode)
-    ids = input_ids
-    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    ids, done = input_ids, None
+    for _ in range(max_new_tokens):
+        next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos_token_id, vocab_size,
+                                    generator)  # (B,)
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
+        if on_token is not None:
+            on_token(next_id)
+        if done.all() or ids.size(1) == input_ids.size(1) + max_new_tokens:
+            break
+        if attention_mask is not None:
+            attention_mask = F.pad(attention_mask, (0, 1), value=1)  # the new token is a real one
+        logits = last_logits(model, next_id[:, None], attention_mask, kv_cache)  # one token: (B, V)
+    model.train(training)
+    return ids
+
+
+def choose_next(logits, done, temperature, top_k, top_p, eos_token_id, vocab_size, generator):
+    """Sample each row's next token (B,) from its logits (B, V); `done` (B,) marks the rows that have
+    emitted an end-of-sequence id: they keep emitting it."""
+    next_id = sample_next(logits[:, :vocab_size], temperature, top_k, top_p, generator)
+    if done is None:
+        done = torch.zeros_like(next_id, dtype=torch.bool)
+    if eos_token_id is not None:
+        eos = torch.tensor(eos_token_id, device=next_id.device).view(-1)  # one id or several
+        next_id = next_id.masked_fill(done, eos[0])
+        done = done | torch.isin(next_id, eos)
+    return next_id, done
+
+# ----------------------------------------------------------------------------- generation, fast path
+
+
+@torch.no_grad()
+def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=1.0, top_k=None,
+                      top_p=None, eos_token_id=None, vocab_size=None, generator=None, on_token=None,
+                      kv_cache=None):
+    """generate(compile=True), in gpt-fast's way: the prompt runs eagerly into a StaticCache; from then on
+    every step has the same shapes (one token against the cache's whole buffer: kv_cache.FullBuffer), so
+    one torch.compile'd graph of `last_logits` serves every token. Same arguments and tokens as generate;
+    the first call compiles, which takes a while."""
+    check_sampling(temperature, top_k, top_p)
+    check_generation(model, input_ids, max_new_tokens, attention_mask)
+    B, T = input_ids.shape
+    training = model.training
+    model.eval()  # sampling never drops out; the model's mode is given back at the end
+    kv_cache = model.make_cache(static_len=T + max_new_tokens) if kv_cache is None else kv_cache
+    if not isinstance(kv_cache, StaticCache) or kv_cache.max_len < T + max_new_tokens:
+        raise ValueError("compile=True needs a StaticCache of at least prompt + max_new_tokens positions "
+                         "(model.make_cache(static_len=...)), or none")
+    logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the prompt, eagerly: (B, V)
+    buffer = FullBuffer(kv_cache)
+    # The mask spans the whole buffer: 1 on the real tokens so far, 0 on padding and on unwritten slots.
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    mask = F.pad(mask, (0, kv_cache.max_len - T))  # (B, max_len)
+    # On CUDA, "reduce-overhead" also records the step's kernels as a CUDA graph: one launch per token.
+    step = torch.compile(last_logits, fullgraph=True, mode="reduce-overhead" if input_ids.is_cuda else None)
+    ids, done = input_ids, None
     for i in range(max_new_tokens):
-        next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-        if eos_token_id is not None:
-            next_id = next_id.masked_fill(done, eos_token_id)
-            done = done | (next_id == eos_token_id)
+        next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos_token_id, vocab_size,
+                                    generator)  # (B,)
         ids = torch.cat([ids, next_id[:, None]], dim=1)
         if on_token is not None:
             on_token(next_id)
         if done.all() or i == max_new_tokens - 1:
             break
-        if compile:
-            attention_mask[:, T + i] = 1  # the slot next_id is written to
-        elif attention_mask is not None:
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-        logits = step(model, next_id[:, None], attention_mask, kv_cache)  # (B, V)
+        mask[:, T + i] = 1  # the slot next_id is written to
+        logits = step(model, next_id[:, None], mask, buffer)  # (B, V)
     model.train(training)
     return ids
 
 # ----------------------------------------------------------------------------- command line
 
 DEFAULT_MODEL = "gpt2"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a Hub name/id or a local checkpoint directory")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.error = lambda message: sys.exit(f"error: {message}")  # one line, as every other bad input
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a short name, a Hub id or a local directory")
     p.add_argument("--revision", default=None, help="a Hub branch, tag or commit")
-    p.add_argument("--prompt", default="Hello, I'm a language model,")
-    p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--prompt", default="Hello, I'm a language model,", help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate per sample")
+    p.add_argument("--num-samples", type=int, default=1, help="how many continuations to print")
     p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--attn", default="sdpa", choices=BACKENDS)
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample among the most likely tokens up to "
+                   "this probability mass (nucleus)")
+    p.add_argument("--seed", type=int, default=1337, help="the sampling generator's seed")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="the weights' and activations' dtype")
+    p.add_argument("--attn", default="sdpa", choices=BACKENDS, help="the attention backend")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-token decode step (compiling takes a while, once per run)")
     return p.parse_args(argv)
+
+
+def encode_prompt(tokenizer, text, context, max_new_tokens):
+    """The prompt's ids, with room for max_new_tokens in the context. A text that cannot fit is refused
+    before it is tokenized, so a huge one costs nothing: no token is longer than the vocabulary's longest,
+    in bytes, so a text of more than `context` times that many bytes has more than `context` tokens."""
+    longest = max(map(len, tokenizer.id_to_bytes.values()))
+    if len(text.encode()) > context * longest:
+        raise ValueError(f"--prompt ({len(text.encode())} bytes) is longer than the context of {context} "
+                         "tokens")
+    ids = tokenizer.encode(text, allowed_special="all") or [tokenizer.eos_token_id]
+    if len(ids) >= context:
+        raise ValueError(f"--prompt is {len(ids)} tokens, longer than the context of {context} tokens "
+                         "(it needs room for at least one new token)")
+    if len(ids) + max_new_tokens > context:
+        raise ValueError(f"--prompt ({len(ids)} tokens) + --max-new-tokens ({max_new_tokens}) exceeds the "
+                         f"context of {context} tokens")
+    return ids
 
 
 def main(argv=None):
@@ -559,8 +748,9 @@ def main(argv=None):
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
         directory = checkpoint_dir(args.model, args.revision)
         tokenizer = Tokenizer.from_pretrained(directory)
-        model = from_pretrained(directory, device=args.device, dtype=DTYPES[args.dtype], attn=args.attn)
-        prompt = tokenizer.encode(args.prompt, allowed_special="all") or [tokenizer.eos_token_id]
+        context = GPT2Config.from_json(directory / "config.json").n_positions
+        prompt = encode_prompt(tokenizer, args.prompt, context, args.max_new_tokens)
+        model = from_pretrained(directory, device=args.device, dtype=args.dtype, attn=args.attn)
         input_ids = torch.tensor([prompt], device=args.device)
         generator = torch.Generator(args.device).manual_seed(args.seed)
         for i in range(args.num_samples):
@@ -569,13 +759,16 @@ def main(argv=None):
             t0 = time.perf_counter()
             out = generate(model, input_ids, args.max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, eos_token_id=model.config.eos_token_id,
-                           generator=generator, compile=args.compile,
+                           vocab_size=tokenizer.vocab_size, generator=generator, compile=args.compile,
                            on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
             print(stream.flush(), flush=True)
             n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
             print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # Ctrl-C: stop quietly, with the shell's usual status for it
+        print(flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ losses are transformers' (GPT2ForSequenceClassification ... GPTNeoXForQuestionAn
 Dropout: the backbones' and the heads' rates are what config.json sets, active in train() mode only.
 Saving: `save_pretrained(model, directory)` writes the Hub's layout, which transformers loads too.
 """
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,10 +351,14 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
         raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    dtype = gpt2.torch_dtype(dtype)
+    gpt2.check_device(device)
     directory = checkpoint_dir(name_or_path, revision)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
-    raw = json.loads((directory / "config.json").read_text())
+    raw = gpt2.read_json(directory / "config.json")  # (the loading helpers are the same in every model file)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{directory / 'config.json'} must hold a JSON object")
     architecture, family, head = read_architecture(raw)
     new_head = head is None
     if new_head and task is None:
@@ -385,8 +388,9 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
                    f"({', '.join(new)}: train it before use)")
         warnings.warn(message + (f"; not used: {', '.join(unused)}" if unused else ""), stacklevel=2)
     family.module.check_state_dict(model, state_dict)
-    dtype = dtype or torch.float32
-    model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=False, assign=True)
+    state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
+    gpt2.check_finite(state_dict, dtype)
+    model.load_state_dict(state_dict, strict=False, assign=True)
     if head is GPT2DoubleHeads:
         model.tie_weights()  # assign=True replaced wte.weight: point lm_head at the new tensor
     return model.to(device).eval()
@@ -469,7 +473,7 @@ def save_pretrained(model, directory, *, max_shard_size="5GB"):
     ours both load it."""
     family = family_of(model.config)
     architecture = next(name for name, (model_type, head) in ARCHITECTURES.items()
-                        if model_type == model.config.model_type and head is type(model))
+                        if model_type == model.config.MODEL_TYPE and head is type(model))
     config = family.module.hub_config(model) | {"architectures": [architecture]} | head_config(model)
     family.module.save_pretrained(model, directory, max_shard_size=max_shard_size, config=config)
 

@@ -305,7 +305,7 @@ def train(args):
     if master:
         n_params = sum(p.numel() for p in model.parameters())
         out.mkdir(parents=True, exist_ok=True)
-        print(f"{model.config.model_type}: {n_params / 1e6:.2f}M parameters, {len(train_data):,} training and "
+        print(f"{model.config.MODEL_TYPE}: {n_params / 1e6:.2f}M parameters, {len(train_data):,} training and "
               f"{len(val_data):,} held-out tokens, {tokens_per_step:,} tokens per step, {world} process(es), "
               f"{'bfloat16' if bf16 else 'float32'} on {device}", file=sys.stderr)
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/reference.py
 SHARED = ROOT.parent / "shared"
 HOW_TO_GET = ("put the files in ../shared/tokenizers/ beside the project (see ../shared/README.md) or in the "
-              "Hub cache: `huggingface-cli download {repo} {files}` while online")
+              "Hub cache: `hf download {repo} {files}` while online")
 
 
 def shared_tokenizer_dir(name: str, repo: str, files: list[str]) -> Path:

@@ -6,6 +6,7 @@ Layouts:
     sharded       save_pretrained with a small max_shard_size: model-0000k-of-0000n.safetensors + index json
     bin           config.json + pytorch_model.bin (torch.save of the state dict, as older repos hold it)
     bin_sharded   pytorch_model-0000k-of-0000n.bin + pytorch_model.bin.index.json
+    bin_legacy    pytorch_model.bin in torch's pre-1.6 format (not a zip file), as many old repos hold it
 `transform(state_dict) -> state_dict` rewrites the tensors before they are written, for the quirks of
 older files (keys without the "transformer." prefix, causal-mask buffers, ...).
 """
@@ -17,7 +18,7 @@ import torch
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-LAYOUTS = ("safetensors", "sharded", "bin", "bin_sharded")
+LAYOUTS = ("safetensors", "sharded", "bin", "bin_sharded", "bin_legacy")
 TOL = 1e-4  # fp32: max |Δ| allowed between our outputs and the reference's
 LARGEST = {}  # test name -> largest |Δ| seen, printed at the end of the run (see conftest.py)
 
@@ -47,10 +48,13 @@ def save_checkpoint(model, directory, layout="safetensors", transform=None):
     if transform is not None:
         state_dict = transform(state_dict)
     state_dict = {k: v.contiguous() for k, v in state_dict.items()}
-    suffix = ".safetensors" if layout in ("safetensors", "sharded") else ".bin"
+    suffix = ".safetensors" if layout in ("safetensors", "sharded") else ".bin"  # (bin_legacy: below)
     stem = "model" if suffix == ".safetensors" else "pytorch_model"
     if layout in ("safetensors", "bin"):
         _write(state_dict, directory / f"{stem}{suffix}")
+        return directory
+    if layout == "bin_legacy":
+        torch.save(state_dict, directory / "pytorch_model.bin", _use_new_zipfile_serialization=False)
         return directory
     keys = list(state_dict)
     groups = [keys[i::3] for i in range(3)]  # three shards

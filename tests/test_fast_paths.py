@@ -2,7 +2,7 @@
 
 The plain path: generate() with the growing DynamicCache and an explicit attention mask. The fast ones:
 no mask at all (SDPA's is_causal, no mask tensor), a StaticCache, decoding over the StaticCache's full
-buffer (what generate(compile=True) runs, here without compiling), and generate(compile=True) itself:
+buffer (kv_cache.FullBuffer: what generate(compile=True) runs, here without compiling), and generate(compile=True) itself:
 traced by dynamo into one graph for every decode step (cheap, any config), and once through inductor, the
 real compiler (slow on a small CPU: one tiny config, few tokens).
 """
@@ -123,25 +123,31 @@ def test_fast_eager_paths_give_the_plain_tokens(arch, data):
 
 
 def test_full_buffer_cache_errors():
-    from kv_cache import StaticCache
+    from kv_cache import DynamicCache, FullBuffer, StaticCache
     cache = StaticCache(2, 8, window_sizes=[None, 4])
     with pytest.raises(ValueError, match="prompt"):
-        cache.start_full_buffer()
+        FullBuffer(cache)
+    with pytest.raises(ValueError, match="StaticCache"):
+        FullBuffer(DynamicCache(2))
     k = torch.zeros(1, 2, 3, 4)
     for layer in range(2):
         cache.update(layer, k, k)
     cache.advance(3)
     with pytest.raises(ValueError, match=r"max_len \(8\) <= every window_size \(4\)"):
-        cache.start_full_buffer()
+        FullBuffer(cache)
     cache = StaticCache(1, 8)
     cache.update(0, k, k)
     cache.advance(3)
-    cache.start_full_buffer()
-    assert cache.seen == 7 and cache.pos.tolist() == [3]
-    K, V = cache.update(0, k[:, :, :1] + 1, k[:, :, :1] + 1)
+    buffer = FullBuffer(cache)
+    assert cache.seen == 3, "the StaticCache keeps its meaning"
+    assert buffer.seen == 7 and buffer.pos.tolist() == [3]
+    K, V = buffer.update(0, k[:, :, :1] + 1, k[:, :, :1] + 1)
     assert K.shape == (1, 2, 8, 4) and K[:, :, 3].eq(1).all() and K[:, :, 4:].eq(0).all()
+    assert K is cache.k[0], "the same buffers, written in place"
+    buffer.advance(1)
+    assert buffer.pos.tolist() == [4] and buffer.seen == 7
     with pytest.raises(ValueError, match="one token"):
-        cache.update(0, k, k)
+        buffer.update(0, k, k)
 
 
 def test_compile_needs_a_static_cache():

@@ -346,7 +346,7 @@ def real_gpt2_dir():
         from huggingface_hub import snapshot_download
         return Path(snapshot_download("openai-community/gpt2", local_files_only=True))
     except Exception:
-        pytest.skip("openai-community/gpt2 is not in the local Hub cache: run `huggingface-cli download "
+        pytest.skip("openai-community/gpt2 is not in the local Hub cache: run `hf download "
                     "openai-community/gpt2` while online, or set GPT2_CHECKPOINT_DIR to a directory with it")
 
 

@@ -90,7 +90,7 @@ def broken_copy(checkpoint, tmp_path, damage):
 def test_truncated_weights(checkpoint, tmp_path):
     def truncate(d):
         (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000])
-    result = run("--model", broken_copy(checkpoint, tmp_path, truncate))
+    result = run("--model", broken_copy(checkpoint, tmp_path, truncate), "--max-new-tokens", "4")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "corrupted or truncated" in result.stderr
 
@@ -100,7 +100,7 @@ def test_config_weights_mismatch(checkpoint, tmp_path):
         config = json.loads((d / "config.json").read_text())
         config["n_layer"] = 3
         (d / "config.json").write_text(json.dumps(config))
-    result = run("--model", broken_copy(checkpoint, tmp_path, grow))
+    result = run("--model", broken_copy(checkpoint, tmp_path, grow), "--max-new-tokens", "4")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "missing keys" in result.stderr and "transformer.h.2.attn.c_attn.weight" in result.stderr
 

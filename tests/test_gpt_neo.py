@@ -386,7 +386,7 @@ def test_prompt_or_generation_longer_than_context():
         gpt_neo.generate(ours, torch.ones(1, 8, dtype=torch.long), 1)
     with pytest.raises(ValueError, match="exceeds the context"):
         gpt_neo.generate(ours, torch.ones(1, 4, dtype=torch.long), 5)
-    with pytest.raises(ValueError, match="longer than the context max_position_embeddings=8"):
+    with pytest.raises(ValueError, match="longer than the context of 8 tokens"):
         ours(torch.ones(1, 9, dtype=torch.long))
 
 # ----------------------------------------------------------------------------- config and loading errors
@@ -550,7 +550,7 @@ def real_gpt_neo_dir():
             return Path(snapshot_download(repo, local_files_only=True))
         except Exception:
             pass
-    pytest.skip("EleutherAI/gpt-neo-125m is not in the local Hub cache: run `huggingface-cli download "
+    pytest.skip("EleutherAI/gpt-neo-125m is not in the local Hub cache: run `hf download "
                 "EleutherAI/gpt-neo-125m` while online, or set GPT_NEO_CHECKPOINT_DIR to a directory with it")
 
 

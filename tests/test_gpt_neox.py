@@ -520,7 +520,7 @@ def real_pythia_dir(revision=None):
         return Path(snapshot_download("EleutherAI/pythia-70m", revision=revision, local_files_only=True))
     except Exception:
         pytest.skip(f"EleutherAI/pythia-70m{f' at {revision}' if revision else ''} is not in the local Hub "
-                    "cache: run `huggingface-cli download EleutherAI/pythia-70m"
+                    "cache: run `hf download EleutherAI/pythia-70m"
                     f"{f' --revision {revision}' if revision else ''}` while online"
                     + ("" if revision else ", or set PYTHIA_CHECKPOINT_DIR to a directory with it"))
 

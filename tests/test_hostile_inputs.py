@@ -1,0 +1,375 @@
+"""Bad and unlucky input, for the three model files alike: a specific exception from the Python API, one
+`error: ...` line and a non-zero exit from the CLI; never a traceback, a hang, a silent wrong answer or a
+file read from outside the checkpoint."""
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+from conftest import ROOT, shared_tokenizer_dir
+from reference import assert_close, save_checkpoint
+
+transformers.logging.set_verbosity_error()
+ARCHS = ["gpt2", "gpt_neo", "gpt_neox"]
+LAYERS = {"gpt2": "n_layer", "gpt_neo": "num_layers", "gpt_neox": "num_hidden_layers"}
+HEADS = {"gpt2": "n_head", "gpt_neo": "num_heads", "gpt_neox": "num_attention_heads"}
+
+
+def tiny_config(arch, vocab_size=64, n_positions=32, **extra):
+    common = dict(vocab_size=vocab_size, initializer_range=0.3, bos_token_id=0, eos_token_id=1, **extra)
+    if arch == "gpt2":
+        return transformers.GPT2Config(n_positions=n_positions, n_embd=16, n_layer=2, n_head=2, **common)
+    if arch == "gpt_neo":
+        return transformers.GPTNeoConfig(max_position_embeddings=n_positions, hidden_size=16, num_layers=2,
+                                         num_heads=2, attention_types=[[["global", "local"], 1]],
+                                         window_size=8, **common)
+    return transformers.GPTNeoXConfig(max_position_embeddings=n_positions, hidden_size=16, num_hidden_layers=2,
+                                      num_attention_heads=2, intermediate_size=32, **common)
+
+
+def tiny_checkpoint(arch, directory, layout="safetensors", **config):
+    torch.manual_seed(0)
+    ref = transformers.AutoModelForCausalLM.from_config(tiny_config(arch, **config)).eval()
+    save_checkpoint(ref, directory, layout)
+    return ref
+
+
+def edit_config(directory, **changes):
+    config = json.loads((directory / "config.json").read_text())
+    config.update(changes)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+# ----------------------------------------------------------------------------- real checkpoints that were refused
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pre_zip_bin_files_load_without_running_a_pickle(arch, tmp_path):
+    """torch < 1.6 wrote .bin files that are not zip archives (many old Hub repos hold them): they cannot be
+    memory-mapped, so they are read whole, still with weights_only=True."""
+    ref = tiny_checkpoint(arch, tmp_path, "bin_legacy")
+    import zipfile
+    assert not zipfile.is_zipfile(tmp_path / "pytorch_model.bin")
+    ours = importlib.import_module(arch).from_pretrained(tmp_path)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        assert_close(ours(ids), ref(ids).logits, f"{arch} logits (pre-zip .bin)")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_more_embedding_rows_than_tokens_are_never_generated(arch, tmp_path):
+    """A checkpoint padded to more rows than its tokenizer has tokens (Pythia: 50304 for 50277; GPT-2-shaped
+    models exist too): generate(vocab_size=) never picks a row without a token, even when those rows would
+    win."""
+    tiny_checkpoint(arch, tmp_path, vocab_size=80)
+    module = importlib.import_module(arch)
+    model = module.from_pretrained(tmp_path)
+    with torch.no_grad():  # make the padding rows the most likely tokens, always
+        for p in model.parameters():
+            p.zero_()
+        norm = list(model.modules())[-2] if arch != "gpt_neox" else model.gpt_neox.final_layer_norm
+        head = model.lm_head if arch != "gpt_neox" else model.embed_out
+        norm = model.transformer.ln_f if arch != "gpt_neox" else norm
+        norm.bias.fill_(1.0)
+        head.weight[64:] = 1.0
+    ids = torch.tensor([[3, 4, 5]])
+    assert module.generate(model, ids, 5, temperature=0)[0, 3:].min() >= 64, "the padding rows do win"
+    out = module.generate(model, ids, 5, temperature=0, vocab_size=64)
+    assert out[0, 3:].max() < 64
+    out = module.generate(model, ids, 5, temperature=1.0, vocab_size=64, generator=torch.Generator().manual_seed(0))
+    assert out[0, 3:].max() < 64
+
+
+# ----------------------------------------------------------------------------- config.json
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("change, message", [
+    ("list", "must hold a JSON object"),
+    ({"heads": "four"}, "must be int"),
+    ({"heads": 0}, "must be >= 1"),
+    ({"heads": True}, "must be int"),
+    ({"layer_norm": "big"}, "must be float"),
+    ({"eos_token_id": -3}, "token ids >= 0"),
+    ({"eos_token_id": [1, "x"]}, "token ids >= 0"),
+    ({"model_type": "llama"}, "'llama' checkpoint"),
+])
+def test_config_values_of_the_wrong_type_are_named(arch, change, message, tmp_path):
+    tiny_checkpoint(arch, tmp_path)
+    if change == "list":
+        (tmp_path / "config.json").write_text("[1, 2]")
+    else:
+        names = {"heads": HEADS[arch], "layer_norm": "layer_norm_eps" if arch == "gpt_neox" else
+                 "layer_norm_epsilon"}
+        edit_config(tmp_path, **{names.get(k, k): v for k, v in change.items()})
+    with pytest.raises(ValueError, match=message):
+        importlib.import_module(arch).from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_another_architecture_is_named(arch, tmp_path):
+    other = {"gpt2": "gpt_neox", "gpt_neo": "gpt2", "gpt_neox": "gpt_neo"}[arch]
+    tiny_checkpoint(other, tmp_path)
+    with pytest.raises(ValueError, match=rf"'{other}' checkpoint, not '{arch}': use {other}.py"):
+        importlib.import_module(arch).from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_absurd_sizes_are_refused_at_once(arch, tmp_path):
+    """Tens of millions of layers in config.json: refused before a single module is built (the model we
+    build is bounded by the tensors in the file), not a hang."""
+    tiny_checkpoint(arch, tmp_path)
+    edit_config(tmp_path, **{LAYERS[arch]: 50_000_000})
+    code = f"import {arch}; {arch}.from_pretrained({str(tmp_path)!r})"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode != 0 and f"{LAYERS[arch]}=50000000" in result.stderr
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eos_token_id_as_a_list_ends_a_row_on_any_of_them(arch, tmp_path):
+    tiny_checkpoint(arch, tmp_path)
+    edit_config(tmp_path, eos_token_id=[5, 7])
+    module = importlib.import_module(arch)
+    model = module.from_pretrained(tmp_path)
+    assert model.config.eos_token_id == [5, 7]
+    ids = torch.tensor([[3, 4], [8, 9]])
+    free = module.generate(model, ids, 12, temperature=0)
+    out = module.generate(model, ids, 12, temperature=0, eos_token_id=[5, 7])
+    for row_free, row in zip(free[:, 2:].tolist(), out[:, 2:].tolist()):
+        ends = [i for i, t in enumerate(row_free) if t in (5, 7)]
+        if ends:  # the same tokens up to the first end id, then that id's row repeats the first listed id
+            assert row[:ends[0] + 1] == row_free[:ends[0] + 1] and set(row[ends[0] + 1:]) <= {5}
+        else:
+            assert row == row_free
+
+
+def test_malformed_json_files_are_named(tmp_path):
+    import gpt2
+    tiny_checkpoint("gpt2", tmp_path, "sharded")
+    (tmp_path / "config.json").write_text('{"n_layer": 2,')
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        gpt2.from_pretrained(tmp_path)
+    tiny_checkpoint("gpt2", tmp_path, "sharded")
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text("{oops")
+    with pytest.raises(ValueError, match="model.safetensors.index.json is not valid JSON"):
+        gpt2.from_pretrained(tmp_path)
+    index.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(ValueError, match="no \"weight_map\""):
+        gpt2.from_pretrained(tmp_path)
+
+
+# ----------------------------------------------------------------------------- weights files
+
+
+@pytest.mark.parametrize("shard", ["../elsewhere.safetensors", "/tmp/elsewhere.safetensors", "sub/x.safetensors"])
+def test_an_index_cannot_point_outside_the_checkpoint(shard, tmp_path):
+    import gpt2
+    directory = tmp_path / "ckpt"
+    tiny_checkpoint("gpt2", directory, "sharded")
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    key, first = next(iter(index["weight_map"].items()))
+    shutil.copy(directory / first, tmp_path / "elsewhere.safetensors")  # a real file there, readable
+    index["weight_map"][key] = shard
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="shards must be files in the checkpoint's own directory"):
+        gpt2.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("content", [[1, 2, 3], {"a": 1}, {1: torch.zeros(2)}, torch.zeros(3)])
+def test_a_bin_that_is_not_a_dict_of_tensors(content, tmp_path):
+    import gpt2
+    tiny_checkpoint("gpt2", tmp_path, "bin")
+    torch.save(content, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="does not hold a dict of tensors"):
+        gpt2.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_with_nan_or_inf_are_refused(arch, value, tmp_path):
+    from safetensors.torch import load_file, save_file
+    tiny_checkpoint(arch, tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    key = sorted(k for k, t in sd.items() if t.dim() == 2)[-1]
+    sd[key][0, 0] = value
+    save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="NaN or inf"):
+        importlib.import_module(arch).from_pretrained(tmp_path)
+
+
+def test_too_large_for_float16_is_refused(tmp_path):
+    import gpt2
+    from safetensors.torch import load_file, save_file
+    tiny_checkpoint("gpt2", tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    sd["transformer.h.0.mlp.c_fc.weight"][0, 0] = 1e6  # fine in fp32, inf in fp16
+    save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    gpt2.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="NaN or inf in torch.float16: transformer.h.0.mlp.c_fc.weight"):
+        gpt2.from_pretrained(tmp_path, dtype="float16")
+
+
+# ----------------------------------------------------------------------------- the Python API
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def loaded(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(request.param)
+    tiny_checkpoint(request.param, directory)
+    module = importlib.import_module(request.param)
+    return module, module.from_pretrained(directory), directory
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=float("inf")), "temperature must be a finite number"),
+    (dict(temperature=float("nan")), "temperature must be a finite number"),
+    (dict(top_p=float("nan")), "top_p"),
+    (dict(top_k=2.5), "top_k must be an integer"),
+    (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 1"),
+    (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+    (dict(max_new_tokens=2.0), "max_new_tokens must be an integer >= 1"),
+    (dict(input_ids=torch.tensor([[1.0, 2.0]])), "integer token ids"),
+    (dict(input_ids=torch.tensor([[1, 64]])), r"input_ids must be in \[0, vocab_size=64\)"),
+    (dict(input_ids=torch.tensor([[-1, 2]])), r"input_ids must be in \[0, vocab_size=64\)"),
+    (dict(attention_mask=torch.tensor([[1, 2]])), "only 0"),
+    (dict(attention_mask=torch.tensor([[1, 0]])), "left-padded"),
+    (dict(attention_mask=torch.tensor([[0, 0]])), "left-padded"),
+    (dict(input_ids=torch.tensor([[1, 2], [3, 4]]), attention_mask=torch.tensor([[1, 1], [1, 0]])), "left-padded"),
+])
+@pytest.mark.parametrize("compile", [False, True])
+def test_bad_generate_arguments(loaded, kwargs, message, compile):
+    module, model, _ = loaded
+    args = dict(input_ids=torch.tensor([[1, 2]]), max_new_tokens=3) | kwargs
+    with pytest.raises(ValueError, match=message):
+        module.generate(model, args.pop("input_ids"), args.pop("max_new_tokens"), compile=compile, **args)
+
+
+def test_bad_forward_inputs(loaded):
+    module, model, _ = loaded
+    with pytest.raises(ValueError, match="integer token ids"):
+        model(torch.tensor([[0.5, 1.0]]))
+    with pytest.raises(ValueError, match="vocab_size=64"):
+        model(torch.tensor([[0, 64]]))
+    with pytest.raises(ValueError, match="only 0"):
+        model(torch.tensor([[0, 1]]), torch.tensor([[1, 3]]))
+    logits = model(torch.tensor([[5, 6, 0]]), torch.tensor([[1, 1, 0]]))  # right padding is fine in forward
+    assert logits.shape == (1, 3, 64)
+
+
+def test_dtype_and_device_by_name(loaded):
+    module, model, directory = loaded
+    assert next(module.from_pretrained(directory, dtype="bfloat16").parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of float32, float16, bfloat16"):
+        module.from_pretrained(directory, dtype="float8")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        module.from_pretrained(directory, dtype=torch.int8)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' is not available here"):
+            module.from_pretrained(directory, device="cuda")
+    with pytest.raises(ValueError, match="device 'tpu9' is not available here"):
+        module.from_pretrained(directory, device="tpu9")
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture(scope="module")
+def cli_checkpoint(tmp_path_factory):
+    """A tiny GPT-2 with the real tokenizer, a long context and no end-of-text id (it never stops early)."""
+    tokenizer = shared_tokenizer_dir("gpt2", "openai-community/gpt2", ["vocab.json", "merges.txt"])
+    directory = tmp_path_factory.mktemp("cli")
+    tiny_checkpoint("gpt2", directory, vocab_size=50257, n_positions=1024)
+    edit_config(directory, eos_token_id=None, bos_token_id=None)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tokenizer / name, directory / name)
+    return directory
+
+
+def run(*args, env=None, **kwargs):
+    return subprocess.run([sys.executable, str(ROOT / "gpt2.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120, **kwargs)
+
+
+def one_error_line(result, message):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "cuda" if not torch.cuda.is_available() else "tpu9"], "is not available here"),
+    (["--temperature", "inf"], "temperature must be a finite number"),
+    (["--temperature", "nan"], "temperature must be a finite number"),
+    (["--top-p", "nan"], "top_p"),
+    (["--max-new-tokens", "abc"], "argument --max-new-tokens: invalid int value: 'abc'"),
+    (["--dtype", "float8"], "argument --dtype: invalid choice"),
+    (["--prompt", "hello " * 1100], "longer than the context of 1024 tokens"),
+])
+def test_cli_bad_input_is_one_line(cli_checkpoint, args, message):
+    one_error_line(run("--model", cli_checkpoint, "--max-new-tokens", "2", *args), message)
+
+
+def test_cli_a_prompt_that_cannot_fit_is_refused_before_tokenizing(cli_checkpoint, tmp_path):
+    """No GPT-2 token is longer than 128 bytes: 64 positions hold at most 8192 bytes of text. A longer
+    prompt is refused by its length (here one 9,000-letter word, which BPE would otherwise have to
+    work through)."""
+    directory = tmp_path / "short"
+    tiny_checkpoint("gpt2", directory, vocab_size=50257, n_positions=64)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(cli_checkpoint / name, directory / name)
+    one_error_line(run("--model", directory, "--max-new-tokens", "2", "--prompt", "x" * 9000),
+                   "--prompt (9000 bytes) is longer than the context of 64 tokens")
+
+
+def test_cli_config_errors_are_one_line(cli_checkpoint, tmp_path):
+    directory = tmp_path / "ckpt"
+    shutil.copytree(cli_checkpoint, directory)
+    edit_config(directory, model_type="gpt_neox")
+    one_error_line(run("--model", directory), "'gpt_neox' checkpoint, not 'gpt2': use gpt_neox.py")
+    edit_config(directory, model_type="gpt2", n_head="four")
+    one_error_line(run("--model", directory), "n_head must be int, got 'four'")
+    (directory / "config.json").write_text("{")
+    one_error_line(run("--model", directory), "config.json is not valid JSON")
+
+
+def test_cli_padded_vocabulary_generates(cli_checkpoint, tmp_path):
+    """More embedding rows than the tokenizer has tokens (GPT-2-shaped): the CLI samples only real tokens."""
+    directory = tmp_path / "padded"
+    tiny_checkpoint("gpt2", directory, vocab_size=50304, n_positions=64)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(cli_checkpoint / name, directory / name)
+    result = run("--model", directory, "--max-new-tokens", "40", "--top-k", "50000", "--temperature", "3")
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_ctrl_c_exits_quietly_with_130(cli_checkpoint):
+    process = subprocess.Popen([sys.executable, str(ROOT / "gpt2.py"), "--model", str(cli_checkpoint),
+                                "--prompt", "Hi", "--max-new-tokens", "1000"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.read(2) == "Hi"  # the prompt is printed once generation starts
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err == "", err
+
+
+def test_cli_without_network_fails_fast_and_quietly(tmp_path):
+    """Nothing cached and the Hub unreachable (here: a closed local port): one line, no retry noise."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(HF_HOME=str(tmp_path / "empty-hf-home"), HF_ENDPOINT="http://127.0.0.1:9")
+    result = run(env=env)
+    one_error_line(result, "could not get openai-community/gpt2 from the Hugging Face Hub")
+    assert "hf download openai-community/gpt2" in result.stderr and "--model /path/to/dir" in result.stderr
+
+
+def test_cli_help_shows_the_defaults():
+    result = run("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "(default: 50)" in text and "(default: gpt2)" in text and "(default: 1.0)" in text
