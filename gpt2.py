@@ -246,8 +246,9 @@ class GPT2LMHeadModel(nn.Module):
 
 def lm_loss(logits, labels):
     """Next-token cross-entropy: position t predicts labels[t + 1]; labels of -100 are ignored."""
-    logits = logits[:, :-1].float()  # (B, T-1, V), fp32 for a stable log-softmax
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): shift the labels, not the (larger) logits
+    logits = logits.float()  # fp32 for a stable log-softmax (a no-op in fp32 training: no copy)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
 # ----------------------------------------------------------------------------- a new model, for training
 

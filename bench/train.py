@@ -1,6 +1,6 @@
 """Benchmark: training throughput of our models against transformers', same config, weights and batch.
 
-    python bench/train.py                           # the three architectures, README's small size, CPU
+    python bench/train.py                           # the three architectures, the README run's size, CPU
     python bench/train.py --arch gpt2 --size 124m --batch-size 4 --block-size 256 --steps 5
     python bench/train.py --device cuda --dtype bf16 --size 124m --batch-size 16 --block-size 1024
 
@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 SIZES = {  # n_layer, n_head, n_embd, vocab_size
-    "small": (6, 6, 384, 4096),  # the README's from-scratch GPT-2 (train.py --arch gpt2 ...)
+    "readme": (4, 4, 128, 2048),  # the README's from-scratch GPT-2 (1.1M parameters)
+    "small": (6, 6, 384, 4096),  # nanoGPT's Shakespeare model's shape (12M)
     "124m": (12, 12, 768, 50257),  # GPT-2 small / gpt-neo-125m / pythia-160m's shape
 }
 
@@ -107,9 +108,9 @@ def bench(arch, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", nargs="+", default=["gpt2", "gpt_neo", "gpt_neox"])
-    p.add_argument("--size", choices=SIZES, default="small")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--size", choices=SIZES, default="readme")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--steps", type=int, default=10, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=2)
