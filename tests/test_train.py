@@ -142,6 +142,17 @@ def test_bad_input_is_one_error_line(argv, message, data, tmp_path, capsys):
     assert message in str(e.value.code)
 
 
+def test_loss_png_only_with_matplotlib(data, tmp_path, monkeypatch):
+    """matplotlib is optional: without it the curve is the CSV alone (with it, a PNG beside it)."""
+    pytest.importorskip("matplotlib")
+    args = ["--data", data, "--arch", "gpt2", *TINY, "--max-steps", 1]
+    run(*args, "--out", tmp_path / "with")
+    assert (tmp_path / "with/loss.png").read_bytes().startswith(b"\x89PNG")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    run(*args, "--out", tmp_path / "without")
+    assert (tmp_path / "without/loss.csv").exists() and not (tmp_path / "without/loss.png").exists()
+
+
 def test_out_with_a_run_needs_resume(data, tmp_path):
     args = ["--data", data, "--out", tmp_path, "--arch", "gpt2", *TINY, "--max-steps", 1]
     run(*args)
