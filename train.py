@@ -272,16 +272,21 @@ def read_rows(path, up_to):
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(args):
-    # torchrun sets RANK and WORLD_SIZE: one process per device (gloo on CPU, NCCL on GPUs).
+def setup_distributed(device):
+    """(rank, world size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK: one process per device,
+    talking through gloo on CPUs and NCCL on GPUs. Without torchrun: rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
-    device = torch.device(args.device)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def train(args):
+    rank, world, device = setup_distributed(torch.device(args.device))
     master = rank == 0
     out = Path(args.out)
     text = Path(args.data).read_text(encoding="utf-8")
@@ -313,7 +318,7 @@ def train(args):
     if start == 0:  # where the curve starts: the untrained (or not yet fine-tuned) model
         rows.append(dict(step=0, train_loss="", val_loss=round(eval_loss(model, val_data, args, block_size,
                          autocast, rank, world, device), 6), lr=0.0, tokens=0, seconds=0.0))
-    t0, last_log, loss = time.perf_counter(), start, torch.tensor(0.0)
+    t0, last_log = time.perf_counter(), start
     for step in range(start, stop):
         lr = learning_rate(step, args)
         for group in optimizer.param_groups:
