@@ -108,9 +108,6 @@ def test_dropout_sites_match_reference(arch, data):
     mask = torch.ones_like(mask)  # (padding rows are dropped the same way too, but keep the test plain)
     our_loss, ref_loss, our_g, ref_g = loss_and_grads(arch, ours, ref, ids, mask, seed=data.draw(st.integers(0, 99)))
     check_same(arch, our_loss, ref_loss, our_g, ref_g)
-    torch.manual_seed(1)
-    again = ours(ids, mask, labels=ids)[1]
-    assert again.item() != our_loss.item(), "another dropout draw should change the loss"
 
 # ----------------------------------------------------------------------------- dropout
 
@@ -131,10 +128,11 @@ def test_dropout_off_in_eval_and_generation(arch, data):
     out = module.generate(with_dropout, ids, 4, temperature=0)
     assert with_dropout.training
     assert torch.equal(out, module.generate(ours.eval(), ids, 4, temperature=0))
-    # train(): dropout is on
+    # train(): dropout is on. Two draws over a full context (> 2 * n_positions * C units at rate 0.5) are
+    # the same with probability < 2^-32, so this holds for every example, not by chance.
+    full = torch.arange(2 * n_positions).view(2, n_positions) % config["vocab_size"]
     torch.manual_seed(0)
-    a = with_dropout(ids)
-    assert not torch.equal(a, with_dropout(ids))
+    assert not torch.equal(with_dropout(full), with_dropout(full))
 
 
 @pytest.mark.parametrize("backend", ["naive", "sdpa"])
