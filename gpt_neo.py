@@ -21,12 +21,14 @@ loading is a load_state_dict after one visible key transform (`convert_hub_state
 Names that differ from gpt2.py's (config.json's, so the Hub's): hidden_size (n_embd), num_layers (n_layer),
 num_heads (n_head), max_position_embeddings (n_positions), intermediate_size (n_inner); modules
 attn.attention.{q,k,v,out}_proj (attn.c_attn, attn.c_proj). The rest of the file is gpt2.py's, word for word.
-To use this file in another project, copy it together with attention.py and kv_cache.py; the sampling
-CLI (main) also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
+To use this file in another project, copy it together with attention.py, kv_cache.py and tp.py (tensor
+parallel under torchrun; without it, loading and the CLI pass through it unchanged); the sampling CLI (main)
+also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
 """
 import argparse
 import json
 import math
+import os
 import pickle
 import re
 import sys
@@ -40,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import tp
 from attention import BACKENDS, attention
 from kv_cache import DynamicCache, FullBuffer, StaticCache
 
@@ -122,7 +125,7 @@ ACTIVATIONS = {
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx, backend="sdpa"):
         super().__init__()
-        self.n_head = config.num_heads
+        self.head_dim = config.hidden_size // config.num_heads
         self.layer_idx = layer_idx
         self.backend = backend
         # Three plain nn.Linear, stored as such (no transpose); q, k, v have no bias, as the checkpoints hold.
@@ -137,9 +140,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, attention_mask=None, kv_cache=None):
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # nh is read off the tensors (-1): all heads, or this process's share under tensor parallel (tp.py)
+        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_kept + T, hd), T_kept <= w if local
         # Scores in fp32, as the reference does: unscaled, q·k overflows fp16 (v too: sdpa wants one dtype).
@@ -149,7 +153,7 @@ class CausalSelfAttention(nn.Module):
         # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=1.0,
                       window=self.window, dropout_p=self.dropout_p if self.training else 0.0)
-        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hd) -> (B, T, C): heads side by side
+        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
         return self.resid_dropout(self.out_proj(y))
 
 
@@ -295,6 +299,18 @@ def from_config(config, *, device="cpu", attn="sdpa"):
     with torch.device(device):
         return init_weights(GPTNeoForCausalLM(config, attn)).train()
 
+# Tensor parallel (tp.py, under torchrun): how a block's layers split over the N processes. "colwise": the
+# layer's outputs (heads, MLP columns) are divided among the processes; "rowwise": its inputs are, and an
+# all-reduce sums the partial results. Every other tensor (embeddings, LayerNorms, LM head) is replicated.
+TP_PLAN = {
+    "attn.attention.q_proj": "colwise",  # three separate matrices, each cut by heads
+    "attn.attention.k_proj": "colwise",
+    "attn.attention.v_proj": "colwise",
+    "attn.attention.out_proj": "rowwise",
+    "mlp.c_fc": "colwise",
+    "mlp.c_proj": "rowwise",
+}
+
 # ----------------------------------------------------------------------------- loading
 
 HUB_MODELS = {
@@ -390,8 +406,9 @@ def check_field_types(config):
             raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
 
 
-def read_state_dict(directory):
-    """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds."""
+def read_state_dict(directory, lazy=False):
+    """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds. lazy: safetensors
+    tensors are not read yet (tp.CheckpointTensor: the shape now, slices later)."""
     directory = Path(directory)
     for name in WEIGHT_FILES:
         if (directory / name).exists():
@@ -401,7 +418,7 @@ def read_state_dict(directory):
     shards = shard_names(directory / name) if name.endswith(".index.json") else [name]
     state_dict = {}
     for shard in shards:
-        state_dict.update(read_weights_file(directory / shard))
+        state_dict.update(read_weights_file(directory / shard, lazy))
     return state_dict
 
 
@@ -420,14 +437,14 @@ def shard_names(index_path):
     return names
 
 
-def read_weights_file(path):
+def read_weights_file(path, lazy=False):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     if not path.is_file():
         raise FileNotFoundError(f"missing checkpoint file {path}")
     try:
         if path.suffix == ".safetensors":
-            state_dict = load_file(path)
+            state_dict = tp.open_safetensors(path) if lazy else load_file(path)
         else:
             # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
             # Zip files (torch >= 1.6) are memory-mapped; the older format, which many old Hub repos
@@ -437,7 +454,8 @@ def read_weights_file(path):
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
     if not isinstance(state_dict, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+            isinstance(k, str) and isinstance(v, (torch.Tensor, tp.CheckpointTensor))
+            for k, v in state_dict.items()):
         raise ValueError(f"{path} does not hold a dict of tensors")
     return state_dict
 
@@ -509,13 +527,15 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
     config = GPTNeoConfig.from_json(directory / "config.json")
-    state_dict = convert_hub_state_dict(read_state_dict(directory), config)
+    tp.check_heads(config.num_heads)  # under torchrun (tp.py): N must divide the heads
+    state_dict = convert_hub_state_dict(read_state_dict(directory, lazy=tp.world_size() > 1), config)
     if config.num_layers > len(state_dict):  # every layer has tensors: what we build is bounded by the file
         raise ValueError(f"config.json says num_layers={config.num_layers}, but the checkpoint holds "
                          f"only {len(state_dict)} tensors")
     with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
         model = GPTNeoForCausalLM(config, attn)
     check_state_dict(model, state_dict)
+    state_dict = tp.shard(model, TP_PLAN, state_dict)  # under torchrun: this process's share, read by slices
     state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
     check_finite(state_dict, dtype)
     model.load_state_dict(state_dict, strict=False, assign=True)
@@ -759,6 +779,9 @@ def main(argv=None):
     from bpe import StreamDecoder, Tokenizer
     args = parse_args(argv)
     try:
+        args.device = tp.init(args.device)  # under torchrun: join the other processes, one device each
+        if tp.rank() > 0:
+            sys.stdout = open(os.devnull, "w")  # rank 0 prints; every process samples the same tokens
         check_sampling(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
@@ -779,12 +802,15 @@ def main(argv=None):
                            on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
             print(stream.flush(), flush=True)
             n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
-            print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
+            if tp.rank() == 0:
+                print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if tp.rank() == 0 else 1)  # under torchrun every process fails alike: one line
     except KeyboardInterrupt:  # Ctrl-C: stop quietly, with the shell's usual status for it
         print(flush=True)
         sys.exit(130)
+    finally:
+        tp.finish()
 
 
 if __name__ == "__main__":

@@ -25,12 +25,14 @@ layer_norm_eps (layer_norm_epsilon), hidden_act (activation_function); modules g
 embed_in (wte), layers (h), input_layernorm (ln_1), attention (attn), query_key_value (c_attn),
 dense (c_proj), post_attention_layernorm (ln_2), dense_h_to_4h (c_fc), dense_4h_to_h (mlp.c_proj),
 final_layer_norm (ln_f), embed_out (lm_head). The rest of the file is gpt2.py's, word for word.
-To use this file in another project, copy it together with attention.py and kv_cache.py; the sampling
-CLI (main) also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
+To use this file in another project, copy it together with attention.py, kv_cache.py and tp.py (tensor
+parallel under torchrun; without it, loading and the CLI pass through it unchanged); the sampling CLI (main)
+also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
 """
 import argparse
 import json
 import math
+import os
 import pickle
 import re
 import sys
@@ -44,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import tp
 from attention import BACKENDS, attention
 from kv_cache import DynamicCache, FullBuffer, StaticCache
 
@@ -158,21 +161,22 @@ def apply_rotary(x, cos, sin):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx, backend="sdpa"):
         super().__init__()
-        self.n_head = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
         self.layer_idx = layer_idx
         self.backend = backend
         C = config.hidden_size
         self.query_key_value = nn.Linear(C, 3 * C, bias=config.attention_bias)  # q, k, v for all heads
         self.dense = nn.Linear(C, C, bias=config.attention_bias)
-        self.scale = 1.0 / math.sqrt(C // config.num_attention_heads)
+        self.scale = 1.0 / math.sqrt(self.head_dim)
         self.dropout_p = config.attention_dropout  # on the attention probabilities, in training only
 
     def forward(self, x, rotary, attention_mask=None, kv_cache=None):
         B, T, C = x.shape
-        hd = C // self.n_head
+        hd = self.head_dim
         # The fused projection is laid out per head, [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] (Megatron's layout,
         # kept by GPT-NeoX), not [all q | all k | all v] as GPT-2's c_attn: view by head, then split.
-        qkv = self.query_key_value(x).view(B, T, self.n_head, 3 * hd).transpose(1, 2)  # (B, nh, T, 3 hd)
+        # nh is read off the tensors (-1): all heads, or this process's share under tensor parallel (tp.py)
+        qkv = self.query_key_value(x).view(B, T, -1, 3 * hd).transpose(1, 2)  # (B, nh, T, 3 hd)
         q, k, v = qkv.split(hd, dim=-1)  # 3 × (B, nh, T, hd)
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if kv_cache is not None:
@@ -181,7 +185,7 @@ class CausalSelfAttention(nn.Module):
         # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale,
                       dropout_p=self.dropout_p if self.training else 0.0)
-        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hd) -> (B, T, C): heads side by side
+        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
         return self.dense(y)
 
 
@@ -334,6 +338,16 @@ def from_config(config, *, device="cpu", attn="sdpa"):
     with torch.device(device):
         return init_weights(GPTNeoXForCausalLM(config, attn)).train()
 
+# Tensor parallel (tp.py, under torchrun): how a block's layers split over the N processes. "colwise": the
+# layer's outputs (heads, MLP columns) are divided among the processes; "rowwise": its inputs are, and an
+# all-reduce sums the partial results. Every other tensor (embeddings, LayerNorms, LM head) is replicated.
+TP_PLAN = {
+    "attention.query_key_value": "colwise",  # rows by head, [q_0 k_0 v_0 | q_1 ...]: a plain cut keeps them
+    "attention.dense": "rowwise",
+    "mlp.dense_h_to_4h": "colwise",
+    "mlp.dense_4h_to_h": "rowwise",
+}
+
 # ----------------------------------------------------------------------------- loading
 
 PYTHIA_SIZES = ["70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]  # each also "-deduped"
@@ -430,8 +444,9 @@ def check_field_types(config):
             raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
 
 
-def read_state_dict(directory):
-    """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds."""
+def read_state_dict(directory, lazy=False):
+    """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds. lazy: safetensors
+    tensors are not read yet (tp.CheckpointTensor: the shape now, slices later)."""
     directory = Path(directory)
     for name in WEIGHT_FILES:
         if (directory / name).exists():
@@ -441,7 +456,7 @@ def read_state_dict(directory):
     shards = shard_names(directory / name) if name.endswith(".index.json") else [name]
     state_dict = {}
     for shard in shards:
-        state_dict.update(read_weights_file(directory / shard))
+        state_dict.update(read_weights_file(directory / shard, lazy))
     return state_dict
 
 
@@ -460,14 +475,14 @@ def shard_names(index_path):
     return names
 
 
-def read_weights_file(path):
+def read_weights_file(path, lazy=False):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     if not path.is_file():
         raise FileNotFoundError(f"missing checkpoint file {path}")
     try:
         if path.suffix == ".safetensors":
-            state_dict = load_file(path)
+            state_dict = tp.open_safetensors(path) if lazy else load_file(path)
         else:
             # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
             # Zip files (torch >= 1.6) are memory-mapped; the older format, which many old Hub repos
@@ -477,7 +492,8 @@ def read_weights_file(path):
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
     if not isinstance(state_dict, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+            isinstance(k, str) and isinstance(v, (torch.Tensor, tp.CheckpointTensor))
+            for k, v in state_dict.items()):
         raise ValueError(f"{path} does not hold a dict of tensors")
     return state_dict
 
@@ -557,13 +573,15 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
     config = GPTNeoXConfig.from_json(directory / "config.json")
-    state_dict = convert_hub_state_dict(read_state_dict(directory), config)
+    tp.check_heads(config.num_attention_heads)  # under torchrun (tp.py): N must divide the heads
+    state_dict = convert_hub_state_dict(read_state_dict(directory, lazy=tp.world_size() > 1), config)
     if config.num_hidden_layers > len(state_dict):  # every layer has tensors: what we build is bounded by the file
         raise ValueError(f"config.json says num_hidden_layers={config.num_hidden_layers}, but the checkpoint holds "
                          f"only {len(state_dict)} tensors")
     with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
         model = GPTNeoXForCausalLM(config, attn)
     check_state_dict(model, state_dict)
+    state_dict = tp.shard(model, TP_PLAN, state_dict)  # under torchrun: this process's share, read by slices
     state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
     check_finite(state_dict, dtype)
     model.load_state_dict(state_dict, strict=False, assign=True)
@@ -807,6 +825,9 @@ def main(argv=None):
     from bpe import StreamDecoder, Tokenizer
     args = parse_args(argv)
     try:
+        args.device = tp.init(args.device)  # under torchrun: join the other processes, one device each
+        if tp.rank() > 0:
+            sys.stdout = open(os.devnull, "w")  # rank 0 prints; every process samples the same tokens
         check_sampling(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
@@ -827,12 +848,15 @@ def main(argv=None):
                            on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
             print(stream.flush(), flush=True)
             n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
-            print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
+            if tp.rank() == 0:
+                print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if tp.rank() == 0 else 1)  # under torchrun every process fails alike: one line
     except KeyboardInterrupt:  # Ctrl-C: stop quietly, with the shell's usual status for it
         print(flush=True)
         sys.exit(130)
+    finally:
+        tp.finish()
 
 
 if __name__ == "__main__":

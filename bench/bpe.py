@@ -3,6 +3,7 @@
     python bench/bpe.py                     # English prose, source code, CJK; GPT-2 files from ../shared
     python bench/bpe.py --file some.txt     # any UTF-8 file as an extra corpus
     python bench/bpe.py --neox              # also bpe.py (NeoX) against HF tokenizers on the same texts
+    python bench/bpe.py --long              # only the long words: 1 MB single words and 1 MB of base64
 
 The texts come from this machine, no download: real text matters because the word cache's hit rate
 depends on how often words repeat (Zipf's law), which generated text gets wrong.
@@ -13,7 +14,7 @@ depends on how often words repeat (Zipf's law), which generated text gets wrong.
 
 Three figures per corpus, because the word cache makes the speed depend on what was encoded before:
   cold    the whole text with empty caches (a fresh tokenizer: every distinct word that is not a whole
-          token, bpe.py section 3c, pays its BPE);
+          token, bpe_fast.py section 4, pays its BPE);
   steady  the second half of the text after the first half filled the cache (a tokenizer that has been
           encoding text of the same kind: most words are cached, new ones keep coming);
   warm    the whole text again, every word cached (the upper bound: the split and the lookups).
@@ -100,8 +101,8 @@ def tiktoken_gpt2():
 
 
 def load_seconds(load, repeat: int = 3) -> float:
-    """CPU seconds to build a tokenizer from its files, best of `repeat` (bpe.py finds its whole tokens
-    here, section 3c; tiktoken builds its ranks from vocab.bpe + encoder.json)."""
+    """CPU seconds to build a tokenizer from its files, best of `repeat` (bpe_fast.py finds its whole tokens
+    here, section 4; tiktoken builds its ranks from vocab.bpe + encoder.json)."""
     best = float("inf")
     for _ in range(repeat):
         start = time.process_time()
@@ -110,15 +111,42 @@ def load_seconds(load, repeat: int = 3) -> float:
     return best
 
 
+def long_words(size: int = 1_000_000) -> dict[str, str]:
+    """Texts that are one word, or few long ones (BPE cost grows with the word: bpe_fast.bpe_heap)."""
+    import base64
+    import random
+    rng = random.Random(0)
+    return {"1 MB of 'a'": "a" * size,
+            "1 MB random letters": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=size)),
+            "1 MB base64": base64.b64encode(rng.randbytes(size * 3 // 4)).decode()}
+
+
+def bench_long_words(ours, reference) -> None:
+    """One fresh encode each (no cache can help), CPU seconds, and the ids checked equal."""
+    print("| long word text | bpe.py s | tiktoken s |")
+    print("|---|---|---|")
+    for name, text in long_words().items():
+        ours.clear_cache()
+        start = time.process_time()
+        ids = ours.encode_ordinary(text)
+        mine = time.process_time() - start
+        start = time.process_time()
+        assert ids == reference.encode_ordinary(text), name
+        print(f"| {name} | {mine:.2f} | {time.process_time() - start:.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--file", action="append", default=[], help="an extra UTF-8 text file to encode")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--neox", action="store_true", help="also NeoX: bpe.py against HF tokenizers")
+    parser.add_argument("--long", action="store_true", help="only the long words (1 MB single words, base64)")
     args = parser.parse_args()
 
     if not (GPT2_DIR / "vocab.bpe").exists():
         sys.exit(f"the benchmark needs GPT-2's files in {GPT2_DIR} (see ../shared/README.md)")
+    if args.long:
+        return bench_long_words(bpe.Tokenizer.from_pretrained(GPT2_DIR), tiktoken_gpt2())
     corpora = {"english": english(), "code": code(), "cjk": cjk()}
     corpora.update({Path(f).name: Path(f).read_text(encoding="utf-8") for f in args.file})
     ours = bpe.Tokenizer.from_pretrained(GPT2_DIR)

@@ -110,3 +110,30 @@ class Evil:
     """A pickle that runs code when loaded: a .bin holding it must be refused (weights_only=True)."""
     def __reduce__(self):
         return (exec, ("import os; os.environ['EVIL_RAN'] = '1'",))
+
+
+def recording_compile(graphs):
+    """A stand-in for torch.compile: dynamo captures the graphs as usual (fullgraph=True still refuses a
+    graph break), they are appended to `graphs` and run as captured, without inductor (cheap, any config)."""
+    real_compile = torch.compile
+
+    def compile(fn, **kwargs):
+        def backend(graph_module, example_inputs):
+            graphs.append(graph_module)
+            return graph_module.forward
+        return real_compile(fn, backend=backend, **kwargs)
+    return compile
+
+
+def tiny_gpt2_with_tokenizer(directory, tokenizer_dir, n_head=2):
+    """A tiny random GPT-2 checkpoint (the real vocabulary's 50257 rows) with the real GPT-2 tokenizer
+    files beside it: what the command-line tests run."""
+    import shutil
+
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_positions=32, n_embd=16, n_layer=2, n_head=n_head, initializer_range=0.5)
+    save_checkpoint(transformers.GPT2LMHeadModel(config).eval(), directory)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(Path(tokenizer_dir) / name, Path(directory) / name)
+    return directory

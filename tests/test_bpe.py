@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bpe
+import bpe_fast
 from bpe import StreamDecoder, Tokenizer, train
 from conftest import shared_tokenizer_dir
 
@@ -281,11 +282,11 @@ def test_stream_decoder_adds_up_to_decode(gpt2, ids):
 
 
 # --- the merge loop -------------------------------------------------------------------------------------
-def tiny_tokenizer(merges):
+def tiny_tokenizer(merges, fast=True):
     vocab = {c: i for i, c in enumerate(bpe.BYTE_TO_CHAR.values())}
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
-    return Tokenizer(vocab, merges)
+    return Tokenizer(vocab, merges, fast=fast)
 
 
 def test_merges_apply_by_rank_not_by_position():
@@ -295,13 +296,16 @@ def test_merges_apply_by_rank_not_by_position():
     # equal pairs: leftmost first, and a merged token can merge again
     assert bpe.bpe("aaa", tiny_tokenizer([("a", "a")]).merge_ranks) == ["aa", "a"]
     assert bpe.bpe("aaaa", tiny_tokenizer([("a", "a"), ("aa", "aa")]).merge_ranks) == ["aaaa"]
+    for merges, word in ([[("b", "c"), ("a", "b")], "abc"], [[("a", "a")], "aaa"], [[("a", "a"), ("aa", "aa")], "a" * 7]):
+        ranks = tiny_tokenizer(merges).merge_ranks
+        assert bpe_fast.bpe_heap(word, ranks) == bpe.bpe(word, ranks)     # the same rule, n log n
 
 
-# --- whole tokens (section 3c): a word that is a token skips BPE only where BPE gives that token ------------
+# --- whole tokens (bpe_fast.py section 4): a word that is a token skips BPE only where BPE gives that token ------------
 def test_a_token_that_bpe_does_not_give_whole():
     tok = tiny_tokenizer([("b", "c"), ("a", "b"), ("ab", "c")])   # "abc" is a token, but BPE on it merges
     assert bpe.bpe("abc", tok.merge_ranks) == ["a", "bc"]            # "b c" first and cannot reach it
-    assert "abc" not in tok.whole_tokens and {"ab", "bc"} <= tok.whole_tokens.keys()
+    assert "abc" not in tok.fast.whole_tokens and {"ab", "bc"} <= tok.fast.whole_tokens.keys()
     assert tok.encode("abc") == [tok.vocab["a"], tok.vocab["bc"]]
 
 
@@ -322,7 +326,7 @@ def test_whole_tokens_are_exactly_those_bpe_gives_whole(merges):
     """Every whole token is what BPE gives for its bytes; and where each token is made by one merge, of
     tokens made before it (as training writes them), every token that BPE gives whole is found."""
     ranks = {pair: rank for rank, pair in enumerate(merges)}
-    whole = bpe.whole_tokens(merges, ranks)
+    whole = bpe_fast.whole_tokens(merges, ranks)
     made = [left + right for left, right in merges]
     gives_itself = {token for token in made if bpe.bpe(token, ranks) == [token]}
     assert whole.keys() & set(made) <= gives_itself
@@ -374,7 +378,7 @@ def test_real_tokenizers_every_token_is_whole(gpt2, neox):
     """GPT-2's and NeoX's files: BPE gives every merged token whole, as tiktoken assumes."""
     for tok in (gpt2, neox):
         made = {left + right for left, right in tok.merges}
-        assert made <= tok.whole_tokens.keys()
+        assert made <= tok.fast.whole_tokens.keys()
         assert all(bpe.bpe(token, tok.merge_ranks) == [token] for token in made)
 
 
@@ -389,7 +393,7 @@ def test_teaching_mode_shows_every_merge(gpt2, tiktoken_gpt2):
     assert len(steps) == len(text.encode()) - len(ids)     # each merge makes one piece fewer
     assert all(gpt2.merge_ranks[left, right] == int(rank.rstrip(":"))
                for _, _, rank, left, _, right, *_ in steps)
-    assert shown.count("a whole token") == 1     # "Hello" is one, " worldz" is not
+    assert "whole token" not in shown            # the teaching mode shows BPE, not bpe_fast's shortcuts
 
 
 def test_gpt2_merge_steps(gpt2):
@@ -416,8 +420,8 @@ ascii_heavy_text = st.lists(st.sampled_from(PIECES + LONG_PIECES), max_size=30).
 @settings(max_examples=500)
 @given(text=st.one_of(any_text, ascii_heavy_text))
 def test_split_words_is_the_split_pattern(text):
-    """split_words hands ASCII stretches to `re`; the words must be exactly those of the \\p{L} pattern."""
-    assert bpe.split_words(text) == bpe.SPLIT.findall(text)
+    """bpe_fast.split_words hands ASCII stretches to `re`, the rest to `regex`: the words of bpe.py's."""
+    assert bpe_fast.split_words(text) == bpe.split_words(text)
 
 
 def test_word_cache_is_bounded(gpt2, monkeypatch):
@@ -428,7 +432,7 @@ def test_word_cache_is_bounded(gpt2, monkeypatch):
         assert len(tok._cache) <= 10 + 4
 
 
-# --- long words cut where no merge joins two characters (bpe.py section 3b) ------------------------------
+# --- long words cut where no merge joins two characters (bpe_fast.py section 3) ------------------------------
 PHRASES = ["日本語のテキストです。", "これはペンです", "中文文本的例子", "我们的中文", "한국어 텍스트입니다",
            "안녕하세요", "Ελληνικά κείμενα", "русский текст", "café naïve", "🤗👍🏽", "½²٣"]
 non_ascii_text = st.lists(st.one_of(st.sampled_from(PHRASES + PIECES),
@@ -441,7 +445,7 @@ def trained_cjk():
     """A tokenizer learned from non-ASCII phrases: many of its merges join two characters ("日本")."""
     rng = random.Random(0)
     tok = train(" ".join(rng.choice(PHRASES) for _ in range(2000)), 256 + 400)
-    ends, _ = bpe.character_joins(tok.merges)
+    ends, _ = bpe_fast.character_joins(tok.merges)
     assert sum(map(len, ends.values())) > 50          # so the tests below see words that must not be cut
     return tok
 
@@ -453,7 +457,7 @@ def test_cut_words_encode_as_whole_words(gpt2, neox, trained_cjk, text):
     for tok in (gpt2, neox, trained_cjk):
         for word in tok.words(text):
             whole = [tok.vocab[t] for t in bpe.bpe(bpe.to_printable(word), tok.merge_ranks)]
-            assert list(tok._word_ids(word)) == whole, word
+            assert list(tok.fast.word_ids(word)) == whole, word
 
 
 def test_cut_trained_cjk_matches_hf(trained_cjk, tmp_path):
@@ -586,3 +590,186 @@ def test_teaching_mode_prints_the_merges(gpt2_dir, capsys):
     out = capsys.readouterr().out
     assert "['Hello', ' world']" in out and "merge rank" in out and "Ġwor + ld" in out
     assert "ids: [15496, 995]" in out
+
+
+# --- every code point: the classes, the split, the ids and NFC against the references (issue 12) ----------
+EVERY = "".join(map(chr, (*range(1, 0xD800), *range(0xE000, 0x110000))))    # no NUL: the separator below
+
+
+def reference_classes():
+    """{name: the string of code points} that \\p{L}, \\p{N}, \\s match in tiktoken's and in HF's regex
+    engines. tiktoken encodes only what its pattern matches: with a one-class pattern and single-byte
+    ranks, encode + decode gives back exactly the matching characters; HF's Split removes them."""
+    import tiktoken
+    from tokenizers import Regex, pre_tokenizers
+    ranks = {bytes([b]): b for b in range(256)}
+    found = {}
+    for name, pattern in (("letters", r"\p{L}"), ("numbers", r"\p{N}"), ("spaces", r"\s")):
+        enc = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+        removed = pre_tokenizers.Split(Regex(pattern), behavior="removed").pre_tokenize_str(EVERY)
+        kept = set("".join(piece for piece, _ in removed))
+        found[name] = (enc.decode(enc.encode_ordinary(EVERY)), "".join(c for c in EVERY if c not in kept))
+    return found
+
+
+def ranges_text(chars: str) -> str:
+    """The appendix's format, to paste into bpe.py if the references ever move to another Unicode."""
+    out = []
+    for c in map(ord, chars):
+        if out and out[-1][1] == c - 1:
+            out[-1][1] = c
+        else:
+            out.append([c, c])
+    return " ".join(f"{a:x}" if a == b else f"{a:x}-{b:x}" for a, b in out)
+
+
+def test_unicode_classes_are_the_references():
+    """bpe.py's pinned letters / numbers / spaces are what tiktoken and HF tokenizers use, on all code
+    points (the two references agree with each other: both Unicode 16.0)."""
+    pytest.importorskip("tiktoken"), pytest.importorskip("tokenizers")
+    import re
+    ours = {name: "".join(re.findall(f"[{cls}]", EVERY))
+            for name, cls in (("letters", bpe.LETTERS), ("numbers", bpe.NUMBERS), ("spaces", bpe.WHITE_SPACE))}
+    for name, (tiktoken_chars, hf_chars) in reference_classes().items():
+        assert tiktoken_chars == hf_chars, f"the references disagree on {name}"
+        assert ours[name] == tiktoken_chars, f"{name} differ; the references' table:\n{ranges_text(hf_chars)}"
+
+
+@pytest.fixture(scope="module")
+def contexts():
+    """Every code point c alone and in the contexts that its class decides: after a letter, before a
+    contraction, after a space, after a digit, after punctuation; one line each, in chunks."""
+    lines = [f"{c}\nx{c}\n{c}'s\n {c}\n1{c}\n!{c}\n" for c in EVERY]
+    return ["".join(lines[i:i + 4096]) for i in range(0, len(lines), 4096)]     # 272 chunks
+
+
+def test_every_code_point_splits_like_hf(contexts):
+    """The words of bpe.py (fast and simple) are HF's ByteLevel pre-tokenizer's. The split depends on a
+    code point only through its class, which test_unicode_classes_are_the_references checks on every code
+    point; here the words themselves, on a fixed sample of the chunks (all 272 take a minute: HF returns
+    3 million Python tuples, and `re` checks a character beyond U+FFFF against the 677 letter ranges one
+    by one): every 16th, and every chunk holding a character on which `regex` disagrees with the pinned
+    tables (there bpe_fast falls back to bpe.SPLIT)."""
+    from tokenizers import Regex, pre_tokenizers
+    hf_split = pre_tokenizers.Split(Regex(bpe.GPT2_SPLIT_PATTERN), behavior="isolated")   # ByteLevel's regex
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    disputed = bpe_fast.disputed()
+    assert disputed                              # with regex's Unicode 17.0: 4,657, the fallback is tested
+    chosen = [k for k, chunk in enumerate(contexts) if k % 16 == 0 or not disputed.isdisjoint(chunk)]
+    for k in chosen:
+        chunk = contexts[k]
+        hf = [piece for piece, _ in hf_split.pre_tokenize_str(chunk)]
+        assert bpe_fast.split_words(chunk) == hf
+        if k % 16 == 0:
+            assert bpe.split_words(chunk) == hf
+    sample = contexts[0][:5000]                   # the same regex as HF's ByteLevel pre-tokenizer
+    assert [piece for piece, _ in byte_level.pre_tokenize_str(sample)] == [
+        bpe.to_printable(piece) for piece, _ in hf_split.pre_tokenize_str(sample)]
+
+
+def test_every_code_point_encodes_like_tiktoken(gpt2, tiktoken_gpt2):
+    """All code points in one text (runs of letters make words of thousands of characters), and the
+    classes' borders: the ids of tiktoken."""
+    text = "\n".join(EVERY[i:i + 300] for i in range(0, len(EVERY), 300 * 7))   # tiktoken: n² on long words
+    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+    text = "".join(f"x{c}'s {c}" for c in EVERY[::97])           # a sample: BPE is the slow part here
+    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+
+
+def test_nfc_is_hf_normalizers_on_every_code_point():
+    """bpe.hf_normalize("NFC") equals HF's NFC normalizer on every code point alone and next to combining
+    marks (Python's unicodedata alone differs on the 98 marks of bpe.HF_INERT_MARKS)."""
+    from tokenizers import normalizers
+    nfc = normalizers.NFC()
+    for context in ("{}", "\u0301{}", "{}\u0301", "\u0301\u1abf{}"):
+        text = "\x00".join(context.format(c) for c in EVERY)
+        assert bpe.hf_normalize("NFC", text) == nfc.normalize_str(text), context
+    assert unicodedata_nfc("\u0301\u1abf") != nfc.normalize_str("\u0301\u1abf") == "\u0301\u1abf"
+
+
+def unicodedata_nfc(text):
+    import unicodedata
+    return unicodedata.normalize("NFC", text)
+
+
+# --- fast=True and fast=False: the same ids ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def simple_tokenizers(gpt2, neox):
+    return {tok: Tokenizer(tok.vocab, tok.merges, tok.added_tokens, normalizer=tok.normalizer, fast=False)
+            for tok in (gpt2, neox)}
+
+
+@settings(max_examples=300)
+@given(text=st.one_of(any_text, non_ascii_text))
+def test_fast_and_simple_give_the_same_ids(gpt2, neox, simple_tokenizers, text):
+    for tok in (gpt2, neox):
+        assert tok.fast is not None and simple_tokenizers[tok].fast is None
+        assert simple_tokenizers[tok].encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+
+
+@settings(max_examples=300)
+@given(merges=merges_lists(), data=st.data())
+def test_fast_and_simple_on_random_merges(merges, data):
+    texts = texts_of_tokens(data, merges)
+    fast, simple = tiny_tokenizer(merges), tiny_tokenizer(merges, fast=False)
+    for text in texts + ["".join(texts) * 40]:                 # and one long word or two: the heap
+        assert fast.encode_ordinary(text) == simple.encode_ordinary(text)
+
+
+@settings(max_examples=500)
+@given(merges=merges_lists(), data=st.data())
+def test_bpe_heap_is_bpe(merges, data):
+    """bpe_fast.bpe_heap makes bpe.bpe's merges: same parts, including ties (leftmost first)."""
+    ranks = {pair: rank for rank, pair in enumerate(merges)}
+    word = data.draw(st.lists(st.sampled_from(["a", "b", "c", "Ġ", "ab", "aa"]), max_size=80).map("".join))
+    assert bpe_fast.bpe_heap(word, ranks) == bpe.bpe(word, ranks)
+
+
+def test_long_words_complete(gpt2, tiktoken_gpt2):
+    """A word of 200,000 characters: n log n, so it finishes (bpe.bpe alone would take minutes)."""
+    rng = random.Random(0)
+    for word in ("a" * 200_000, "".join(rng.choice("ACGT") for _ in range(200_000))):
+        ids = gpt2.encode_ordinary(word)
+        assert gpt2.decode(ids) == word and ids == tiktoken_gpt2.encode_ordinary(word)
+
+
+# --- malformed files: a ValueError that names the file and the fault (issue 12 §4) ----------------------
+def test_malformed_files_are_refused_by_name(tmp_path, gpt2_dir):
+    vocab = json.loads((gpt2_dir / "vocab.json").read_text(encoding="utf-8"))
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    good = {"model": {"type": "BPE", "vocab": vocab, "merges": ["Ġ t"]}, "pre_tokenizer": byte_level}
+    cases = {
+        "truncated": (json.dumps(good)[:1000], "not a valid JSON file"),
+        "a list": ("[1, 2]", "no \"model\""),
+        "no merges": (json.dumps({**good, "model": {"type": "BPE", "vocab": vocab}}), "without vocab and merges"),
+        "merges not a list": (json.dumps({**good, "model": {**good["model"], "merges": "Ġ t"}}), "must be a list"),
+        "unknown merge": (json.dumps({**good, "model": {**good["model"], "merges": ["Ġ zzzzz"]}}),
+                          "'zzzzz' is not in the vocabulary"),
+        "three tokens": (json.dumps({**good, "model": {**good["model"], "merges": [["a", "b", "c"]]}}),
+                         "a merge must be two tokens"),
+        "id not an int": (json.dumps({**good, "model": {**good["model"], "vocab": {**vocab, "a": "1"}}}),
+                          "the id of token 'a' must be an int"),
+        "vocab a list": (json.dumps({**good, "model": {**good["model"], "vocab": list(vocab)}}),
+                         "must be an object"),
+        "added_tokens": (json.dumps({**good, "added_tokens": [{"id": 5}]}), "added_tokens must be a list"),
+        "not utf-8": (b"\xff\xfe{}", "not a valid JSON file"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / "json" / name / "tokenizer.json"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(ValueError, match=message) as error:
+            Tokenizer.from_pretrained(path.parent)
+        assert str(path) in str(error.value), name
+    for name, (vocab_text, merges_text, message) in {
+            "truncated vocab": ('{"a": 0', "Ġ t\n", "vocab.json: not a valid JSON file"),
+            "vocab a list": ('["a"]', "Ġ t\n", "vocab.json: the vocabulary must be an object"),
+            "bad merge line": (json.dumps(vocab), "#version: 0.2\nĠ t x\n", "merges.txt: a merge must be two"),
+            "merge not in vocab": (json.dumps(vocab), "Ġ qqqq\n", "merges.txt: .*'qqqq' is not in the vocabulary"),
+    }.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "vocab.json").write_text(vocab_text, encoding="utf-8")
+        (directory / "merges.txt").write_text(merges_text, encoding="utf-8")
+        with pytest.raises(ValueError, match=message):
+            Tokenizer.from_pretrained(directory)

@@ -16,7 +16,7 @@ import torch
 import transformers
 from hypothesis import event, given
 from hypothesis import strategies as st
-from reference import save_checkpoint
+from reference import recording_compile, save_checkpoint
 
 transformers.logging.set_verbosity_error()
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,18 +173,10 @@ def test_compiled_decode_is_one_graph_with_the_plain_tokens(arch, data):
     if not windows_cover(ours, ids.size(1) + n):
         return  # refused with a clear error: test_fast_eager_paths_give_the_plain_tokens
     graphs = []
-    real_compile = torch.compile
-
-    def recording_compile(fn, **kwargs):
-        def backend(graph_module, example_inputs):
-            graphs.append(graph_module)
-            return graph_module.forward
-        return real_compile(fn, backend=backend, **kwargs)
-
     torch._dynamo.reset()  # a fresh cache, so that graphs counts this model's only
     plain = module.generate(ours, ids, n, attention_mask=mask, temperature=0)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch, "compile", recording_compile)
+        patch.setattr(torch, "compile", recording_compile(graphs))
         compiled = module.generate(ours, ids, n, attention_mask=mask, temperature=0, compile=True)
     assert compiled.tolist() == plain.tolist()
     assert len(graphs) == 1, f"{len(graphs)} graphs for {n - 1} decode steps: the shapes are not static"

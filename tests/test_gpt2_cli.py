@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 from conftest import ROOT, shared_tokenizer_dir
-from reference import save_checkpoint
+from reference import tiny_gpt2_with_tokenizer
 
 transformers.logging.set_verbosity_error()
 
@@ -17,13 +17,7 @@ transformers.logging.set_verbosity_error()
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     tokenizer = shared_tokenizer_dir("gpt2", "openai-community/gpt2", ["vocab.json", "merges.txt"])
-    directory = tmp_path_factory.mktemp("tiny-gpt2")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_positions=32, n_embd=16, n_layer=2, n_head=2, initializer_range=0.5)
-    save_checkpoint(transformers.GPT2LMHeadModel(config).eval(), directory)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(tokenizer / name, directory / name)
-    return directory
+    return tiny_gpt2_with_tokenizer(tmp_path_factory.mktemp("tiny-gpt2"), tokenizer)
 
 
 def run(*args, env=None):

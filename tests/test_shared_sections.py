@@ -30,9 +30,10 @@ SHARED = [
 # gpt2.py's name -> the other file's name for the same thing (the Hub's names: config.json keys, module keys).
 RENAMES = {
     "gpt_neo": {"GPT2Config": "GPTNeoConfig", "GPT2LMHeadModel": "GPTNeoForCausalLM",
-                "n_positions": "max_position_embeddings", "n_layer": "num_layers"},
+                "n_positions": "max_position_embeddings", "n_layer": "num_layers", "n_head": "num_heads"},
     "gpt_neox": {"GPT2Config": "GPTNeoXConfig", "GPT2LMHeadModel": "GPTNeoXForCausalLM",
                  "n_positions": "max_position_embeddings", "n_layer": "num_hidden_layers",
+                 "n_head": "num_attention_heads",
                  "transformer": "gpt_neox", "lm_head": "embed_out", "wte": "embed_in"},
 }
 

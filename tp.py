@@ -1,0 +1,188 @@
+"""Tensor parallel: one model split over N processes, each holding 1/N of every block's weights.
+
+    torchrun --nproc-per-node 2 gpt_neox.py --model EleutherAI/pythia-1b      # the usual flags
+    torchrun --nproc-per-node 4 gpt_neox.py --model EleutherAI/gpt-neox-20b --device cuda --dtype bfloat16
+
+Megatron-LM's split (Shoeybi et al. 2019), as gpt-fast's tp.py applies it: an unchanged model, whose
+nn.Linear layers are cut to this process's share at load time. The math, for y = x W^T + b with W (out, in):
+
+    colwise   W split by its rows (output features): process r computes y_r = x W_r^T + b_r, a slice of y.
+    rowwise   W split by its columns (input features): process r holds the slice x_r of the input and
+              computes x_r W_r^T; summed over r that is x W^T (a matmul is a sum over the inputs), so an
+              all-reduce adds the N partial results and the bias is added once, after it.
+
+A block uses each twice. Attention: the heads are independent of each other, so q, k, v are colwise by
+heads, every process attends with its own heads, and the output projection is rowwise (its input is the
+heads side by side: exactly the slice this process computed). MLP: the first layer colwise (the activation
+is elementwise, so it applies to a slice as well), the second rowwise. Two all-reduces per block, nothing
+else travels; embeddings, LayerNorms and the LM head are replicated (every process holds them whole).
+
+Which layer splits how is architecture, so each model file has its TP_PLAN table; this file is the
+machinery, the same for all three. The model code takes its head count from the tensors
+(`view(B, T, -1, hd)`), so it runs unchanged on a share of the heads.
+
+Every process computes the same logits (an all-reduce gives every process the same sum), so with the same
+seed every process samples the same tokens and they stay in step; rank 0 prints.
+"""
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- the process group
+
+
+def init(device="cpu", timeout=timedelta(minutes=10)):
+    """Under torchrun (WORLD_SIZE > 1 in the environment): join the other processes and return this one's
+    device (cuda:LOCAL_RANK for "cuda", one GPU per process). Otherwise nothing happens: `device` back.
+    gloo on CPU, nccl on CUDA. A collective that waits longer than `timeout` for a peer fails instead of
+    hanging (loading a large checkpoint comes before the first one: keep it generous)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or joined():
+        return device
+    if device.startswith("cuda"):
+        n_procs, n_gpus = int(os.environ["LOCAL_WORLD_SIZE"]), torch.cuda.device_count()
+        if n_procs > n_gpus:  # every process sees this, so rank 0 reports it
+            raise ValueError(f"torchrun started {n_procs} processes on a machine with {n_gpus} CUDA devices: "
+                             "tensor parallel needs one device per process")
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timeout)
+    return device
+
+
+def joined():
+    return dist.is_available() and dist.is_initialized()  # (some torch builds have no torch.distributed)
+
+
+def world_size():
+    return dist.get_world_size() if joined() else 1
+
+
+def rank():
+    return dist.get_rank() if joined() else 0
+
+
+def finish():
+    if joined():
+        dist.destroy_process_group()
+
+# ----------------------------------------------------------------------------- the layers
+
+
+class RowwiseLinear(nn.Linear):
+    """An nn.Linear holding a slice of the input features: partial results summed over the processes."""
+
+    def forward(self, x):
+        y = F.linear(x, self.weight)  # (..., out): this process's share of the sum over the inputs
+        dist.all_reduce(y)  # in place, the sum over all processes, the same on each
+        return y if self.bias is None else y + self.bias  # the bias once, not once per process
+
+
+def check_heads(n_head):
+    """The N processes must share the attention heads evenly. Called before anything is read: a bad N fails
+    at once."""
+    if n_head % world_size():
+        raise ValueError(f"tensor parallel over {world_size()} processes: the {n_head} attention heads do not "
+                         f"split evenly; use a number of processes that divides {n_head}")
+
+
+def shard(model, plan, state_dict):
+    """Without torchrun, `state_dict` as it is. Under it: cut the layers that `plan` names in `model` (built
+    on the meta device) to this process's share, and return the checkpoint's tensors for it: the slices of
+    the split layers, the rest whole. From safetensors only those slices are read (CheckpointTensor)."""
+    if world_size() == 1:
+        return state_dict
+    out = {}
+    for name, style in layers_to_split(model, plan).items():
+        old = model.get_submodule(name)
+        has_bias = old.bias is not None
+        if style == "rowwise":  # the input features are split; the bias stays whole
+            start, n = share(old.in_features)
+            new = RowwiseLinear(n, old.out_features, bias=has_bias, device="meta")
+            out[name + ".weight"] = take(state_dict.pop(name + ".weight"), 1, [(start, n)])
+        else:  # the output features are split, and the bias with them
+            blocks = 3 if style == "colwise_qkv" else 1  # [all q | all k | all v]: a share of each third
+            size = old.out_features // blocks
+            start, n = share(size)
+            pieces = [(b * size + start, n) for b in range(blocks)]
+            new = nn.Linear(old.in_features, n * blocks, bias=has_bias, device="meta")
+            out[name + ".weight"] = take(state_dict.pop(name + ".weight"), 0, pieces)
+            if has_bias:
+                out[name + ".bias"] = take(state_dict.pop(name + ".bias"), 0, pieces)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
+    for key, tensor in state_dict.items():  # replicated
+        out[key] = tensor.read() if isinstance(tensor, CheckpointTensor) else tensor
+    return out
+
+
+def layers_to_split(model, plan):
+    """{module name: style} for the layers of `model` that `plan` names, each checked to split evenly."""
+    N = world_size()
+    layers = {}
+    for name, module in model.named_modules():
+        style = next((s for suffix, s in plan.items() if name.endswith("." + suffix)), None)
+        if style is None:
+            continue
+        n = module.in_features if style == "rowwise" else module.out_features
+        pieces = 3 * N if style == "colwise_qkv" else N
+        if n % pieces:
+            raise ValueError(f"tensor parallel over {N} processes: {name} has {n} "
+                             f"{'input' if style == 'rowwise' else 'output'} features, which do not split "
+                             f"into {pieces} equal parts")
+        layers[name] = style
+    return layers
+
+
+def share(n):
+    """(start, length) of this process's share of n things."""
+    return rank() * (n // world_size()), n // world_size()
+
+
+def take(tensor, dim, pieces):
+    """The pieces [(start, length), ...] of `tensor` along `dim`, concatenated: a new tensor."""
+    return torch.cat([tensor.narrow(dim, start, n) for start, n in pieces], dim)
+
+# ----------------------------------------------------------------------------- reading only what is needed
+
+
+class CheckpointTensor:
+    """A tensor of a safetensors file, not read yet: its shape, and slices read from the file on demand
+    (safetensors' get_slice reads only the bytes of the slice). `.t()` transposes it, as GPT-2's loading
+    does to its Conv1D weights, so the model files' key transforms run on it unchanged."""
+
+    def __init__(self, path, file, name, transposed=False):
+        self.path, self.file, self.name, self.transposed = path, file, name, transposed
+
+    @property
+    def shape(self):
+        shape = torch.Size(self.file.get_slice(self.name).get_shape())
+        return shape[::-1] if self.transposed else shape
+
+    def t(self):
+        return CheckpointTensor(self.path, self.file, self.name, not self.transposed)
+
+    def narrow(self, dim, start, length):
+        index = [slice(None)] * len(self.shape)
+        index[len(index) - 1 - dim if self.transposed else dim] = slice(start, start + length)
+        return self._read(lambda: self.file.get_slice(self.name)[tuple(index)])
+
+    def read(self):
+        return self._read(lambda: self.file.get_tensor(self.name))
+
+    def _read(self, read):
+        try:
+            tensor = read()
+        except Exception as e:  # SafetensorError: the header promised more bytes than the file holds
+            raise ValueError(f"cannot read {self.path}: corrupted or truncated weights file ({e})") from None
+        return tensor.t() if self.transposed else tensor
+
+
+def open_safetensors(path):
+    """{name: CheckpointTensor} for every tensor of a safetensors file; only its header is read."""
+    from safetensors import safe_open
+    f = safe_open(path, framework="pt")
+    return {name: CheckpointTensor(path, f, name) for name in f.keys()}
