@@ -363,6 +363,7 @@ def train(args):
                 save(out, module, model, tokenizer, optimizer, done, rows)
             t0 = time.perf_counter()  # the eval's time is not training time
     if world > 1:
+        dist.barrier()  # every process leaves once rank 0's last checkpoint is written
         dist.destroy_process_group()
     return rows
 
