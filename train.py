@@ -26,7 +26,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -41,6 +40,7 @@ import gpt2
 import gpt_neo
 import gpt_neox
 import heads
+import tp
 
 ARCHS = {"gpt2": gpt2, "gpt_neo": gpt_neo, "gpt_neox": gpt_neox}  # config.json's model_type -> model file
 CONFIGS = {"gpt2": gpt2.GPT2Config, "gpt_neo": gpt_neo.GPTNeoConfig, "gpt_neox": gpt_neox.GPTNeoXConfig}
@@ -272,21 +272,11 @@ def read_rows(path, up_to):
 # ----------------------------------------------------------------------------- the loop
 
 
-def setup_distributed(device):
-    """(rank, world size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK: one process per device,
-    talking through gloo on CPUs and NCCL on GPUs. Without torchrun: rank 0 of 1."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-    return rank, world, device
-
-
 def train(args):
-    rank, world, device = setup_distributed(torch.device(args.device))
+    # Under torchrun: one process per device, joined through gloo (CPU) or NCCL (GPU) by tp.py's init;
+    # without it, rank 0 of 1.
+    device = torch.device(tp.init(args.device))
+    rank, world = tp.rank(), tp.world_size()
     master = rank == 0
     out = Path(args.out)
     text = Path(args.data).read_text(encoding="utf-8")
@@ -364,7 +354,6 @@ def train(args):
             t0 = time.perf_counter()  # the eval's time is not training time
     if world > 1:
         dist.barrier()  # every process leaves once rank 0's last checkpoint is written
-        dist.destroy_process_group()
     return rows
 
 
@@ -375,6 +364,8 @@ def main(argv=None):
         train(args)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}")
+    finally:
+        tp.finish()  # once train() has returned: the DDP model and its pending work are gone first
 
 
 if __name__ == "__main__":
