@@ -56,9 +56,10 @@ def build_mask(Tq, Tk, causal=True, padding_mask=None, window=None, device=None)
     return mask
 
 
-def naive_attention(q, k, v, mask=None, scale=None):
+def naive_attention(q, k, v, mask=None, scale=None, dropout_p=0.0):
     """softmax(q @ k^T * scale, masked) @ v: q (B, nh, Tq, hd), k and v (B, nh, Tk, hd), mask from
-    `build_mask`. Returns the output (B, nh, Tq, hd) and the probabilities (B, nh, Tq, Tk)."""
+    `build_mask`. Returns the output (B, nh, Tq, hd) and the probabilities (B, nh, Tq, Tk). In training,
+    dropout_p zeroes that fraction of the probabilities (the rest scaled by 1 / (1 - p)), as the reference does."""
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, nh, Tq, Tk)
     if mask is not None:
@@ -66,13 +67,15 @@ def naive_attention(q, k, v, mask=None, scale=None):
         # gets a uniform softmax instead of NaN, and NaN would leak into real rows through `probs @ v`.
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1).to(v.dtype)
+    if dropout_p > 0:  # attention dropout: a query forgets some of the keys it chose, for this step only
+        probs = F.dropout(probs, p=dropout_p)
     return probs @ v, probs  # (B, nh, Tq, hd)
 
 # ----------------------------------------------------------------------------- the entry point
 
 
 def attention(q, k, v, *, backend="sdpa", causal=True, padding_mask=None, scale=None, window=None,
-              return_probs=False):
+              dropout_p=0.0, return_probs=False):
     """q: (B, nh, Tq, hd); k, v: (B, nh, Tk, hd). Returns (B, nh, Tq, hd), and the probabilities
     (B, nh, Tq, Tk) too when `return_probs` (naive only).
 
@@ -80,6 +83,7 @@ def attention(q, k, v, *, backend="sdpa", causal=True, padding_mask=None, scale=
     padding_mask: (B, Tk) or wider, 1/True for real tokens, 0/False for padding; only its last Tk columns
                   are read (a windowed cache may keep fewer keys than the mask has columns).
     scale:        multiplies the scores; default 1/sqrt(hd). GPT-Neo passes 1.0 (it never scales).
+    dropout_p:    in training, the fraction of the probabilities dropped; the models pass 0 in eval() mode.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -92,29 +96,29 @@ def attention(q, k, v, *, backend="sdpa", causal=True, padding_mask=None, scale=
     if padding_mask is not None:
         padding_mask = padding_mask[:, -k.size(2):].bool()  # (B, Tk)
     if backend == "flash":
-        return _flash(q, k, v, causal, padding_mask, scale, window)
+        return _flash(q, k, v, causal, padding_mask, scale, window, dropout_p)
     if backend == "sdpa" and causal and padding_mask is None and window is None and q.size(2) == k.size(2):
         # The plain causal triangle (a prompt without padding): SDPA's own is_causal skips the masked half
         # of the work and needs no mask tensor. Same result as the general path below.
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p)
     mask = build_mask(q.size(2), k.size(2), causal, padding_mask, window, q.device)
     if backend == "naive":
-        out, probs = naive_attention(q, k, v, mask, scale)
+        out, probs = naive_attention(q, k, v, mask, scale, dropout_p)
         return (out, probs) if return_probs else out
-    return _sdpa(q, k, v, mask, scale)
+    return _sdpa(q, k, v, mask, scale, dropout_p)
 
 # ----------------------------------------------------------------------------- the fused backends
 
 
-def _sdpa(q, k, v, mask, scale):
+def _sdpa(q, k, v, mask, scale, dropout_p=0.0):
     if mask is not None:
         # SDPA gives NaN for a query that sees no key at all; let such (padding) rows see every key, as
         # the finfo.min fill does in `naive_attention`. Their outputs are never read.
         mask = mask | ~mask.any(dim=-1, keepdim=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, dropout_p=dropout_p)
 
 
-def _flash(q, k, v, causal, padding_mask, scale, window):
+def _flash(q, k, v, causal, padding_mask, scale, window, dropout_p=0.0):
     try:
         from flash_attn import flash_attn_func
     except ImportError as e:
@@ -129,5 +133,5 @@ def _flash(q, k, v, causal, padding_mask, scale, window):
     # flash_attn wants (B, T, nh, hd); its window is (left, right) and excludes the query itself.
     window_size = (window - 1, 0) if window is not None else (-1, -1)
     out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale,
-                          causal=causal, window_size=window_size)
+                          causal=causal, window_size=window_size, dropout_p=dropout_p)
     return out.transpose(1, 2)  # (B, nh, Tq, hd)

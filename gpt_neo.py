@@ -35,7 +35,7 @@ import sys
 import time
 import typing
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -66,6 +66,11 @@ class GPTNeoConfig:
     tie_word_embeddings: bool = True
     bos_token_id: int | None = 50256
     eos_token_id: int | list | None = 50256  # a list: any of them ends a row
+    # Training only (no-ops in eval() mode): dropout rates, and the std of a new model's weights.
+    embed_dropout: float = 0.0  # on the embeddings
+    attention_dropout: float = 0.0  # on the attention probabilities
+    resid_dropout: float = 0.0  # on each sublayer's output, before it joins the residual stream
+    initializer_range: float = 0.02
 
     MODEL_TYPE = "gpt_neo"  # config.json's model_type
 
@@ -130,6 +135,8 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
         # A local layer sees itself and the window_size - 1 tokens before it; a global one sees all.
         self.window = config.window_size if config.attention_layers[layer_idx] == "local" else None
+        self.dropout_p = config.attention_dropout  # on the attention probabilities, in training only
+        self.resid_dropout = nn.Dropout(config.resid_dropout)
 
     def forward(self, x, attention_mask=None, kv_cache=None):
         B, T, C = x.shape
@@ -145,9 +152,9 @@ class CausalSelfAttention(nn.Module):
         # No 1/sqrt(hd): GPT-Neo was trained without it (EleutherAI's Mesh TF code), so scale=1.
         # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=1.0,
-                      window=self.window)
+                      window=self.window, dropout_p=self.dropout_p if self.training else 0.0)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
-        return self.out_proj(y)
+        return self.resid_dropout(self.out_proj(y))
 
 
 class MLP(nn.Module):
@@ -157,9 +164,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.hidden_size, n_inner)
         self.c_proj = nn.Linear(n_inner, config.hidden_size)
         self.act = ACTIVATIONS[config.activation_function]
+        self.dropout = nn.Dropout(config.resid_dropout)
 
     def forward(self, x):
-        return self.c_proj(self.act(self.c_fc(x)))  # (B, T, C) -> (B, T, n_inner) -> (B, T, C)
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C) -> (B, T, n_inner) -> (B, T, C)
 
 
 class Block(nn.Module):
@@ -185,6 +193,7 @@ class GPTNeoModel(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)  # learned positions
+        self.drop = nn.Dropout(config.embed_dropout)
         self.h = nn.ModuleList(Block(config, i, backend) for i in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
@@ -195,7 +204,7 @@ class GPTNeoModel(nn.Module):
         check_inputs(input_ids, attention_mask, past, context, vocab_size)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
-        x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, C)
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
         for block in self.h:
             x = block(x, attention_mask, kv_cache)
         if kv_cache is not None:
@@ -263,8 +272,32 @@ class GPTNeoForCausalLM(nn.Module):
 
 def lm_loss(logits, labels):
     """Next-token cross-entropy: position t predicts labels[t + 1]; labels of -100 are ignored."""
-    logits = logits[:, :-1].float()  # (B, T-1, V), fp32 for a stable log-softmax
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): shift the labels, not the (larger) logits
+    logits = logits.float()  # fp32 for a stable log-softmax (a no-op in fp32 training: no copy)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+# ----------------------------------------------------------------------------- a new model, for training
+
+
+def init_weights(model):
+    """The reference's initialisation of a model trained from scratch: Linear and Embedding weights
+    N(0, initializer_range), biases 0, LayerNorms 1 and 0. Works on heads.py's models too."""
+    std = model.config.initializer_range
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+def from_config(config, *, device="cpu", attn="sdpa"):
+    """A new model of this config's shape, initialised as the reference does, in train() mode."""
+    with torch.device(device):
+        return init_weights(GPTNeoForCausalLM(config, attn)).train()
 
 # Tensor parallel (tp.py, under torchrun): how a block's layers split over the N processes. "colwise": the
 # layer's outputs (heads, MLP columns) are divided among the processes; "rowwise": its inputs are, and an
@@ -369,7 +402,7 @@ def check_field_types(config):
         if f.name.endswith("token_id"):
             if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
                 raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
-        elif type(value) is int and value < 1:
+        elif type(value) is int and int in types and value < 1:  # a size (a float field may be 0)
             raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
 
 
@@ -516,6 +549,33 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     model.tie_weights()  # assign=True replaced wte.weight: point a tied lm_head at the new tensor
     return model.to(device).eval()
 
+
+def hub_state_dict(model):
+    """This file's names and layouts -> the Hub's, as transformers writes them (convert_hub_state_dict
+    undone): the same names and layouts, a tied lm_head left out (it is wte)."""
+    state_dict = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state_dict.pop("lm_head.weight", None)
+    return state_dict
+
+
+def hub_config(model):
+    """config.json as transformers writes it: the config's fields, and what names the class to load."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return {"architectures": [type(model).__name__], "model_type": model.config.MODEL_TYPE, "dtype": dtype,
+            **asdict(model.config)}
+
+
+def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
+    """Write a Hub checkpoint that transformers' from_pretrained and ours both load: config.json (or the
+    dict `config`) and model.safetensors, or, above max_shard_size (bytes or "5GB"), the shards
+    model-0000k-of-0000n.safetensors and model.safetensors.index.json (huggingface_hub does the split)."""
+    from huggingface_hub import save_torch_state_dict
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config or hub_config(model), indent=2) + "\n")
+    save_torch_state_dict(hub_state_dict(model), directory, max_shard_size=max_shard_size)
+
 # ----------------------------------------------------------------------------- generation
 
 
@@ -604,6 +664,8 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
                                  temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
                                  vocab_size=vocab_size, generator=generator, on_token=on_token,
                                  kv_cache=kv_cache)
+    training = model.training
+    model.eval()  # sampling never drops out; the model's mode is given back at the end
     kv_cache = model.make_cache() if kv_cache is None else kv_cache
     logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
     ids, done = input_ids, None
@@ -618,6 +680,7 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
         if attention_mask is not None:
             attention_mask = F.pad(attention_mask, (0, 1), value=1)  # the new token is a real one
         logits = last_logits(model, next_id[:, None], attention_mask, kv_cache)  # one token: (B, V)
+    model.train(training)
     return ids
 
 
@@ -647,6 +710,8 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     check_sampling(temperature, top_k, top_p)
     check_generation(model, input_ids, max_new_tokens, attention_mask)
     B, T = input_ids.shape
+    training = model.training
+    model.eval()  # sampling never drops out; the model's mode is given back at the end
     kv_cache = model.make_cache(static_len=T + max_new_tokens) if kv_cache is None else kv_cache
     if not isinstance(kv_cache, StaticCache) or kv_cache.max_len < T + max_new_tokens:
         raise ValueError("compile=True needs a StaticCache of at least prompt + max_new_tokens positions "
@@ -669,6 +734,7 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
             break
         mask[:, T + i] = 1  # the slot next_id is written to
         logits = step(model, next_id[:, None], mask, buffer)  # (B, V)
+    model.train(training)
     return ids
 
 # ----------------------------------------------------------------------------- command line

@@ -39,7 +39,7 @@ import sys
 import time
 import typing
 import zipfile
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -72,6 +72,10 @@ class GPTNeoXConfig:
     tie_word_embeddings: bool = False
     bos_token_id: int | None = 0
     eos_token_id: int | list | None = 0  # transformers' default is 2, but every NeoX/Pythia file sets 0
+    # Training only (no-ops in eval() mode): dropout rates, and the std of a new model's weights.
+    attention_dropout: float = 0.0  # on the attention probabilities
+    hidden_dropout: float = 0.0  # on the embeddings, and on each sublayer's output before it is added
+    initializer_range: float = 0.02
 
     MODEL_TYPE = "gpt_neox"  # config.json's model_type
 
@@ -164,6 +168,7 @@ class CausalSelfAttention(nn.Module):
         self.query_key_value = nn.Linear(C, 3 * C, bias=config.attention_bias)  # q, k, v for all heads
         self.dense = nn.Linear(C, C, bias=config.attention_bias)
         self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.dropout_p = config.attention_dropout  # on the attention probabilities, in training only
 
     def forward(self, x, rotary, attention_mask=None, kv_cache=None):
         B, T, C = x.shape
@@ -178,7 +183,8 @@ class CausalSelfAttention(nn.Module):
             # Keys are cached after rotation: each keeps the angle of the position it was seen at.
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_past + T, hd)
         # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
-        y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale)
+        y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale,
+                      dropout_p=self.dropout_p if self.training else 0.0)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
         return self.dense(y)
 
@@ -202,15 +208,18 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
         self.use_parallel_residual = config.use_parallel_residual
+        # NeoX drops out the sublayers' outputs here, in the block (GPT-2 does it inside attn and mlp).
+        self.post_attention_dropout = nn.Dropout(config.hidden_dropout)
+        self.post_mlp_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x, rotary, attention_mask=None, kv_cache=None):
-        a = self.attention(self.input_layernorm(x), rotary, attention_mask, kv_cache)
+        a = self.post_attention_dropout(self.attention(self.input_layernorm(x), rotary, attention_mask, kv_cache))
         if self.use_parallel_residual:
             # Pythia and 20B: attention and MLP both read x, side by side (GPT-J's formulation; the
             # GPT-NeoX-20B paper keeps it because it trains faster at scale).
-            return x + a + self.mlp(self.post_attention_layernorm(x))
+            return x + a + self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(x)))
         x = x + a  # sequential, as in GPT-2: the MLP reads the attention's output
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
 class GPTNeoXModel(nn.Module):
@@ -220,6 +229,7 @@ class GPTNeoXModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)  # no position table: RoPE
+        self.emb_dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(Block(config, i, backend) for i in range(config.num_hidden_layers))
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
@@ -232,7 +242,7 @@ class GPTNeoXModel(nn.Module):
             # (Rotated q.k depends only on the distance between query and key, so a row's offset from left
             # padding would change nothing but rounding; we count as transformers does, to match its angles.)
             position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
-        x = self.embed_in(input_ids)  # (B, T, C)
+        x = self.emb_dropout(self.embed_in(input_ids))  # (B, T, C)
         # Computed once per forward pass, shared by every layer (no buffer: nothing to fix after loading
         # on the meta device, and the angles stay fp32 whatever the model's dtype).
         rotary = rotary_cos_sin(position_ids, self.config.rotary_ndims, self.config.rotary_emb_base, x.dtype)
@@ -301,8 +311,32 @@ class GPTNeoXForCausalLM(nn.Module):
 
 def lm_loss(logits, labels):
     """Next-token cross-entropy: position t predicts labels[t + 1]; labels of -100 are ignored."""
-    logits = logits[:, :-1].float()  # (B, T-1, V), fp32 for a stable log-softmax
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): shift the labels, not the (larger) logits
+    logits = logits.float()  # fp32 for a stable log-softmax (a no-op in fp32 training: no copy)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+# ----------------------------------------------------------------------------- a new model, for training
+
+
+def init_weights(model):
+    """The reference's initialisation of a model trained from scratch: Linear and Embedding weights
+    N(0, initializer_range), biases 0, LayerNorms 1 and 0. Works on heads.py's models too."""
+    std = model.config.initializer_range
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+def from_config(config, *, device="cpu", attn="sdpa"):
+    """A new model of this config's shape, initialised as the reference does, in train() mode."""
+    with torch.device(device):
+        return init_weights(GPTNeoXForCausalLM(config, attn)).train()
 
 # Tensor parallel (tp.py, under torchrun): how a block's layers split over the N processes. "colwise": the
 # layer's outputs (heads, MLP columns) are divided among the processes; "rowwise": its inputs are, and an
@@ -406,7 +440,7 @@ def check_field_types(config):
         if f.name.endswith("token_id"):
             if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
                 raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
-        elif type(value) is int and value < 1:
+        elif type(value) is int and int in types and value < 1:  # a size (a float field may be 0)
             raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
 
 
@@ -561,6 +595,33 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     model.tie_weights()  # assign=True replaced embed_in.weight: point a tied embed_out at the new tensor
     return model.to(device).eval()
 
+
+def hub_state_dict(model):
+    """This file's names and layouts -> the Hub's, as transformers writes them (convert_hub_state_dict
+    undone): the same names and layouts, a tied embed_out left out (it is embed_in)."""
+    state_dict = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state_dict.pop("embed_out.weight", None)
+    return state_dict
+
+
+def hub_config(model):
+    """config.json as transformers writes it: the config's fields, and what names the class to load."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return {"architectures": [type(model).__name__], "model_type": model.config.MODEL_TYPE, "dtype": dtype,
+            **asdict(model.config)}
+
+
+def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
+    """Write a Hub checkpoint that transformers' from_pretrained and ours both load: config.json (or the
+    dict `config`) and model.safetensors, or, above max_shard_size (bytes or "5GB"), the shards
+    model-0000k-of-0000n.safetensors and model.safetensors.index.json (huggingface_hub does the split)."""
+    from huggingface_hub import save_torch_state_dict
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config or hub_config(model), indent=2) + "\n")
+    save_torch_state_dict(hub_state_dict(model), directory, max_shard_size=max_shard_size)
+
 # ----------------------------------------------------------------------------- generation
 
 
@@ -649,6 +710,8 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
                                  temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
                                  vocab_size=vocab_size, generator=generator, on_token=on_token,
                                  kv_cache=kv_cache)
+    training = model.training
+    model.eval()  # sampling never drops out; the model's mode is given back at the end
     kv_cache = model.make_cache() if kv_cache is None else kv_cache
     logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
     ids, done = input_ids, None
@@ -663,6 +726,7 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
         if attention_mask is not None:
             attention_mask = F.pad(attention_mask, (0, 1), value=1)  # the new token is a real one
         logits = last_logits(model, next_id[:, None], attention_mask, kv_cache)  # one token: (B, V)
+    model.train(training)
     return ids
 
 
@@ -692,6 +756,8 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     check_sampling(temperature, top_k, top_p)
     check_generation(model, input_ids, max_new_tokens, attention_mask)
     B, T = input_ids.shape
+    training = model.training
+    model.eval()  # sampling never drops out; the model's mode is given back at the end
     kv_cache = model.make_cache(static_len=T + max_new_tokens) if kv_cache is None else kv_cache
     if not isinstance(kv_cache, StaticCache) or kv_cache.max_len < T + max_new_tokens:
         raise ValueError("compile=True needs a StaticCache of at least prompt + max_new_tokens positions "
@@ -714,6 +780,7 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
             break
         mask[:, T + i] = 1  # the slot next_id is written to
         logits = step(model, next_id[:, None], mask, buffer)  # (B, V)
+    model.train(training)
     return ids
 
 # ----------------------------------------------------------------------------- command line

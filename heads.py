@@ -18,8 +18,8 @@ Notation: B batch, T tokens, C hidden size, V vocab_size, nc choices per example
 Module names are the Hub's state-dict keys: the backbone is `transformer` (GPT-2, GPT-Neo) or `gpt_neox`,
 the heads `score`, `classifier`, `qa_outputs`, `lm_head` and `multiple_choice_head.summary`. Outputs and
 losses are transformers' (GPT2ForSequenceClassification ... GPTNeoXForQuestionAnswering).
-Dropout: the backbones have none (they are written for inference), so fine-tuning runs without it; the
-heads' dropout is what config.json sets, active in train() mode only.
+Dropout: the backbones' and the heads' rates are what config.json sets, active in train() mode only.
+Saving: `save_pretrained(model, directory)` writes the Hub's layout, which transformers loads too.
 """
 import warnings
 from dataclasses import dataclass
@@ -269,6 +269,11 @@ class GPT2DoubleHeads(Head):
         if summary_type != "cls_index":  # "last", "first", "mean" are XLNet's/BERT's, unused by GPT-2
             raise ValueError(f"summary_type {summary_type!r} is not implemented (GPT-2 uses 'cls_index')")
         super().__init__(config, backend)
+        self.summary_config = dict(summary_type=summary_type, summary_use_proj=summary_use_proj,
+                                   summary_proj_to_labels=summary_proj_to_labels,
+                                   summary_activation=summary_activation,
+                                   summary_first_dropout=summary_first_dropout,
+                                   summary_last_dropout=summary_last_dropout)  # for config.json when saved
         self.lm_head = nn.Linear(self.hidden_size, config.vocab_size, bias=False)
         # The reference fixes num_labels = 1: one score per choice (or C numbers, not projected to labels).
         n_out = 1 if summary_proj_to_labels else self.hidden_size
@@ -466,3 +471,29 @@ def new_head_weights(model, std):
     """New tensors for the head's parameters, as transformers initialises a Linear: N(0, std), biases 0."""
     return {key: torch.zeros(p.shape) if key.endswith(".bias") else torch.randn(p.shape) * std
             for key, p in model.state_dict().items() if key.split(".")[0] == model.HEAD}
+
+
+def save_pretrained(model, directory, *, max_shard_size="5GB"):
+    """Write a head model as the Hub holds one (config.json with the head's settings, the weights in the
+    model file's layout), so that transformers' from_pretrained (GPT2ForSequenceClassification ...) and
+    ours both load it."""
+    family = family_of(model.config)
+    architecture = next(name for name, (model_type, head) in ARCHITECTURES.items()
+                        if model_type == model.config.MODEL_TYPE and head is type(model))
+    config = family.module.hub_config(model) | {"architectures": [architecture]} | head_config(model)
+    family.module.save_pretrained(model, directory, max_shard_size=max_shard_size, config=config)
+
+
+def head_config(model):
+    """The head's settings under config.json's names: what head_options reads back."""
+    config = {}
+    if isinstance(model, (SequenceClassifier, TokenClassifier)):
+        config["id2label"] = {str(i): label for i, label in model.id2label.items()}
+        config["label2id"] = {label: i for i, label in model.id2label.items()}
+    if isinstance(model, SequenceClassifier):
+        config.update(pad_token_id=model.pad_token_id, problem_type=model.problem_type)
+    if isinstance(model, TokenClassifier):
+        config["classifier_dropout"] = model.dropout.p
+    if isinstance(model, GPT2DoubleHeads):
+        config.update(model.summary_config)
+    return config

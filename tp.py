@@ -24,6 +24,7 @@ machinery, the same for all three. The model code takes its head count from the 
 Every process computes the same logits (an all-reduce gives every process the same sum), so with the same
 seed every process samples the same tokens and they stay in step; rank 0 prints.
 """
+import gc
 import os
 from datetime import timedelta
 
@@ -66,7 +67,10 @@ def rank():
 
 
 def finish():
+    """Leave the process group while Python is fully alive. Whatever still holds the group's work (a DDP
+    model, a compiled step) is collected first: freed only at interpreter exit, gloo's threads abort."""
     if joined():
+        gc.collect()
         dist.destroy_process_group()
 
 # ----------------------------------------------------------------------------- the layers

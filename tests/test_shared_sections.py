@@ -15,10 +15,12 @@ SHARED = [
     "MODEL_FILES", "check_model_type", "check_field_types",
     # model
     "check_inputs", "positions_from_mask", "lm_loss",
+    # a new model, for training (init_weights is architecture: GPT-2 scales its residual projections)
+    "from_config",
     # loading
     "WEIGHT_FILES", "TOKENIZER_FILES", "DTYPES", "checkpoint_dir", "download", "read_json", "read_state_dict",
     "shard_names", "read_weights_file", "check_state_dict", "check_finite", "torch_dtype", "check_device",
-    "from_pretrained",
+    "from_pretrained", "hub_config", "save_pretrained",
     # generation
     "check_sampling", "top_k_filter", "top_p_filter", "sample_next", "last_logits", "check_generation",
     "generate", "choose_next", "generate_compiled",
