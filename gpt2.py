@@ -643,21 +643,20 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
     each step. compile=True runs the fast path below, `generate_compiled`: the same tokens, faster once
     compiled.
     """
-    check_sampling(temperature, top_k, top_p)
-    check_generation(model, input_ids, max_new_tokens, attention_mask)
-    if compile:
+    if compile:  # (it checks its arguments as below)
         return generate_compiled(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                                  temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
                                  vocab_size=vocab_size, generator=generator, on_token=on_token,
                                  kv_cache=kv_cache)
+    check_sampling(temperature, top_k, top_p)
+    check_generation(model, input_ids, max_new_tokens, attention_mask)
     training = model.training
     model.eval()  # sampling never drops out; the model's mode is given back at the end
     kv_cache = model.make_cache() if kv_cache is None else kv_cache
     logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
-    ids, done = input_ids, None
+    ids, done, eos = input_ids, None, eos_ids(eos_token_id, input_ids.device)
     for _ in range(max_new_tokens):
-        next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos_token_id, vocab_size,
-                                    generator)  # (B,)
+        next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
         ids = torch.cat([ids, next_id[:, None]], dim=1)
         if on_token is not None:
             on_token(next_id)
@@ -670,17 +669,21 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
     return ids
 
 
-def choose_next(logits, done, temperature, top_k, top_p, eos_token_id, vocab_size, generator):
+def choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator):
     """Sample each row's next token (B,) from its logits (B, V); `done` (B,) marks the rows that have
-    emitted an end-of-sequence id: they keep emitting it."""
+    emitted an end-of-sequence id (one of `eos`, a tensor of ids, or None): they keep emitting it."""
     next_id = sample_next(logits[:, :vocab_size], temperature, top_k, top_p, generator)
     if done is None:
         done = torch.zeros_like(next_id, dtype=torch.bool)
-    if eos_token_id is not None:
-        eos = torch.tensor(eos_token_id, device=next_id.device).view(-1)  # one id or several
+    if eos is not None:
         next_id = next_id.masked_fill(done, eos[0])
         done = done | torch.isin(next_id, eos)
     return next_id, done
+
+
+def eos_ids(eos_token_id, device):
+    """eos_token_id (an id, a list of ids, or None) as a tensor of ids, made once per generate call."""
+    return None if eos_token_id is None else torch.tensor(eos_token_id, device=device).view(-1)
 
 # ----------------------------------------------------------------------------- generation, fast path
 
@@ -709,10 +712,9 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     mask = F.pad(mask, (0, kv_cache.max_len - T))  # (B, max_len)
     # On CUDA, "reduce-overhead" also records the step's kernels as a CUDA graph: one launch per token.
     step = torch.compile(last_logits, fullgraph=True, mode="reduce-overhead" if input_ids.is_cuda else None)
-    ids, done = input_ids, None
+    ids, done, eos = input_ids, None, eos_ids(eos_token_id, input_ids.device)
     for i in range(max_new_tokens):
-        next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos_token_id, vocab_size,
-                                    generator)  # (B,)
+        next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
         ids = torch.cat([ids, next_id[:, None]], dim=1)
         if on_token is not None:
             on_token(next_id)

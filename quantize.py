@@ -221,8 +221,8 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
         tied = key != f"{name}.weight"
         weight = state_dict[key] if tied else state_dict.pop(key)
         bias = state_dict.pop(f"{name}.bias", None)
-        by_rows_checked(check, key, weight, dtype)
-        by_rows_checked(check, f"{name}.bias", bias, dtype)
+        if check is not None:
+            check({key: weight} | ({} if bias is None else {f"{name}.bias": bias}), dtype)
         layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
@@ -232,20 +232,13 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
     for key in list(state_dict):  # embeddings, layer norms: in dtype, one at a time
         tensor = state_dict.pop(key)
         converted = tensor.to(device, dtype)
-        by_rows_checked(check, key, converted, dtype)
+        if check is not None:
+            check({key: converted}, dtype)
         model.load_state_dict({key: converted}, strict=False, assign=True)
         if converted.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
             release(tensor)
         del tensor, converted
     return model
-
-
-def by_rows_checked(check, key, tensor, dtype):
-    """check({key: rows}, dtype) on ROWS rows at a time: a check such as torch.isfinite makes temporaries as
-    large as what it is given (GPT-2's fp32 wte: 147 MiB each)."""
-    if check is not None and tensor is not None:
-        for rows in tensor.split(ROWS):
-            check({key: rows}, dtype)
 
 
 def release(tensor):

@@ -24,7 +24,6 @@ gradients, so N processes with --batch-size B take the same steps as one process
 """
 import argparse
 import csv
-import json
 import math
 import sys
 import time
@@ -115,7 +114,8 @@ def model_type(directory):
     path = Path(directory) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"no config.json in {directory}")
-    kind = json.loads(path.read_text()).get("model_type")
+    config = gpt2.read_json(path)  # (the model files' reader: a malformed file is named)
+    kind = config.get("model_type") if isinstance(config, dict) else None
     if kind not in ARCHS:
         raise ValueError(f"{path}: model_type {kind!r} is not one of {', '.join(ARCHS)}")
     return kind

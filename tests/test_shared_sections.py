@@ -23,7 +23,7 @@ SHARED = [
     "from_pretrained", "hub_config", "save_pretrained",
     # generation
     "check_sampling", "top_k_filter", "top_p_filter", "sample_next", "last_logits", "check_generation",
-    "generate", "choose_next", "generate_compiled",
+    "generate", "choose_next", "eos_ids", "generate_compiled",
     # command line
     "parse_args", "encode_prompt", "main",
 ]
