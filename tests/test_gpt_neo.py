@@ -1,7 +1,9 @@
-"""gpt_neo.py against transformers' GPTNeoForCausalLM, saved in every layout real Hub repos use.
+"""gpt_neo.py against transformers' GPTNeoForCausalLM: what only GPT-Neo does (local attention, its cache,
+its scores in fp32, its config and older files), and the harness tests/test_shared_behaviour.py runs the
+shared tests with: configs(), inputs(), reference(), ours_and_reference() and TINY.
 
-Local attention is where GPT-Neo differs, so the configs use tiny windows (2-16) and sequences several
-windows long, with and without the (window-trimmed) KV cache and with left padding.
+Local attention is where GPT-Neo differs, so the configs use tiny windows (2-16) and inputs() gives
+sequences several windows long, with and without the (window-trimmed) KV cache and with left padding.
 """
 import os
 import shutil
@@ -14,11 +16,9 @@ import pytest
 import torch
 import transformers
 from conftest import ROOT, shared_tokenizer_dir
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
-from reference import (
-    assert_close, batches, Evil, hub_state_dict, LAYOUTS, reference_positions, save_checkpoint,
-)
+from reference import assert_close, batches, LAYOUTS, reference_positions, save_checkpoint
 
 import gpt_neo
 
@@ -71,7 +71,7 @@ def reference(config, seed=0):
     return transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(**config)).eval()
 
 
-def long_batches(config, max_len=None, max_batch=3):
+def inputs(config, max_len=None, max_batch=3):
     """Batches at least two windows + 1 long (when the context allows): local and global layers differ."""
     n = max_len or config["max_position_embeddings"]
     return batches(config["vocab_size"], n, min_len=2 * config["window_size"] + 1, max_batch=max_batch)
@@ -91,21 +91,13 @@ def small(**overrides):
     return config | overrides
 
 
+TINY = small()
+
+
 def local_layers(model):
     return [i for i, block in enumerate(model.transformer.h) if block.attn.attention.window is not None]
 
-# ----------------------------------------------------------------------------- logits and loss
-
-
-@given(config=configs(), layout=st.sampled_from(LAYOUTS), data=st.data())
-def test_logits_match_reference(config, layout, data):
-    ours, ref = ours_and_reference(config, layout)
-    ids, mask = data.draw(long_batches(config))
-    with torch.no_grad():
-        expected = ref(ids, attention_mask=mask, position_ids=reference_positions(mask)).logits
-        assert_close(ours(ids, mask), expected, "gpt_neo logits (padded batches)", mask=mask.bool())
-        expected = ref(ids[:1]).logits  # unpadded, no mask at all
-        assert_close(ours(ids[:1]), expected, "gpt_neo logits (no mask)")
+# ----------------------------------------------------------------------------- local and global layers, older files
 
 
 @pytest.mark.parametrize("types", [["local"] * 3, ["global"] * 3, ["global", "local", "local"]])
@@ -122,21 +114,6 @@ def test_local_and_global_layers_match_reference(types):
                      mask=mask.bool())
     assert [ours.transformer.h[i].attn.attention.window for i in range(3)] == \
         [3 if t == "local" else None for t in types]
-
-
-@given(config=configs(), data=st.data())
-def test_loss_matches_reference(config, data):
-    ours, ref = ours_and_reference(config)
-    ids, mask = data.draw(long_batches(config))
-    # Padding is ignored, and so is each row's first real token: it would be predicted from a padding
-    # position, whose output is arbitrary (transformers and we fill fully-masked rows differently).
-    labels = ids.masked_fill(reference_positions(mask) == 0, -100)
-    assume(labels[:, 1:].ne(-100).any())  # at least one token to predict
-    positions = reference_positions(mask)
-    with torch.no_grad():
-        expected = ref(ids, attention_mask=mask, position_ids=positions, labels=labels).loss
-        logits, loss = ours(ids, mask, labels=labels)
-    assert_close(loss, expected, "gpt_neo loss")
 
 
 def legacy(config, keep_prefix):
@@ -171,34 +148,7 @@ def test_legacy_files_with_mask_buffers(layout, keep_prefix):
         assert_close(ours(ids), ref(ids).logits, "gpt_neo logits (legacy layouts)")
 
 
-def test_untied_lm_head():
-    config = small(tie_word_embeddings=False)
-    ref = reference(config)
-    with torch.no_grad():
-        ref.lm_head.weight.normal_()  # make sure it differs from wte
-    with tempfile.TemporaryDirectory() as d:
-        save_checkpoint(ref, d)
-        ours = gpt_neo.from_pretrained(d)
-    ids = torch.randint(0, 64, (1, 20))
-    assert ours.lm_head.weight is not ours.transformer.wte.weight
-    with torch.no_grad():
-        assert_close(ours(ids), ref(ids).logits, "gpt_neo logits (untied lm_head)")
-
-# ----------------------------------------------------------------------------- caches and backends
-
-
-@given(config=configs(), data=st.data(), static=st.booleans())
-def test_incremental_decode_equals_full_forward(config, data, static):
-    """Prefill, then chunks and single tokens: the local layers' trimmed cache gives the full logits."""
-    ours, _ = ours_and_reference(config)
-    ids, mask = data.draw(long_batches(config))
-    T = ids.size(1)
-    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, T - 1)), max_size=8))) | {0, T})
-    cache = ours.make_cache(static_len=T if static else None)
-    with torch.no_grad():
-        full = ours(ids, mask)
-        steps = [ours(ids[:, a:b], mask[:, :b], kv_cache=cache) for a, b in zip(cuts, cuts[1:])]
-    assert_close(torch.cat(steps, dim=1), full, "gpt_neo cached vs full", mask=mask.bool())
+# ----------------------------------------------------------------------------- the local cache, half precision
 
 
 @pytest.mark.parametrize("static", [False, True])
@@ -217,28 +167,6 @@ def test_local_layer_cache_stays_bounded(static):
         assert k.shape == v.shape == (2, 2, kept, 8), i
     expected = ref.generate(ids, attention_mask=mask, max_new_tokens=56, do_sample=False, pad_token_id=0)
     assert out.tolist() == expected.tolist()
-
-
-@given(config=configs(), data=st.data())
-def test_static_cache_equals_growing_cache(config, data):
-    ours, _ = ours_and_reference(config)
-    ids, mask = data.draw(long_batches(config, config["max_position_embeddings"] // 2))
-    n = config["max_position_embeddings"] - ids.size(1)
-    dynamic = gpt_neo.generate(ours, ids, n, attention_mask=mask, temperature=0)
-    static = gpt_neo.generate(ours, ids, n, attention_mask=mask, temperature=0,
-                              kv_cache=ours.make_cache(static_len=config["max_position_embeddings"]))
-    assert torch.equal(dynamic, static)
-
-
-@given(config=configs(), data=st.data())
-def test_naive_equals_sdpa(config, data):
-    ours, _ = ours_and_reference(config, attn="naive")
-    ids, mask = data.draw(long_batches(config))
-    with torch.no_grad():
-        naive = ours(ids, mask)
-        ours.set_attention_backend("sdpa")
-        sdpa = ours(ids, mask)
-    assert_close(naive, sdpa, "gpt_neo naive vs sdpa", mask=mask.bool())
 
 
 def test_flash_backend_gets_the_window_unscaled_and_in_half(monkeypatch):
@@ -269,7 +197,7 @@ HALF_SLACK = {torch.float16: 0.02, torch.bfloat16: 0.1}  # of max |logit|: bf16 
 @given(config=configs(), dtype=st.sampled_from([torch.float16, torch.bfloat16]), data=st.data())
 def test_half_precision_on_cpu_stays_finite_where_the_reference_does(config, dtype, data):
     ours, ref = ours_and_reference(config, dtype=dtype)
-    ids, mask = data.draw(long_batches(config))
+    ids, mask = data.draw(inputs(config))
     positions = reference_positions(mask)
     with torch.no_grad():
         exact = ref(ids, attention_mask=mask, position_ids=positions).logits  # fp32
@@ -313,81 +241,8 @@ def test_fp16_scores_past_its_range_stay_finite(backend):
                  tol=HALF_SLACK[torch.float16] * expected.float().abs().max().item())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_flash_equals_sdpa_on_cuda():
-    pytest.importorskip("flash_attn", reason="flash_attn is not installed")
-    config = small(max_position_embeddings=64, hidden_size=32, num_heads=4, window_size=5)
-    ours, _ = ours_and_reference(config, device="cuda", dtype=torch.bfloat16, attn="flash")
-    ids = torch.randint(0, 64, (2, 64), device="cuda")
-    with torch.no_grad():
-        flash = ours(ids)
-        ours.set_attention_backend("sdpa")
-        sdpa = ours(ids)
-    assert (flash.float() - sdpa.float()).abs().max() < 0.05
-
 # ----------------------------------------------------------------------------- generation
 
-
-@given(config=configs(), data=st.data())
-def test_greedy_generate_equals_reference(config, data):
-    ours, ref = ours_and_reference(config)
-    ids, mask = data.draw(batches(config["vocab_size"], config["max_position_embeddings"] // 2))
-    n = data.draw(st.integers(1, config["max_position_embeddings"] - ids.size(1)))
-    eos = data.draw(st.sampled_from([None, 1]))
-    got = gpt_neo.generate(ours, ids, n, attention_mask=mask, temperature=0, eos_token_id=eos)
-    expected = ref.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, eos_token_id=eos,
-                            pad_token_id=eos if eos is not None else 0)
-    # With an eos, both stop once every row has emitted it, and a finished row continues with eos.
-    assert got.tolist() == expected.tolist()
-
-
-def test_each_row_stops_at_eos():
-    ours, _ = ours_and_reference(small(vocab_size=16))
-    with torch.no_grad():
-        ours.lm_head.weight.zero_()  # all logits 0: greedy picks id 0, which we make the eos
-    out = gpt_neo.generate(ours, torch.tensor([[3, 5], [5, 6]]), 5, temperature=0, eos_token_id=0)
-    assert out.tolist() == [[3, 5, 0], [5, 6, 0]]
-
-
-def test_top_k_and_top_p_match_reference_warpers():
-    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
-    torch.manual_seed(0)
-    logits = torch.randn(4, 50)
-    logits[0, :10] = 3.0  # ties at the top
-    for k in (1, 3, 10, 50, 80):
-        assert torch.equal(gpt_neo.top_k_filter(logits, k), TopKLogitsWarper(top_k=k)(None, logits.clone()))
-    for p in (0.01, 0.3, 0.9, 1.0):  # rows without ties (with ties, we keep all of them)
-        expected = TopPLogitsWarper(top_p=p)(None, logits[1:].clone())
-        assert torch.equal(gpt_neo.top_p_filter(logits[1:], p).isinf(), expected.isinf()), p
-    assert torch.equal(gpt_neo.top_p_filter(logits[:1], 0.01).isfinite(), logits[:1] == 3.0)
-
-
-def test_sampling_is_reproducible_with_a_generator():
-    ours, _ = ours_and_reference(small(initializer_range=0.5))
-    ids = torch.tensor([[1, 2, 3]])
-    runs = [gpt_neo.generate(ours, ids, 20, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(7))
-            for _ in range(2)]
-    assert torch.equal(*runs)
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-])
-def test_invalid_sampling_parameters(kwargs, message):
-    ours, _ = ours_and_reference(small())
-    with pytest.raises(ValueError, match=message):
-        gpt_neo.generate(ours, torch.tensor([[1]]), 2, **kwargs)
-
-
-def test_prompt_or_generation_longer_than_context():
-    ours, _ = ours_and_reference(small(max_position_embeddings=8))
-    with pytest.raises(ValueError, match="longer than the context"):
-        gpt_neo.generate(ours, torch.ones(1, 8, dtype=torch.long), 1)
-    with pytest.raises(ValueError, match="exceeds the context"):
-        gpt_neo.generate(ours, torch.ones(1, 4, dtype=torch.long), 5)
-    with pytest.raises(ValueError, match="longer than the context of 8 tokens"):
-        ours(torch.ones(1, 9, dtype=torch.long))
 
 # ----------------------------------------------------------------------------- config and loading errors
 
@@ -416,58 +271,6 @@ def test_bad_configs_are_clear_errors(config, message):
     with pytest.raises(ValueError, match=message):
         gpt_neo.GPTNeoConfig.from_dict(config)
 
-
-def test_mismatched_weights_name_missing_unexpected_and_wrong_shapes():
-    def damage(sd):
-        sd.pop("transformer.h.1.mlp.c_fc.bias")
-        sd["transformer.h.0.attn.attention.extra"] = torch.zeros(1)
-        sd["transformer.h.0.attn.attention.q_proj.bias"] = torch.zeros(16)  # GPT-Neo's q has no bias
-        sd["transformer.wpe.weight"] = torch.zeros(3, 16)
-        return sd
-
-    with tempfile.TemporaryDirectory() as d, pytest.raises(ValueError) as err:
-        save_checkpoint(reference(small()), d, transform=damage)
-        gpt_neo.from_pretrained(d)
-    message = str(err.value)
-    for part in ("h.1.mlp.c_fc.bias", "h.0.attn.attention.extra", "q_proj.bias", "wpe.weight", "missing",
-                 "unexpected", "shape"):
-        assert part in message
-
-
-def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such directory"):
-        gpt_neo.from_pretrained(str(tmp_path / "nope" / "dir"))
-    with pytest.raises(ValueError, match="unknown model"):
-        gpt_neo.from_pretrained("gpt-neo-7")
-    save_checkpoint(reference(small()), tmp_path)
-    weights = tmp_path / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(ValueError, match="corrupted or truncated"):
-        gpt_neo.from_pretrained(tmp_path)
-    weights.unlink()
-    with pytest.raises(FileNotFoundError, match="no weights"):
-        gpt_neo.from_pretrained(tmp_path)
-
-
-def test_bin_files_are_loaded_without_unpickling_code(tmp_path):
-    """A .bin that smuggles a Python object is refused by weights_only=True loading."""
-    save_checkpoint(reference(small()), tmp_path, "bin")
-    sd = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
-    sd["evil"] = Evil()
-    torch.save(sd, tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="cannot read"):
-        gpt_neo.from_pretrained(tmp_path)
-    assert not os.environ.get("EVIL_RAN")
-
-
-def test_loading_builds_on_meta_and_keeps_no_second_copy(tmp_path):
-    """fp32 weights are used where they were read; the module names are the Hub's keys."""
-    ref = reference(small())
-    save_checkpoint(ref, tmp_path)
-    ours = gpt_neo.from_pretrained(tmp_path)
-    assert not any(p.is_meta for p in ours.parameters())
-    assert ours.lm_head.weight is ours.transformer.wte.weight
-    assert hub_state_dict(ref).keys() == {k for k in ours.state_dict() if k != "lm_head.weight"}
 
 # ----------------------------------------------------------------------------- command line
 
@@ -513,30 +316,6 @@ def test_cli_samples(cli_model):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("Hello") >= 2 and "-" * 40 in result.stdout
 
-
-@pytest.mark.parametrize("args, message", [
-    (["--model", "gpt-neo-7"], "unknown model"),
-    (["--model", "./no/such/dir"], "no such directory"),
-    (["--prompt", "hello " * 80], "longer than the context"),
-])
-def test_cli_bad_input_is_one_clear_error_line(cli_model, args, message):
-    directory, _ = cli_model
-    result = run_cli("--model", str(directory), "--max-new-tokens", "4", *args)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--temperature", "-1"], "temperature"), (["--top-p", "1.5"], "top_p"), (["--top-p", "0"], "top_p"),
-    (["--top-k", "0"], "top_k"), (["--max-new-tokens", "0"], "max-new-tokens"),
-])
-def test_cli_bad_sampling_flags_exit_with_an_error_line(args, message):
-    """Checked before anything is loaded; the same sys.exit("error: ...") path as above, in-process."""
-    with pytest.raises(SystemExit) as exit_:
-        gpt_neo.main(["--model", "./not/read", *args])
-    assert str(exit_.value.code).startswith("error: ") and message in str(exit_.value.code)
 
 # ----------------------------------------------------------------------------- a real checkpoint
 

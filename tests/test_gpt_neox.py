@@ -1,4 +1,7 @@
-"""gpt_neox.py against transformers' GPTNeoXForCausalLM, saved in every layout real Hub repos use."""
+"""gpt_neox.py against transformers' GPTNeoXForCausalLM: what only GPT-NeoX does (per-head qkv, rotary angles,
+parallel residual in half precision, its config keys, older files and padded vocabulary), and the harness
+tests/test_shared_behaviour.py runs the shared tests with: configs(), inputs(), reference(),
+ours_and_reference() and TINY."""
 import json
 import os
 import shutil
@@ -11,11 +14,9 @@ import pytest
 import torch
 import transformers
 from conftest import ROOT, shared_tokenizer_dir
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
-from reference import (
-    assert_close, batches, Evil, hub_state_dict, LAYOUTS, reference_positions, save_checkpoint, TOL,
-)
+from reference import assert_close, batches, hub_state_dict, LAYOUTS, reference_positions, save_checkpoint, TOL
 
 import gpt_neox
 
@@ -78,36 +79,15 @@ def ours_and_reference(config, layout="safetensors", transform=None, **kwargs):
         return gpt_neox.from_pretrained(d, **kwargs), ref
 
 
+def inputs(config, max_len=None):
+    """Left-padded batches up to the context (or max_len) long."""
+    return batches(config["vocab_size"], max_len or config["max_position_embeddings"])
+
+
 TINY = dict(vocab_size=64, max_position_embeddings=32, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=2, intermediate_size=48, initializer_range=0.2)
 
-# ----------------------------------------------------------------------------- logits and loss
-
-
-@given(config=configs(), layout=st.sampled_from(LAYOUTS), data=st.data())
-def test_logits_match_reference(config, layout, data):
-    ours, ref = ours_and_reference(config, layout)
-    ids, mask = data.draw(batches(config["vocab_size"], config["max_position_embeddings"]))
-    with torch.no_grad():
-        expected = ref(ids, attention_mask=mask, position_ids=reference_positions(mask)).logits
-        assert_close(ours(ids, mask), expected, "gpt_neox logits (padded batches)", mask=mask.bool())
-        expected = ref(ids[:1]).logits  # unpadded, no mask at all
-        assert_close(ours(ids[:1]), expected, "gpt_neox logits (no mask)")
-
-
-@given(config=configs(), data=st.data())
-def test_loss_matches_reference(config, data):
-    ours, ref = ours_and_reference(config)
-    ids, mask = data.draw(batches(config["vocab_size"], config["max_position_embeddings"]))
-    # Padding is ignored, and so is each row's first real token: it would be predicted from a padding
-    # position, whose output is arbitrary (transformers and we fill fully-masked rows differently).
-    labels = ids.masked_fill(reference_positions(mask) == 0, -100)
-    assume(labels[:, 1:].ne(-100).any())  # at least one token to predict
-    positions = reference_positions(mask)
-    with torch.no_grad():
-        expected = ref(ids, attention_mask=mask, position_ids=positions, labels=labels).loss
-        logits, loss = ours(ids, mask, labels=labels)
-    assert_close(loss, expected, "gpt_neox loss")
+# ----------------------------------------------------------------------------- older files
 
 
 def pythia_buffers(state_dict):
@@ -138,27 +118,6 @@ def test_older_files_with_buffers_and_other_names(layout, transform):
     ids = torch.randint(0, 64, (2, 32))
     with torch.no_grad():
         assert_close(ours(ids), ref(ids).logits, "gpt_neox logits (older files, other names)")
-
-
-def test_untied_embed_out_is_its_own_matrix():
-    ours, ref = ours_and_reference(TINY)
-    ids = torch.randint(0, 64, (1, 10))
-    assert ours.embed_out.weight is not ours.gpt_neox.embed_in.weight
-    assert not torch.equal(ours.embed_out.weight, ours.gpt_neox.embed_in.weight)
-    with torch.no_grad():
-        assert_close(ours(ids), ref(ids).logits, "gpt_neox logits (untied embed_out)")
-
-
-def test_tied_embed_out():
-    ref = reference(dict(TINY, tie_word_embeddings=True))
-    assert ref.lm_head.weight is ref.gpt_neox.embed_in.weight
-    with tempfile.TemporaryDirectory() as d:
-        save_checkpoint(ref, d)
-        ours = gpt_neox.from_pretrained(d)
-    assert ours.embed_out.weight is ours.gpt_neox.embed_in.weight
-    ids = torch.randint(0, 64, (1, 10))
-    with torch.no_grad():
-        assert_close(ours(ids), ref(ids).logits, "gpt_neox logits (tied embed_out)")
 
 
 # ----------------------------------------------------------------------------- the NeoX quirks
@@ -280,42 +239,7 @@ def test_config_options_we_do_not_implement_are_refused():
     assert config.rotary_ndims == 4 and config.rotary_emb_base == 10000
 
 
-# ----------------------------------------------------------------------------- caches and backends
-
-
-@given(config=configs(), data=st.data(), static=st.booleans())
-def test_incremental_decode_equals_full_forward(config, data, static):
-    ours, _ = ours_and_reference(config)
-    ids, mask = data.draw(batches(config["vocab_size"], config["max_position_embeddings"]))
-    T = ids.size(1)
-    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, T - 1)), max_size=3))) | {0, T})
-    cache = ours.make_cache(static_len=T if static else None)
-    with torch.no_grad():
-        full = ours(ids, mask)
-        steps = [ours(ids[:, a:b], mask[:, :b], kv_cache=cache) for a, b in zip(cuts, cuts[1:])]
-    assert_close(torch.cat(steps, dim=1), full, "gpt_neox cached vs full", mask=mask.bool())
-
-
-@given(config=configs(), data=st.data())
-def test_static_cache_equals_growing_cache(config, data):
-    ours, _ = ours_and_reference(config)
-    ids, mask = data.draw(batches(config["vocab_size"], config["max_position_embeddings"] // 2))
-    n = config["max_position_embeddings"] - ids.size(1)
-    dynamic = gpt_neox.generate(ours, ids, n, attention_mask=mask, temperature=0)
-    static = gpt_neox.generate(ours, ids, n, attention_mask=mask, temperature=0,
-                               kv_cache=ours.make_cache(static_len=config["max_position_embeddings"]))
-    assert torch.equal(dynamic, static)
-
-
-@given(config=configs(), data=st.data())
-def test_naive_equals_sdpa(config, data):
-    ours, _ = ours_and_reference(config, attn="naive")
-    ids, mask = data.draw(batches(config["vocab_size"], config["max_position_embeddings"]))
-    with torch.no_grad():
-        naive = ours(ids, mask)
-        ours.set_attention_backend("sdpa")
-        sdpa = ours(ids, mask)
-    assert_close(naive, sdpa, "gpt_neox naive vs sdpa", mask=mask.bool())
+# ----------------------------------------------------------------------------- half precision
 
 
 @pytest.mark.parametrize("parallel", [True, False])
@@ -352,110 +276,7 @@ def test_half_precision_on_cuda_close_to_fp32(dtype):
     assert (logits.float() - expected).abs().max() < 0.1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_flash_equals_sdpa_on_cuda():
-    pytest.importorskip("flash_attn", reason="flash_attn is not installed")
-    config = dict(TINY, hidden_size=64, num_attention_heads=4, initializer_range=0.1)
-    ours, _ = ours_and_reference(config, device="cuda", dtype=torch.bfloat16, attn="flash")
-    ids = torch.randint(0, 64, (2, 32), device="cuda")
-    with torch.no_grad():
-        flash = ours(ids)
-        ours.set_attention_backend("sdpa")
-        sdpa = ours(ids)
-    assert (flash.float() - sdpa.float()).abs().max() < 0.05
-
-
-# ----------------------------------------------------------------------------- generation
-
-
-@given(config=configs(), data=st.data())
-def test_greedy_generate_equals_reference(config, data):
-    ours, ref = ours_and_reference(config)
-    ids, mask = data.draw(batches(config["vocab_size"], config["max_position_embeddings"] // 2))
-    n = data.draw(st.integers(1, config["max_position_embeddings"] - ids.size(1)))
-    eos = data.draw(st.sampled_from([None, 1]))
-    got = gpt_neox.generate(ours, ids, n, attention_mask=mask, temperature=0, eos_token_id=eos)
-    expected = ref.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, eos_token_id=eos,
-                            pad_token_id=eos if eos is not None else 0)
-    # With an eos, both stop once every row has emitted it, and a finished row continues with eos.
-    assert got.tolist() == expected.tolist()
-
-
-def test_each_row_stops_at_eos():
-    ours, _ = ours_and_reference(TINY)
-    with torch.no_grad():
-        ours.embed_out.weight.zero_()  # all logits 0: greedy picks id 0, which we make the eos
-    out = gpt_neox.generate(ours, torch.tensor([[3, 5], [5, 6]]), 5, temperature=0, eos_token_id=0)
-    assert out.tolist() == [[3, 5, 0], [5, 6, 0]]
-
-
-def test_top_k_and_top_p_match_reference_warpers():
-    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
-    torch.manual_seed(0)
-    logits = torch.randn(4, 50)
-    logits[0, :10] = 3.0  # ties at the top
-    for k in (1, 3, 10, 50, 80):
-        expected = TopKLogitsWarper(top_k=k)(None, logits.clone())
-        assert torch.equal(gpt_neox.top_k_filter(logits, k), expected)
-    for p in (0.01, 0.3, 0.9, 1.0):  # on rows without ties (with ties, which one transformers keeps is
-        ours = gpt_neox.top_p_filter(logits[1:], p)  # up to its sort; we keep all of them)
-        expected = TopPLogitsWarper(top_p=p)(None, logits[1:].clone())
-        assert torch.equal(ours.isinf(), expected.isinf()), p
-    assert torch.equal(gpt_neox.top_p_filter(logits[:1], 0.01).isfinite(), logits[:1] == 3.0)
-
-
-@given(st.lists(st.floats(-5, 5), min_size=2, max_size=20), st.floats(1e-6, 1.0))
-def test_top_p_keeps_at_least_one_and_the_best(values, p):
-    logits = torch.tensor([values])
-    kept = ~gpt_neox.top_p_filter(logits, p).isinf()
-    assert kept.any() and kept[0, logits.argmax()]
-
-
-def test_sampling_is_reproducible_with_a_generator():
-    ours, _ = ours_and_reference(dict(TINY, initializer_range=0.5))
-    ids = torch.tensor([[1, 2, 3]])
-    runs = [gpt_neox.generate(ours, ids, 10, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(7))
-            for _ in range(2)]
-    assert torch.equal(*runs)
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=-1.0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-])
-def test_invalid_sampling_parameters(kwargs, message):
-    ours, _ = ours_and_reference(TINY)
-    with pytest.raises(ValueError, match=message):
-        gpt_neox.generate(ours, torch.tensor([[1]]), 2, **kwargs)
-
-
-def test_prompt_or_generation_longer_than_context():
-    ours, _ = ours_and_reference(dict(TINY, max_position_embeddings=8))
-    with pytest.raises(ValueError, match="longer than the context"):
-        gpt_neox.generate(ours, torch.ones(1, 8, dtype=torch.long), 1)
-    with pytest.raises(ValueError, match="exceeds the context"):
-        gpt_neox.generate(ours, torch.ones(1, 4, dtype=torch.long), 5)
-    with pytest.raises(ValueError, match="longer than the context"):
-        ours(torch.ones(1, 9, dtype=torch.long))
-
-
-# ----------------------------------------------------------------------------- loading errors
-
-
-def test_mismatched_weights_name_missing_unexpected_and_wrong_shapes():
-    def damage(sd):
-        sd.pop("gpt_neox.layers.1.mlp.dense_h_to_4h.bias")
-        sd["gpt_neox.layers.0.attention.extra"] = torch.zeros(1)
-        sd["embed_out.weight"] = torch.zeros(3, 32)
-        return sd
-
-    with tempfile.TemporaryDirectory() as d, pytest.raises(ValueError) as err:
-        save_checkpoint(reference(TINY), d, transform=damage)
-        gpt_neox.from_pretrained(d)
-    message = str(err.value)
-    for part in ("layers.1.mlp.dense_h_to_4h.bias", "layers.0.attention.extra", "embed_out.weight", "missing",
-                 "unexpected", "shape"):
-        assert part in message
+# ----------------------------------------------------------------------------- loading
 
 
 def test_attention_bias_false_files_have_no_projection_biases():
@@ -470,43 +291,6 @@ def test_attention_bias_false_files_have_no_projection_biases():
         (Path(d) / "config.json").write_text(json.dumps(dict(config, attention_bias=True)))
         with pytest.raises(ValueError, match="missing keys.*query_key_value.bias"):
             gpt_neox.from_pretrained(d)
-
-
-def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such directory"):
-        gpt_neox.from_pretrained(str(tmp_path / "nope" / "dir"))
-    with pytest.raises(ValueError, match="unknown model"):
-        gpt_neox.from_pretrained("pythia-5t")
-    save_checkpoint(reference(TINY), tmp_path)
-    with pytest.raises(ValueError, match="revision 'step3000'.*local directory"):
-        gpt_neox.from_pretrained(tmp_path, revision="step3000")
-    weights = tmp_path / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(ValueError, match="corrupted or truncated"):
-        gpt_neox.from_pretrained(tmp_path)
-    weights.unlink()
-    with pytest.raises(FileNotFoundError, match="no weights"):
-        gpt_neox.from_pretrained(tmp_path)
-
-
-def test_bin_files_are_loaded_without_unpickling_code(tmp_path):
-    """A .bin that smuggles a Python object is refused by weights_only=True loading."""
-    save_checkpoint(reference(TINY), tmp_path, "bin")
-    sd = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
-    sd["evil"] = Evil()
-    torch.save(sd, tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="cannot read"):
-        gpt_neox.from_pretrained(tmp_path)
-    assert not os.environ.get("EVIL_RAN")
-
-
-def test_loading_builds_on_meta_and_keeps_no_second_copy(tmp_path):
-    """Every parameter comes from the file, none is left on the meta device, and the keys are the Hub's."""
-    ref = reference(TINY)
-    save_checkpoint(ref, tmp_path)
-    ours = gpt_neox.from_pretrained(tmp_path, dtype=torch.bfloat16)
-    assert not any(p.is_meta for p in ours.parameters()) and not any(b.is_meta for b in ours.buffers())
-    assert hub_state_dict(ref).keys() == ours.state_dict().keys()
 
 
 # ----------------------------------------------------------------------------- a real checkpoint
@@ -581,24 +365,3 @@ def test_cli_samples_only_tokens_the_tokenizer_has(cli_model):
     assert "5 tokens in" in result.stderr
 
 
-def test_cli_error_is_one_line_without_traceback(cli_model):
-    directory, _ = cli_model
-    result = run_cli("--model", str(directory), "--revision", "step3000")
-    assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.startswith("error: revision 'step3000'") and result.stderr.count("\n") == 1
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--model", "pythia-5t"], "unknown model 'pythia-5t'"),
-    (["--model", "./no/such/dir"], "no such directory"),
-    (["--top-p", "1.5"], "top_p"),
-    (["--max-new-tokens", "0"], "max-new-tokens"),
-    (["--model", "{tiny}", "--prompt", "word " * 30], "longer than the context"),
-])
-def test_cli_bad_input_is_a_clear_error(request, args, message):
-    if "{tiny}" in args:
-        args = [str(request.getfixturevalue("cli_model")[0]) if a == "{tiny}" else a for a in args]
-    with pytest.raises(SystemExit) as exit_:
-        gpt_neox.main(args)
-    assert isinstance(exit_.value.code, str) and exit_.value.code.startswith("error: ")
-    assert message in exit_.value.code and "\n" not in exit_.value.code
