@@ -1,6 +1,6 @@
 """gpt2.py against transformers' GPT2LMHeadModel: what only GPT-2 does (its older files without the prefix and
-with mask buffers, the config it refuses), and the harness tests/test_shared_behaviour.py runs the shared tests with: configs(),
-inputs(), reference(), ours_and_reference() and TINY."""
+with mask buffers, the config it refuses), and the harness tests/test_shared_behaviour.py runs the shared
+tests with: configs(), inputs(), reference(), ours_and_reference() and TINY."""
 import os
 import tempfile
 from pathlib import Path

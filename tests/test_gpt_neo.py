@@ -97,7 +97,7 @@ TINY = small()
 def local_layers(model):
     return [i for i, block in enumerate(model.transformer.h) if block.attn.attention.window is not None]
 
-# ----------------------------------------------------------------------------- local and global layers, older files
+# ----------------------------------------------------------------------------- local and global, older files
 
 
 @pytest.mark.parametrize("types", [["local"] * 3, ["global"] * 3, ["global", "local", "local"]])
@@ -148,7 +148,7 @@ def test_legacy_files_with_mask_buffers(layout, keep_prefix):
         assert_close(ours(ids), ref(ids).logits, "gpt_neo logits (legacy layouts)")
 
 
-# ----------------------------------------------------------------------------- the local cache, half precision
+# ----------------------------------------------------------------------------- local cache, half precision
 
 
 @pytest.mark.parametrize("static", [False, True])

@@ -16,7 +16,9 @@ import transformers
 from conftest import ROOT, shared_tokenizer_dir
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import assert_close, batches, hub_state_dict, LAYOUTS, reference_positions, save_checkpoint, TOL
+from reference import (
+    assert_close, batches, hub_state_dict, LAYOUTS, reference_positions, save_checkpoint, TOL,
+)
 
 import gpt_neox
 

@@ -22,7 +22,9 @@ import transformers
 from conftest import ROOT, shared_tokenizer_dir
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from reference import assert_close, batches, Evil, hub_state_dict, LAYOUTS, reference_positions, save_checkpoint
+from reference import (
+    assert_close, batches, Evil, hub_state_dict, LAYOUTS, reference_positions, save_checkpoint,
+)
 
 transformers.logging.set_verbosity_error()
 
@@ -40,7 +42,7 @@ def harness(arch):
 
 
 def tiny(arch, **overrides):
-    """The harness's TINY config, with overrides named as in gpt2 (context=...) or as in the arch."""
+    """The harness's TINY config with overrides (context= stands for the arch's own name for it)."""
     config = dict(harness(arch).TINY, **overrides)
     if "context" in config:
         config[CONTEXT[arch]] = config.pop("context")
@@ -54,7 +56,7 @@ def head(model, arch):
 def embedding(model, arch):
     return attrgetter(EMBEDDING[arch])(model)
 
-# ----------------------------------------------------------------------------- logits and loss, in every layout
+# ----------------------------------------------------------------------------- logits and loss, all layouts
 
 
 @each_arch
