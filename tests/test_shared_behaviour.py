@@ -36,9 +36,13 @@ UNKNOWN = {"gpt2": "gpt5", "gpt_neo": "gpt-neo-7", "gpt_neox": "pythia-5t"}  # n
 each_arch = pytest.mark.parametrize("arch", ARCHS)
 
 
+# tests/test_<arch>.py: configs(), inputs(), reference(), ours_and_reference(), TINY. (Imported here, not
+# inside a test: hypothesis refuses a module's @given decorators applied while a property runs.)
+HARNESS = {arch: importlib.import_module(f"test_{arch}") for arch in ARCHS}
+
+
 def harness(arch):
-    """tests/test_<arch>.py: configs(), inputs(), reference(), ours_and_reference(), TINY."""
-    return importlib.import_module(f"test_{arch}")
+    return HARNESS[arch]
 
 
 def tiny(arch, **overrides):
