@@ -373,3 +373,62 @@ def test_cli_help_shows_the_defaults():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "(default: 50)" in text and "(default: gpt2)" in text and "(default: 1.0)" in text
+
+
+# ----------------------------------------------------------------------------- issue 21: the first run, generation edges
+# (the `input` helper's section: the requirements, bpe.py offline, generate's edges)
+
+
+def requirement_names(path):
+    """The distribution names a requirements file lists (not following -r)."""
+    import re
+    names = set()
+    for line in (ROOT / path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[<>=!~\[; ]", line)[0].lower().replace("-", "_"))
+    return names
+
+
+def product_imports():
+    """The top-level modules that the project's own files (not tests/, bench/) import, outside the
+    standard library and the project, and not optional (an import in a `try` that catches ImportError:
+    flash_attn, matplotlib)."""
+    import ast
+    ours = {path.stem for path in ROOT.glob("*.py")}
+    found = set()
+    for path in ROOT.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        optional = {id(node) for t in ast.walk(tree) if isinstance(t, ast.Try)
+                    and any(ast.unparse(h.type or ast.Name("")) in ("ImportError", "ModuleNotFoundError")
+                            for h in t.handlers) for stmt in t.body for node in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found - ours - set(sys.stdlib_module_names)
+
+
+def test_requirements_hold_what_the_files_import_and_no_test_package():
+    """requirements.txt: what the project imports, plus numpy (torch warns on every command without it);
+    the test runner and the references only in requirements-dev.txt (which .ci/run installs as well)."""
+    product, dev = requirement_names("requirements.txt"), requirement_names("requirements-dev.txt")
+    assert product_imports() | {"numpy"} == product
+    assert {"pytest", "hypothesis", "transformers", "tokenizers", "tiktoken"} <= dev and not dev & product
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -r requirements.txt" in ci and "pip install -r requirements-dev.txt" in ci
+
+
+def test_bpe_cli_without_the_hub_is_one_line_at_once(tmp_path):
+    """Without ../shared and without a network, `python bpe.py` said so after 71 s of retries: now one
+    request, the local cache, and one line that names the tokenizer that works offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(HF_HOME=str(tmp_path / "empty-hf-home"), HF_ENDPOINT="http://127.0.0.1:9")
+    result = subprocess.run([sys.executable, str(ROOT / "bpe.py"), "Hello", "--tokenizer", "gpt2"],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    one_error_line(result, "could not get the tokenizer of 'gpt2' from the Hugging Face Hub")
+    assert "--tokenizer models/pydoc-gpt2" in result.stderr
