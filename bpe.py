@@ -768,7 +768,8 @@ def _from_hub(cls, repo_id: str, revision: str | None) -> Tokenizer:
             return getattr(cls, constructor)(*paths)
         reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
         raise OSError(f"could not get the tokenizer of {repo_id!r} from the Hugging Face Hub ({reason}) "
-                      f"and it is not in the local cache; pass a local directory holding {_FORMAT_NAMES}") from None
+                      f"and it is not in the local cache; pass a local directory holding "
+                      f"{_FORMAT_NAMES}") from None
     for names, constructor in FORMATS:
         if all(f in files for f in names):
             return getattr(cls, constructor)(*(hf_hub_download(repo_id, f, revision=revision) for f in names))
