@@ -392,8 +392,8 @@ def check_field_types(config):
         if f.name.endswith("token_id"):
             if value == [] or any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else
                                                                          [value or 0])):
-                raise ValueError(f"config.json: {f.name} must be a token id >= 0, a non-empty list of them "
-                                 f"or null, got {value!r}")
+                raise ValueError(f"config.json: {f.name} must be token ids >= 0 (an id, a non-empty list of "
+                                 f"them, or null), got {value!r}")
         elif type(value) is int and int in types and value < 1:  # a size (a float field may be 0)
             raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
 

@@ -473,11 +473,11 @@ def test_generate_arguments_that_name_no_token(arch, tmp_path):
 def test_an_empty_eos_list_in_config_json_is_one_line(arch, tmp_path):
     tiny_checkpoint(arch, tmp_path)
     edit_config(tmp_path, eos_token_id=[])
-    with pytest.raises(ValueError, match=r"eos_token_id must be a token id >= 0, a non-empty list of them"):
+    with pytest.raises(ValueError, match=r"eos_token_id must be token ids >= 0 \(an id, a non-empty list"):
         importlib.import_module(arch).from_pretrained(tmp_path)
     result = subprocess.run([sys.executable, str(ROOT / f"{arch}.py"), "--model", str(tmp_path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
-    one_error_line(result, "eos_token_id must be a token id >= 0, a non-empty list of them or null, got []")
+    one_error_line(result, "eos_token_id must be token ids >= 0 (an id, a non-empty list of them, or null), got []")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
