@@ -190,6 +190,7 @@ def train(text: str, vocab_size: int, *, special_tokens=(), fast: bool = True) -
     n_merges = vocab_size - 256 - len(special_tokens)
     if n_merges < 0:
         raise ValueError(f"vocab_size {vocab_size} < 256 bytes + {len(special_tokens)} special tokens")
+    text = check_text(text)                                        # (part 8: surrogates as encode has them)
     fast_train = fast_trainer() if fast else None                  # part 8: None where bpe_fast is absent
     words = fast_train.split_words(text) if fast_train else split_words(text)
     word_counts = {to_printable(w): n for w, n in Counter(words).items()}      # "Ġworld": 12, ...

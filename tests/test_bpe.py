@@ -891,6 +891,7 @@ def test_known_surrogate_cases(gpt2):
     assert gpt2.encode("a\ud83e\udd17") == gpt2.encode("a🤗")
     assert gpt2.encode("\ud800x") == gpt2.encode("\ufffdx")
     assert "\ud800" in "".join(gpt2.words("\ud800"))       # the split itself is not where it is fixed
+    assert train("ab\ud800 ab\ud800", 256 + 1).merges == train("ab\ufffd ab\ufffd", 256 + 1).merges   # training too
 
 
 # Training: bpe_fast.learn_merges must make bpe.learn_merges' merges, with work in proportion to the text.

@@ -599,3 +599,15 @@ def test_the_readmes_first_command_samples_offline(tmp_path):
     prompt = command[command.index("--prompt") + 1]
     assert result.returncode == 0 and result.stdout.startswith(prompt), result.stderr
     assert len(result.stdout) > len(prompt) + 1 and "tokens/s" in result.stderr
+
+
+def test_the_readme_lists_every_file_and_the_docs_name_the_current_hub_cli():
+    """The README's file list names every file a user meets (bpe_fast.py and models/ were missing), and
+    no page says `huggingface-cli`, which huggingface_hub has replaced with `hf`."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("## The files", 1)[1].split("```")[1]
+    names = {line.split()[0] for line in listed.strip().splitlines()}
+    expected = {p.name for p in ROOT.glob("*.py")} | {f"{d}/" for d in ("models", "tests", "bench", "docs")}
+    assert expected <= names, expected - names
+    for page in [ROOT / "README.md", *ROOT.glob("docs/*.md")]:
+        assert "huggingface-cli" not in page.read_text(encoding="utf-8"), page
