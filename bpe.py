@@ -191,7 +191,7 @@ def train(text: str, vocab_size: int, *, special_tokens=(), fast: bool = True) -
     if n_merges < 0:
         raise ValueError(f"vocab_size {vocab_size} < 256 bytes + {len(special_tokens)} special tokens")
     text = check_text(text)                                        # (part 8: surrogates as encode has them)
-    fast_train = fast_trainer() if fast else None                  # part 8: None where bpe_fast is absent
+    fast_train = fast_module() if fast else None                   # part 8: None where bpe_fast is absent
     words = fast_train.split_words(text) if fast_train else split_words(text)
     word_counts = {to_printable(w): n for w, n in Counter(words).items()}      # "Ġworld": 12, ...
     merges = (fast_train.learn_merges if fast_train else learn_merges)(word_counts, n_merges)
@@ -609,22 +609,19 @@ def bad_ids_error(tok: Tokenizer, ids) -> Exception:
     return AssertionError("unreachable")
 
 
-def fast_path(tok: Tokenizer):
-    """bpe_fast.py's speed-ups for `tok`; None where bpe.py was copied alone (this file's path: same ids)."""
-    try:
-        import bpe_fast
-    except ImportError:
-        return None
-    return bpe_fast.FastPath(tok)
-
-
-def fast_trainer():
-    """bpe_fast.py, for train(): its split_words and learn_merges; None where bpe.py was copied alone."""
+def fast_module():
+    """bpe_fast.py, the speed-ups (same results); None where bpe.py was copied alone (this file's path)."""
     try:
         import bpe_fast
     except ImportError:
         return None
     return bpe_fast
+
+
+def fast_path(tok: Tokenizer):
+    """bpe_fast.py's speed-ups for `tok`'s encoding, or None."""
+    fast = fast_module()
+    return fast.FastPath(tok) if fast else None
 
 
 # The formats, in the order a directory (or Hub repo) is searched: (file names, reader).
