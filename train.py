@@ -65,6 +65,7 @@ def parse_args(argv=None):
     new.add_argument("--dropout", type=float, default=0.0, help="every dropout rate of the new model")
     new.add_argument("--vocab-size", type=int, help="train a bpe.py tokenizer of this size on --data")
     new.add_argument("--tokenizer", help="or use this tokenizer (a directory or Hub id)")
+    new.add_argument("--window-size", type=int, help="gpt_neo: how far back its local layers look (default 256)")
     loop = p.add_argument_group("training")
     loop.add_argument("--max-steps", type=int, default=1000)
     loop.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step; --resume goes on")
@@ -97,6 +98,8 @@ def check_args(args):
                  "n_layer", "n_head", "n_embd", "block_size", "sample_tokens"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.window_size is not None and (args.arch != "gpt_neo" or args.window_size < 1):
+        raise ValueError("--window-size is for a new gpt_neo model (--arch gpt_neo) and must be >= 1")
     if not 0 < args.val_fraction < 1 or not 0 <= args.dropout < 1 or args.warmup < 0 or args.lr <= 0:
         raise ValueError("--val-fraction must be in (0, 1), --dropout in [0, 1), --warmup >= 0, --lr > 0")
     if not Path(args.data).is_file():
@@ -130,6 +133,8 @@ def new_config(args, tokenizer):
     d.update(dict.fromkeys(DROPOUT[args.arch], args.dropout))
     if args.arch == "gpt_neo":  # global and local layers in turn, as in GPT-Neo-125M
         d["attention_types"] = [[["global", "local"], args.n_layer // 2]] + [[["global"], 1]] * (args.n_layer % 2)
+        if args.window_size is not None:
+            d["window_size"] = args.window_size
     if args.arch == "gpt_neox":
         d["intermediate_size"] = 4 * args.n_embd
     return CONFIGS[args.arch].from_dict(d)
