@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import bpe
 import gpt2
+import gpt_neo
 import train
 
 transformers.logging.set_verbosity_error()
@@ -132,6 +133,8 @@ def test_ddp_two_processes_equal_one_on_the_combined_batch(data, tmp_path):
     (["--arch", "gpt2", "--vocab-size", "100"], "vocab_size 100"),
     (["--init", "/no/such/dir"], "no such directory"),
     (["--arch", "gpt2", "--vocab-size", "300", "--block-size", "100000"], "too few"),
+    (["--arch", "gpt2", "--vocab-size", "300", "--window-size", "4"], "--window-size is for a new gpt_neo"),
+    (["--arch", "gpt_neo", "--vocab-size", "300", "--window-size", "0"], "--window-size"),
 ])
 def test_bad_input_is_one_error_line(argv, message, data, tmp_path, capsys):
     argv = ["--data", str(tmp_path / "none.txt" if message == "no such file" else data), *argv]
@@ -151,6 +154,13 @@ def test_loss_png_only_with_matplotlib(data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     run(*args, "--out", tmp_path / "without")
     assert (tmp_path / "without/loss.csv").exists() and not (tmp_path / "without/loss.png").exists()
+
+
+def test_window_size_sets_gpt_neos_local_window(data, tmp_path):
+    run("--data", data, "--out", tmp_path, "--arch", "gpt_neo", *TINY, "--window-size", 4, "--max-steps", 1)
+    model = gpt_neo.from_pretrained(tmp_path)
+    assert model.config.window_size == 4
+    assert [block.attn.attention.window for block in model.transformer.h] == [None, 4]  # global, local
 
 
 def test_out_with_a_run_needs_resume(data, tmp_path):
@@ -179,17 +189,22 @@ def test_generate_samples_from_a_trained_checkpoint(data, tmp_path):
     assert gpt2.from_pretrained(tmp_path).config.n_positions == 32
 
 
-def test_shipped_model_learned():
-    """models/pydoc-gpt2 (the README's run): on the held-out tenth of the reference manual its loss is far
-    below the untrained ln(2048) = 7.6 (4.53 on Python 3.11's text), and transformers computes the same."""
-    directory = ROOT / "models" / "pydoc-gpt2"
+@pytest.mark.parametrize("name, arch, reference_class", [
+    ("pydoc-gpt2", "gpt2", transformers.GPT2LMHeadModel),
+    ("pydoc-gpt-neo", "gpt_neo", transformers.GPTNeoForCausalLM),  # docs/seeing-inside.md's local window
+])
+def test_shipped_model_learned(name, arch, reference_class):
+    """models/pydoc-gpt2 and pydoc-gpt-neo (the docs' runs): on the held-out tenth of the reference manual
+    their loss is far below the untrained ln(2048) = 7.6 (about 4.5 on Python 3.11's text), and
+    transformers computes the same."""
+    directory = ROOT / "models" / name
     tokenizer = bpe.Tokenizer.from_pretrained(directory)
     text = "\n\n".join(pydoc_data.topics.topics.values())
     ids = torch.tensor(tokenizer.encode_ordinary(text))
     held_out = ids[len(ids) - len(ids) // 10:]
     x = held_out[:len(held_out) // 128 * 128].view(-1, 128)
     with torch.no_grad():
-        loss = gpt2.from_pretrained(directory)(x, labels=x)[1].item()
-        reference = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()(x, labels=x).loss.item()
+        loss = train.ARCHS[arch].from_pretrained(directory)(x, labels=x)[1].item()
+        reference = reference_class.from_pretrained(directory).eval()(x, labels=x).loss.item()
     assert loss < 5.0
     assert abs(loss - reference) < 1e-4
