@@ -1,9 +1,9 @@
 """Seeing inside a model: its attention maps and the logit lens, drawn as pictures.
 
-    python gpt2.py --model models/pydoc-gpt2 --prompt "The with statement" --show attention.png --show-lens lens.png
+    python gpt2.py --model models/pydoc-gpt2 --prompt "The with statement" --show att.png --show-lens lens.png
 
 The model files return the tensors (their backbone's forward with output_attentions / output_hidden_states,
-as transformers'); this file turns them into pictures and is the same for all three architectures.
+as transformers' do); this file turns them into pictures, the same for all three architectures.
 
 - Attention maps: for every layer and head, the (T, T) probabilities softmax(q @ k^T * scale) of
   attention.py: row i is how query i spreads its attention over the keys 0..i. One PNG, a grid of
@@ -13,8 +13,11 @@ as transformers'); this file turns them into pictures and is the same for all th
   that depth. One PNG: a table of layers (rows, the output at the top) x positions (columns) holding the
   top token, coloured by its probability.
 
-matplotlib is needed for the pictures only (pip install matplotlib), and imported when a picture is drawn.
+matplotlib is needed for the pictures only (pip install matplotlib); it is imported when one is drawn.
+docs/seeing-inside.md shows the pictures of models/pydoc-gpt2 and models/pydoc-gpt-neo, and what is in them.
 """
+from pathlib import Path
+
 import torch
 
 MAX_TOKENS = 40  # beyond this the token labels and cells become too small to read
@@ -57,7 +60,8 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise RuntimeError("drawing needs matplotlib, which is not installed: pip install matplotlib") from None
+        raise RuntimeError("drawing needs matplotlib, which is not installed: pip install matplotlib") \
+            from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -97,8 +101,10 @@ def draw_attention(attentions, labels, path, title=""):
                 ax = axes[layer][head]
                 ax.imshow(probs.numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
                 ax.set_title(f"layer {layer} head {head}", fontsize=fontsize + 1, pad=2)
-                ax.set_xticks(range(T), labels if layer == n_layer - 1 else [], rotation=90, fontsize=fontsize)
-                ax.set_yticks(range(T), labels if head == 0 else [], fontsize=fontsize)
+                # token labels along the grid's left and bottom edges only
+                bottom, left = layer == n_layer - 1, head == 0
+                ax.set_xticks(range(T), labels if bottom else [], rotation=90, fontsize=fontsize)
+                ax.set_yticks(range(T), labels if left else [], fontsize=fontsize)
                 ax.tick_params(length=0, pad=1)
         fig.suptitle(title or "attention: each row is a query, each column a key it may look at", fontsize=9)
         fig.savefig(path, dpi=DPI)
@@ -115,7 +121,8 @@ def draw_lens(lens_logits, ids, tokenizer, path, title=""):
     check_tokens(T)
     labels = token_labels(tokenizer, ids)
     if lens_logits.dim() != 3 or lens_logits.size(1) != T:
-        raise ValueError(f"expected logits (n_layer + 1, T, V) with T = {T} labels; got {tuple(lens_logits.shape)}")
+        raise ValueError(f"expected logits (n_layer + 1, T, V) with T = {T} ids; got "
+                         f"{tuple(lens_logits.shape)}")
     probs, top = lens_logits.float().softmax(-1).max(-1)  # (L + 1, T) each
     plt = pyplot()
     n_rows = probs.size(0)
@@ -128,15 +135,14 @@ def draw_lens(lens_logits, ids, tokenizer, path, title=""):
         for layer in range(n_rows):
             for t in range(T):
                 piece = token_labels(tokenizer, [int(top[layer, t])])[0]
-                right = t + 1 < T and int(top[layer, t]) == ids[t + 1]
-                ax.text(t, layer, piece, ha="center", va="center", fontsize=7, weight="bold" if right else None,
-                        color="white" if probs[layer, t] > 0.5 else "black")
+                right = t + 1 < T and int(top[layer, t]) == ids[t + 1]  # the prompt's own next token
+                ax.text(t, layer, piece, ha="center", va="center", fontsize=7,
+                        weight="bold" if right else None, color="white" if probs[layer, t] > 0.5 else "black")
         ax.set_xticks(range(T), labels, rotation=90, fontsize=7)
         rows = ["embeddings"] + [f"after layer {i}" for i in range(n_rows - 1)]
         ax.set_yticks(range(n_rows), rows[:-1] + [rows[-1] + " = output"], fontsize=7)
         ax.set_xlabel("input token (each cell: the token predicted to come next, shade = its probability, "
-                      "bold = the prompt's next token)",
-                      fontsize=7)
+                      "bold = the prompt's next token)", fontsize=7)
         fig.suptitle(title or "logit lens: the top next token, read out after each layer", fontsize=9)
         fig.savefig(path, dpi=DPI)
         plt.close(fig)
@@ -145,7 +151,6 @@ def draw_lens(lens_logits, ids, tokenizer, path, title=""):
 
 def check_outputs(attention_png, lens_png):
     """Before any work: the pictures' names end in .png, their folders exist, and matplotlib is here."""
-    from pathlib import Path
     for flag, path in (("--show", attention_png), ("--show-lens", lens_png)):
         if path is None:
             continue
@@ -167,5 +172,5 @@ def show(backbone, ln_f, lm_head, tokenizer, input_ids, attention_png=None, lens
         if attention_png is not None:
             draw_attention([a[0] for a in attentions], labels, attention_png, title)
         if lens_png is not None:
-            draw_lens(logit_lens(hidden_states, ln_f, lm_head)[:, 0], input_ids[0].tolist(), tokenizer, lens_png,
-                      title)
+            lens = logit_lens(hidden_states, ln_f, lm_head)[:, 0]  # (n_layer + 1, T, V)
+            draw_lens(lens, input_ids[0].tolist(), tokenizer, lens_png, title)

@@ -62,7 +62,8 @@ def test_attentions_hidden_states_and_lens_equal_transformers(arch, data):
         expected = ref(ids, attention_mask=mask, position_ids=reference_positions(mask),
                        output_attentions=True, output_hidden_states=True)
         backbone, ln_f, head = parts(ours)
-        last, hidden_states, attentions = backbone(ids, mask, output_attentions=True, output_hidden_states=True)
+        last, hidden_states, attentions = backbone(ids, mask, output_attentions=True,
+                                                   output_hidden_states=True)
         _, ref_ln_f, ref_head = parts(ref)
         *inner, ref_last = expected.hidden_states  # transformers' last one has been through ln_f already
         ref_lens = torch.stack([ref_head(ref_ln_f(h)) for h in inner] + [ref_head(ref_last)])
@@ -76,7 +77,8 @@ def test_attentions_hidden_states_and_lens_equal_transformers(arch, data):
     for ours_p, ref_p in zip(attentions, expected.attentions):
         rows = real[:, None, :, None].expand_as(ref_p)  # the real queries' rows, every key
         assert_close(ours_p, ref_p, f"{arch} attention probabilities (padded batches)", mask=rows)
-    assert_close(lens, ref_lens, f"{arch} logit lens (padded batches)", mask=real[None].expand(lens.shape[:3]))
+    real_lens = real[None].expand(lens.shape[:3])
+    assert_close(lens, ref_lens, f"{arch} logit lens (padded batches)", mask=real_lens)
     assert_close(lens[-1], expected.logits, f"{arch} logit lens, last layer = logits", mask=real)
     ours.set_attention_backend("sdpa")  # the fused kernel never forms the probabilities: a clear error
     with pytest.raises(ValueError, match="naive"):
@@ -87,6 +89,22 @@ def test_attentions_hidden_states_and_lens_equal_transformers(arch, data):
 
 
 # ----------------------------------------------------------------------------- the pictures
+
+
+def pixels(width, height):
+    return round(width * visualize.DPI), round(height * visualize.DPI)
+
+
+def attention_size(n_layer, n_head, T):
+    """The attention picture's pixels: a square panel per (layer, head), margins for the labels."""
+    side = max(visualize.MIN_PANEL, visualize.PANEL * T)  # inches per panel
+    return pixels(visualize.MARGIN[0] + n_head * side, visualize.MARGIN[1] + n_layer * side + visualize.TOP)
+
+
+def lens_size(n_rows, T):
+    """The logit lens picture's pixels: a cell per (row, position), margins for the labels."""
+    return pixels(visualize.MARGIN[0] + T * visualize.CELL[0],
+                  visualize.MARGIN[1] + n_rows * visualize.CELL[1] + visualize.TOP)
 
 
 def png_size(path):
@@ -101,10 +119,7 @@ def png_size(path):
 def test_attention_picture_is_a_grid_of_layers_by_heads(tmp_path, n_layer, n_head, T):
     attentions = [torch.rand(n_head, T, T).softmax(-1) for _ in range(n_layer)]
     path = visualize.draw_attention(attentions, [f"t{i}" for i in range(T)], tmp_path / "a.png")
-    side = max(visualize.MIN_PANEL, visualize.PANEL * T)  # inches per panel
-    width = visualize.MARGIN[0] + n_head * side
-    height = visualize.MARGIN[1] + n_layer * side + visualize.TOP
-    assert png_size(path) == (round(width * visualize.DPI), round(height * visualize.DPI))
+    assert png_size(path) == attention_size(n_layer, n_head, T)
 
 
 @needs_matplotlib
@@ -114,9 +129,7 @@ def test_lens_picture_is_a_table_of_layers_by_positions(tmp_path):
     ids = tokenizer.encode("The with statement")
     lens = torch.randn(5, len(ids), tokenizer.vocab_size)  # 4 layers + the embeddings
     path = visualize.draw_lens(lens, ids, tokenizer, tmp_path / "lens.png")
-    width = visualize.MARGIN[0] + len(ids) * visualize.CELL[0]
-    height = visualize.MARGIN[1] + 5 * visualize.CELL[1] + visualize.TOP
-    assert png_size(path) == (round(width * visualize.DPI), round(height * visualize.DPI))
+    assert png_size(path) == lens_size(5, len(ids))
 
 
 def test_token_labels_show_spaces_newlines_and_split_characters():
@@ -169,12 +182,9 @@ def test_cli_draws_both_pictures_instead_of_sampling(arch, checkpoints, tmp_path
     config = transformers.AutoConfig.from_pretrained(checkpoints[arch])
     from bpe import Tokenizer
     T = len(Tokenizer.from_pretrained(checkpoints[arch]).encode(prompt))
-    side = max(visualize.MIN_PANEL, visualize.PANEL * T)
-    expected = (round((visualize.MARGIN[0] + config.num_attention_heads * side) * visualize.DPI),
-                round((visualize.MARGIN[1] + config.num_hidden_layers * side + visualize.TOP) * visualize.DPI))
-    assert png_size(tmp_path / "a.png") == expected
-    assert png_size(tmp_path / "lens.png")[1] == round(
-        (visualize.MARGIN[1] + (config.num_hidden_layers + 1) * visualize.CELL[1] + visualize.TOP) * visualize.DPI)
+    n_layer, n_head = config.num_hidden_layers, config.num_attention_heads
+    assert png_size(tmp_path / "a.png") == attention_size(n_layer, n_head, T)
+    assert png_size(tmp_path / "lens.png") == lens_size(n_layer + 1, T)
     out = capsys.readouterr()
     assert prompt not in out.out and "tokens/s" not in out.err  # pictures, no sample
     assert "a.png" in out.err and "lens.png" in out.err  # it says what it wrote
@@ -200,5 +210,6 @@ def test_without_matplotlib_one_line_says_what_to_install(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                             env={"PYTHONPATH": str(ROOT), "PATH": ""}, timeout=120)
     assert result.returncode != 0
-    assert result.stderr == "error: drawing needs matplotlib, which is not installed: pip install matplotlib\n"
+    assert result.stderr == ("error: drawing needs matplotlib, which is not installed: "
+                             "pip install matplotlib\n")
     assert not (tmp_path / "a.png").exists()
