@@ -96,7 +96,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout_p = config.attn_pdrop  # on the attention probabilities, in training only
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x, attention_mask=None, kv_cache=None):
+    def forward(self, x, attention_mask=None, kv_cache=None, attentions=None):
         B, T, C = x.shape
         # nh is read off the tensors (-1): all heads, or this process's share under tensor parallel (tp.py)
         q, k, v = self.c_attn(x).chunk(3, dim=2)  # 3 × (B, T, nh * hd)
@@ -109,7 +109,10 @@ class CausalSelfAttention(nn.Module):
             q, k, v = q.float(), k.float(), v.float()
         # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale,
-                      dropout_p=self.dropout_p if self.training else 0.0)
+                      dropout_p=self.dropout_p if self.training else 0.0, return_probs=attentions is not None)
+        if attentions is not None:  # output_attentions: keep this layer's (B, nh, T, T_past + T) too
+            y, probs = y
+            attentions.append(probs)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -135,8 +138,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, attention_mask=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), attention_mask, kv_cache)  # pre-LN: normalise, transform, add
+    def forward(self, x, attention_mask=None, kv_cache=None, attentions=None):
+        # pre-LN: normalise, transform, add
+        x = x + self.attn(self.ln_1(x), attention_mask, kv_cache, attentions)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -153,18 +157,30 @@ class GPT2Model(nn.Module):
         self.h = nn.ModuleList(Block(config, i, backend) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None,
+                output_attentions=False, output_hidden_states=False):
+        """The final hidden states (B, T, C). With output_hidden_states or output_attentions (transformers'
+        flags), (those, hidden_states, attentions): n_layer + 1 × (B, T, C), each block's input and then the
+        output (after ln_f); n_layer × (B, nh, T, T_past + T), on the attention backend "naive" only.
+        What was not asked for is None. visualize.py draws them."""
         B, T = input_ids.shape
         past = kv_cache.seen if kv_cache is not None else 0
         check_shapes(input_ids, attention_mask, past, self.config.n_positions)  # (after the lesson)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
+        hidden_states = [] if output_hidden_states else None  # kept only when asked for: they cost memory
+        attentions = [] if output_attentions else None  # each layer appends its probabilities
         for block in self.h:
-            x = block(x, attention_mask, kv_cache)
+            if output_hidden_states:
+                hidden_states.append(x)
+            x = block(x, attention_mask, kv_cache, attentions)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.ln_f(x)
+        x = self.ln_f(x)
+        if not (output_attentions or output_hidden_states):
+            return x
+        return x, (hidden_states + [x] if output_hidden_states else None), attentions
 
 
 # Copied from gpt2.py
@@ -868,6 +884,10 @@ def parse_args(argv=None):
     p.add_argument("--attn", default="sdpa", choices=BACKENDS, help="the attention backend")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-token decode step (compiling takes a while, once per run)")
+    p.add_argument("--show", metavar="PNG", help="draw the prompt's attention maps (every layer and head) "
+                   "into this file instead of sampling (visualize.py; needs matplotlib)")
+    p.add_argument("--show-lens", metavar="PNG", help="draw the prompt's logit lens (the top next token "
+                   "after each layer) into this file instead of sampling")
     return p.parse_args(argv)
 
 
@@ -903,13 +923,29 @@ def main(argv=None):
         check_sampling(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
+        show = args.show is not None or args.show_lens is not None  # pictures of the prompt, no sampling
+        if show:
+            import visualize
+            if tp:
+                raise ValueError("--show and --show-lens draw on one process: run them without torchrun")
+            visualize.check_outputs(args.show, args.show_lens)  # before any work: file names, matplotlib
         directory = checkpoint_dir(args.model, args.revision)
         config = load_config(directory)  # read once: the prompt is checked against it before loading
         tokenizer = Tokenizer.from_pretrained(directory)
-        prompt = encode_prompt(tokenizer, args.prompt, config.context_length, args.max_new_tokens)
-        model = from_pretrained(directory, device=args.device, dtype=args.dtype, attn=args.attn,
+        max_new_tokens = 0 if show else args.max_new_tokens
+        prompt = encode_prompt(tokenizer, args.prompt, config.context_length, max_new_tokens)
+        attn = "naive" if args.show else args.attn  # --show: the fused kernels never form the probabilities
+        model = from_pretrained(directory, device=args.device, dtype=args.dtype, attn=attn,
                                 quantize=args.quantize, config=config)
         input_ids = torch.tensor([prompt], device=args.device)
+        if show:
+            check_input_values(input_ids, None, config.vocab_size)  # the tokenizer may know more ids
+            # the backbone, then its final LayerNorm and the LM head for the logit lens
+            parts = model.transformer, model.transformer.ln_f, model.lm_head
+            title = f"{args.model}: {args.prompt!r}"
+            written = visualize.show(*parts, tokenizer, input_ids, args.show, args.show_lens, title)
+            print("wrote", *written, file=sys.stderr)
+            return
         generator = torch.Generator(args.device).manual_seed(args.seed)
         for i in range(args.num_samples):
             stream = StreamDecoder(tokenizer)

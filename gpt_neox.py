@@ -137,7 +137,7 @@ class CausalSelfAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.dropout_p = config.attention_dropout  # on the attention probabilities, in training only
 
-    def forward(self, x, rotary, attention_mask=None, kv_cache=None):
+    def forward(self, x, rotary, attention_mask=None, kv_cache=None, attentions=None):
         B, T, C = x.shape
         hd = self.head_dim
         # The fused projection is laid out per head, [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] (Megatron's layout,
@@ -151,7 +151,10 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_past + T, hd)
         # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale,
-                      dropout_p=self.dropout_p if self.training else 0.0)
+                      dropout_p=self.dropout_p if self.training else 0.0, return_probs=attentions is not None)
+        if attentions is not None:  # output_attentions: keep this layer's (B, nh, T, T_past + T) too
+            y, probs = y
+            attentions.append(probs)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
         return self.dense(y)
 
@@ -179,8 +182,9 @@ class Block(nn.Module):
         self.post_attention_dropout = nn.Dropout(config.hidden_dropout)
         self.post_mlp_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x, rotary, attention_mask=None, kv_cache=None):
-        a = self.post_attention_dropout(self.attention(self.input_layernorm(x), rotary, attention_mask, kv_cache))
+    def forward(self, x, rotary, attention_mask=None, kv_cache=None, attentions=None):
+        a = self.attention(self.input_layernorm(x), rotary, attention_mask, kv_cache, attentions)
+        a = self.post_attention_dropout(a)
         if self.use_parallel_residual:
             # Pythia and 20B: attention and MLP both read x, side by side (GPT-J's formulation; the
             # GPT-NeoX-20B paper keeps it because it trains faster at scale).
@@ -200,7 +204,12 @@ class GPTNeoXModel(nn.Module):
         self.layers = nn.ModuleList(Block(config, i, backend) for i in range(config.num_hidden_layers))
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None,
+                output_attentions=False, output_hidden_states=False):
+        """The final hidden states (B, T, C). With output_hidden_states or output_attentions (transformers'
+        flags), (those, hidden_states, attentions): n_layer + 1 × (B, T, C), each block's input and then the
+        output (after final_layer_norm); n_layer × (B, nh, T, T_past + T), on the attention backend "naive"
+        only. What was not asked for is None. visualize.py draws them."""
         B, T = input_ids.shape
         past = kv_cache.seen if kv_cache is not None else 0
         check_shapes(input_ids, attention_mask, past, self.config.max_position_embeddings)  # (after the lesson)
@@ -212,11 +221,18 @@ class GPTNeoXModel(nn.Module):
         # Computed once per forward pass, shared by every layer (no buffer: nothing to fix after loading
         # on the meta device, and the angles stay fp32 whatever the model's dtype).
         rotary = rotary_cos_sin(position_ids, self.config.rotary_ndims, self.config.rotary_emb_base, x.dtype)
+        hidden_states = [] if output_hidden_states else None  # kept only when asked for: they cost memory
+        attentions = [] if output_attentions else None  # each layer appends its probabilities
         for block in self.layers:
-            x = block(x, rotary, attention_mask, kv_cache)
+            if output_hidden_states:
+                hidden_states.append(x)
+            x = block(x, rotary, attention_mask, kv_cache, attentions)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.final_layer_norm(x)
+        x = self.final_layer_norm(x)
+        if not (output_attentions or output_hidden_states):
+            return x
+        return x, (hidden_states + [x] if output_hidden_states else None), attentions
 
 
 # Copied from gpt2.py
@@ -310,7 +326,7 @@ TP_PLAN = {
 # tests/test_shared_sections.py --fix` rewrites them from gpt2.py with the renames on the next line.
 # Renames: GPT2Config -> GPTNeoXConfig, GPT2LMHeadModel -> GPTNeoXForCausalLM,
 #   n_positions -> max_position_embeddings, n_layer -> num_hidden_layers, n_head -> num_attention_heads,
-#   transformer -> gpt_neox, lm_head -> embed_out, wte -> embed_in
+#   transformer -> gpt_neox, lm_head -> embed_out, wte -> embed_in, ln_f -> final_layer_norm
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -932,6 +948,10 @@ def parse_args(argv=None):
     p.add_argument("--attn", default="sdpa", choices=BACKENDS, help="the attention backend")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-token decode step (compiling takes a while, once per run)")
+    p.add_argument("--show", metavar="PNG", help="draw the prompt's attention maps (every layer and head) "
+                   "into this file instead of sampling (visualize.py; needs matplotlib)")
+    p.add_argument("--show-lens", metavar="PNG", help="draw the prompt's logit lens (the top next token "
+                   "after each layer) into this file instead of sampling")
     return p.parse_args(argv)
 
 
@@ -967,13 +987,29 @@ def main(argv=None):
         check_sampling(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
+        show = args.show is not None or args.show_lens is not None  # pictures of the prompt, no sampling
+        if show:
+            import visualize
+            if tp:
+                raise ValueError("--show and --show-lens draw on one process: run them without torchrun")
+            visualize.check_outputs(args.show, args.show_lens)  # before any work: file names, matplotlib
         directory = checkpoint_dir(args.model, args.revision)
         config = load_config(directory)  # read once: the prompt is checked against it before loading
         tokenizer = Tokenizer.from_pretrained(directory)
-        prompt = encode_prompt(tokenizer, args.prompt, config.context_length, args.max_new_tokens)
-        model = from_pretrained(directory, device=args.device, dtype=args.dtype, attn=args.attn,
+        max_new_tokens = 0 if show else args.max_new_tokens
+        prompt = encode_prompt(tokenizer, args.prompt, config.context_length, max_new_tokens)
+        attn = "naive" if args.show else args.attn  # --show: the fused kernels never form the probabilities
+        model = from_pretrained(directory, device=args.device, dtype=args.dtype, attn=attn,
                                 quantize=args.quantize, config=config)
         input_ids = torch.tensor([prompt], device=args.device)
+        if show:
+            check_input_values(input_ids, None, config.vocab_size)  # the tokenizer may know more ids
+            # the backbone, then its final LayerNorm and the LM head for the logit lens
+            parts = model.gpt_neox, model.gpt_neox.final_layer_norm, model.embed_out
+            title = f"{args.model}: {args.prompt!r}"
+            written = visualize.show(*parts, tokenizer, input_ids, args.show, args.show_lens, title)
+            print("wrote", *written, file=sys.stderr)
+            return
         generator = torch.Generator(args.device).manual_seed(args.seed)
         for i in range(args.num_samples):
             stream = StreamDecoder(tokenizer)

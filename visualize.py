@@ -162,15 +162,18 @@ def check_outputs(attention_png, lens_png):
 
 
 def show(backbone, ln_f, lm_head, tokenizer, input_ids, attention_png=None, lens_png=None, title=""):
-    """The CLI's --show / --show-lens: the pictures of one prompt, input_ids (1, T). --show needs the
-    backbone on the naive attention backend (the only one that forms the probabilities)."""
+    """The CLI's --show / --show-lens: the pictures of one prompt, input_ids (1, T); returns the paths
+    written. --show needs the backbone on the naive attention backend (the only one that forms the
+    probabilities)."""
     labels = token_labels(tokenizer, input_ids[0].tolist())
     check_tokens(len(labels))
     with torch.no_grad():
         _, hidden_states, attentions = backbone(input_ids, output_attentions=attention_png is not None,
                                                 output_hidden_states=True)
+        written = []
         if attention_png is not None:
-            draw_attention([a[0] for a in attentions], labels, attention_png, title)
+            written.append(draw_attention([a[0] for a in attentions], labels, attention_png, title))
         if lens_png is not None:
             lens = logit_lens(hidden_states, ln_f, lm_head)[:, 0]  # (n_layer + 1, T, V)
-            draw_lens(lens, input_ids[0].tolist(), tokenizer, lens_png, title)
+            written.append(draw_lens(lens, input_ids[0].tolist(), tokenizer, lens_png, title))
+    return written
