@@ -124,7 +124,7 @@ class CausalSelfAttention(nn.Module):
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=1.0,
                       window=self.window, dropout_p=self.dropout_p if self.training else 0.0,
                       return_probs=attentions is not None)
-        if attentions is not None:  # output_attentions: keep this layer's (B, nh, T, T_past + T) too
+        if attentions is not None:  # output_attentions: keep this layer's probabilities too
             y, probs = y
             attentions.append(probs)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
@@ -176,8 +176,8 @@ class GPTNeoModel(nn.Module):
                 output_attentions=False, output_hidden_states=False):
         """The final hidden states (B, T, C). With output_hidden_states or output_attentions (transformers'
         flags), (those, hidden_states, attentions): n_layer + 1 × (B, T, C), each block's input and then the
-        output (after ln_f); n_layer × (B, nh, T, T_past + T), on the attention backend "naive" only.
-        What was not asked for is None. visualize.py draws them."""
+        output (after ln_f); n_layer × (B, nh, T, keys), keys = T plus any cached ones, on the attention
+        backend "naive" only. What was not asked for is None. visualize.py draws them."""
         B, T = input_ids.shape
         past = kv_cache.seen if kv_cache is not None else 0
         check_shapes(input_ids, attention_mask, past, self.config.max_position_embeddings)  # (after the lesson)

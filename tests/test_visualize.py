@@ -213,3 +213,26 @@ def test_without_matplotlib_one_line_says_what_to_install(tmp_path):
     assert result.stderr == ("error: drawing needs matplotlib, which is not installed: "
                              "pip install matplotlib\n")
     assert not (tmp_path / "a.png").exists()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_cached_step_sees_the_last_row_of_the_full_picture(arch):
+    """Decoding one token with a KV cache: its attention row is the full forward's last row, over the keys
+    the cache kept (a GPT-Neo local layer keeps only its window of past keys)."""
+    file, tests, _ = ARCHS[arch]
+    config = {"gpt2": dict(n_positions=32, n_embd=16, n_layer=2, n_head=2),
+              "gpt_neo": test_gpt_neo.small(window_size=4),
+              "gpt_neox": test_gpt_neox.TINY}[arch] | {"vocab_size": 64, "attn_implementation": "eager"}
+    ours, _ = tests.ours_and_reference(config, attn="naive")
+    backbone, _, _ = parts(ours)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, _, full = backbone(ids, output_attentions=True)
+        cache = ours.make_cache()
+        backbone(ids[:, :-1], kv_cache=cache)
+        _, hidden_states, step = backbone(ids[:, -1:], kv_cache=cache, output_attentions=True)
+    assert hidden_states is None
+    for layer, (row, probs) in enumerate(zip(step, full)):
+        kept = row.size(-1)  # 12, or a local layer's window of past keys and the new one
+        assert kept == (4 + 1 if arch == "gpt_neo" and layer % 2 else 12)
+        assert_close(row, probs[:, :, -1:, -kept:], f"{arch} attention of a cached step")
