@@ -55,16 +55,16 @@ def check_tokens(T):
         raise ValueError("nothing to draw: the prompt has no tokens")
 
 
-def pyplot():
-    """matplotlib.pyplot, drawing to files (no window); a clear error when matplotlib is not installed."""
+def matplotlib():
+    """The matplotlib module, or a clear error when it is not installed. The pictures are drawn on
+    matplotlib.figure.Figure objects, not through pyplot: no window, no backend switched under the user."""
     try:
         import matplotlib
+        import matplotlib.figure
     except ImportError:
         raise RuntimeError("drawing needs matplotlib, which is not installed: pip install matplotlib") \
             from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    return matplotlib
 
 
 def attention_figsize(n_layer, n_head, T):
@@ -89,11 +89,12 @@ def draw_attention(attentions, labels, path, title=""):
     if n_layer * n_head > MAX_PANELS:
         raise ValueError(f"{n_layer} layers x {n_head} heads = {n_layer * n_head} maps; a picture is legible "
                          f"up to {MAX_PANELS}")
-    plt = pyplot()
+    mpl = matplotlib()
     width, height = attention_figsize(n_layer, n_head, T)
     fontsize = 7 if T <= 20 else 5
-    with plt.rc_context({"text.parse_math": False}):  # a '$' in a token is text, not the start of math
-        fig, axes = plt.subplots(n_layer, n_head, figsize=(width, height), squeeze=False)
+    with mpl.rc_context({"text.parse_math": False}):  # a '$' in a token is text, not the start of math
+        fig = mpl.figure.Figure(figsize=(width, height))
+        axes = fig.subplots(n_layer, n_head, squeeze=False)
         fig.subplots_adjust(left=MARGIN[0] / width, right=1 - 0.05 / width, bottom=MARGIN[1] / height,
                             top=1 - TOP / height, wspace=0.08, hspace=0.25)
         for layer, heads in enumerate(attentions):
@@ -108,7 +109,6 @@ def draw_attention(attentions, labels, path, title=""):
                 ax.tick_params(length=0, pad=1)
         fig.suptitle(title or "attention: each row is a query, each column a key it may look at", fontsize=9)
         fig.savefig(path, dpi=DPI)
-        plt.close(fig)
     return path
 
 
@@ -124,11 +124,12 @@ def draw_lens(lens_logits, ids, tokenizer, path, title=""):
         raise ValueError(f"expected logits (n_layer + 1, T, V) with T = {T} ids; got "
                          f"{tuple(lens_logits.shape)}")
     probs, top = lens_logits.float().softmax(-1).max(-1)  # (L + 1, T) each
-    plt = pyplot()
+    mpl = matplotlib()
     n_rows = probs.size(0)
     width, height = lens_figsize(n_rows, T)
-    with plt.rc_context({"text.parse_math": False}):
-        fig, ax = plt.subplots(figsize=(width, height))
+    with mpl.rc_context({"text.parse_math": False}):
+        fig = mpl.figure.Figure(figsize=(width, height))
+        ax = fig.subplots()
         fig.subplots_adjust(left=MARGIN[0] / width, right=1 - 0.05 / width, bottom=MARGIN[1] / height,
                             top=1 - TOP / height)
         ax.imshow(probs.cpu().numpy(), cmap="Blues", vmin=0, vmax=1, origin="lower", aspect="auto")
@@ -145,7 +146,6 @@ def draw_lens(lens_logits, ids, tokenizer, path, title=""):
                       "bold = the prompt's next token)", fontsize=7)
         fig.suptitle(title or "logit lens: the top next token, read out after each layer", fontsize=9)
         fig.savefig(path, dpi=DPI)
-        plt.close(fig)
     return path
 
 
@@ -158,7 +158,7 @@ def check_outputs(attention_png, lens_png):
             raise ValueError(f"{flag} {path}: the picture is a PNG; name it *.png")
         if not Path(path).resolve().parent.is_dir():
             raise FileNotFoundError(f"{flag} {path}: no such directory {Path(path).parent}")
-    pyplot()
+    matplotlib()
 
 
 def show(backbone, ln_f, lm_head, tokenizer, input_ids, attention_png=None, lens_png=None, title=""):
