@@ -55,10 +55,11 @@ def distinct(configs):
     return list(seen.values())
 
 # Total parameters as the model cards publish them (Pythia's as "non-embedding params", to which embed_in and
-# embed_out add 2 * vocab_size * hidden_size), and GPT-2 XL's as transformers counts it (README.md).
+# embed_out add 2 * vocab_size * hidden_size); GPT-2 XL's and TinyStories-33M's as printouts of the loaded
+# models give them (tests/data/hub_configs/README.md).
 MODEL_CARD_NON_EMBEDDING = {"70m": 18_915_328, "160m": 85_056_000, "410m": 302_311_424, "1b": 805_736_448,
                             "1.4b": 1_208_602_624, "2.8b": 2_517_652_480}
-MODEL_CARD_TOTAL = {"openai-community/gpt2-xl": 1_557_611_200}
+MODEL_CARD_TOTAL = {"openai-community/gpt2-xl": 1_557_611_200, "roneneldan/TinyStories-33M": 68_514_048}
 
 
 def transformers_model(d, device="meta"):
