@@ -1,5 +1,5 @@
-"""The config.json of every model the README names, as published (tests/data/hub_configs; its README says where
-each copy came from and how sure we are of it), goes through our config loader and our model files:
+"""The config.json of every model the README names, as published (tests/data/hub_configs; its README says
+where each copy came from and how sure we are of it), goes through our config reader and our model files:
 
 - on the meta device (shapes, no memory), at its full size: the model has the parameter count transformers'
   model of the same JSON has, and the count the model cards publish where we have it;
@@ -11,10 +11,11 @@ layers and full width is 6 GB of fp32 per copy): the layers to 2 (GPT-Neo's glob
 first two entries), the vocabulary to 512 rows, and the heads to at most 2, each of the published head size
 (hidden_size and the MLP width shrink by the same factor). What every head computes stays as published: head
 size, rotary dims (rotary_pct of the head: 16 of Pythia-70m's 64, 20 of Pythia-2.8b's 80, 24 of the 20B's
-96), activation, attention scaling, local window (the sequence is longer than the 256-token window), layer-norm
-eps, parallel residual, biases, tied or untied output matrix. The cut dimensions are repeats of the same
-computation; their published sizes are checked by the parameter counts above. initializer_range is raised to
-0.1 (a training-only field) so that the activations leave GELU's near-linear middle.
+96), activation, attention scaling, local window (the sequence is longer than the 256-token window),
+layer-norm eps, parallel residual, biases, tied or untied output matrix. The cut dimensions are repeats of
+the same computation; their published sizes are checked by the parameter counts above. initializer_range is
+raised to 0.1 (a training-only field) so that the activations leave GELU's near-linear middle: reading
+"gelu" where the 20B's file says "gelu_fast" moves its logits by 1.4e-3, 14x the tolerance.
 
     python -m pytest -q tests/test_hub_configs.py
 """
@@ -30,16 +31,18 @@ from transformers.activations import ACT2FN
 import gpt2
 import gpt_neo
 import gpt_neox
-from reference import TOL, assert_close, save_checkpoint
+from reference import assert_close, save_checkpoint
 
 DATA = Path(__file__).parent / "data" / "hub_configs"
 FILES = {"gpt2": gpt2, "gpt_neo": gpt_neo, "gpt_neox": gpt_neox}  # model_type -> our file
-CONFIG_CLASSES = {"gpt2": gpt2.GPT2Config, "gpt_neo": gpt_neo.GPTNeoConfig, "gpt_neox": gpt_neox.GPTNeoXConfig}
+CONFIG_CLASSES = {"gpt2": gpt2.GPT2Config, "gpt_neo": gpt_neo.GPTNeoConfig,
+                  "gpt_neox": gpt_neox.GPTNeoXConfig}
 
 
 def published_configs():
     """Hub id -> config.json as a dict: the copies found (<org>--<name>.json), then the reconstructed ones."""
-    configs = {path.stem.replace("--", "/"): json.loads(path.read_text()) for path in sorted(DATA.glob("*--*.json"))}
+    configs = {path.stem.replace("--", "/"): json.loads(path.read_text())
+               for path in sorted(DATA.glob("*--*.json"))}
     configs.update(json.loads((DATA / "reconstructed.json").read_text()))
     return configs
 
@@ -53,6 +56,7 @@ def distinct(configs):
     for name, d in configs.items():
         seen.setdefault(json.dumps(d, sort_keys=True), name)
     return list(seen.values())
+
 
 # Total parameters as the model cards publish them (Pythia's as "non-embedding params", to which embed_in and
 # embed_out add 2 * vocab_size * hidden_size); GPT-2 XL's and TinyStories-33M's as printouts of the loaded
@@ -138,11 +142,13 @@ def test_unknown_fields_are_ignored_and_unimplemented_ones_refused_by_name(name)
     d = CONFIGS[name]
     config_class = CONFIG_CLASSES[d["model_type"]]
     assert config_class.from_dict(dict(d, some_future_field={"x": 1})) == config_class.from_dict(d)
-    refused = {"gpt2": ("add_cross_attention", True), "gpt_neox": ("rope_scaling", {"type": "linear", "factor": 2.0})}
-    if d["model_type"] in refused:  # fields that change the computation and that our file does not implement
-        key, value = refused[d["model_type"]]
-        with pytest.raises(ValueError, match=key if key != "rope_scaling" else "rope_type"):
-            config_class.from_dict(dict(d, **{key: value}))
+    # Fields that change the computation and that our files do not implement: refused, the field named.
+    refused = {"gpt2": ({"add_cross_attention": True}, "add_cross_attention"),
+               "gpt_neox": ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_type='linear'")}
+    if d["model_type"] in refused:
+        change, message = refused[d["model_type"]]
+        with pytest.raises(ValueError, match=message):
+            config_class.from_dict(dict(d, **change))
 
 
 # ----------------------------------------------------------------------------- activations
@@ -150,8 +156,8 @@ def test_unknown_fields_are_ignored_and_unimplemented_ones_refused_by_name(name)
 ACTIVATION_INPUTS = torch.cat([
     torch.linspace(-12, 12, 4001),  # the curved middle, finely
     torch.randn(4000, generator=torch.Generator().manual_seed(0)) * 3,
-    torch.tensor([-1e4, -3e3, -100.0, -30.0, -8.0, -5.5, -1e-3, -1e-30, 0.0, 1e-30, 1e-3, 5.5, 8.0, 30.0, 100.0,
-                  3e3, 1e4]),  # large |x|: x³ is 1e12, tanh and erf saturate
+    torch.tensor([-1e4, -3e3, -100.0, -30.0, -8.0, -5.5, -1e-3, -1e-30, 0.0, 1e-30, 1e-3, 5.5, 8.0, 30.0,
+                  100.0, 3e3, 1e4]),  # large |x|: x³ is 1e12, tanh and erf saturate
 ])
 
 
@@ -172,7 +178,6 @@ def test_activation_table_covers_what_transformers_accepts():
     left_out = {"prelu", "xielu",  # learned parameters
                 "laplace",  # MEGA's attention-score function
                 "sqrtsoftplus"}  # DeepSeek's router score
-    assert set(gpt2.ACTIVATIONS) == set(ACT2FN) - left_out
     new = set(ACT2FN) - set(gpt2.ACTIVATIONS) - left_out
     assert not new, f"transformers accepts {sorted(new)} now: add each to ACTIVATIONS (or say here why not)"
     assert set(gpt2.ACTIVATIONS) <= set(ACT2FN)
