@@ -310,12 +310,35 @@ def read_config(d):
 
 # Copied from gpt2.py
 ACTIVATIONS = {
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's: the tanh approximation of GELU
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
+    # config.json's activation name -> the function, written out: every parameter-free one of transformers'
+    # ACT2FN, which these three families accept by name (tests/test_hub_configs.py checks each against it).
+    # GELU is x·Φ(x), Φ the standard normal CDF; the first eight names are GELU, exact or approximated.
+    # Exact, in fp32 as torch's kernel computes it (in bf16 the rounded erfc argument is ~4% off at x = -3.5):
+    "gelu": F.gelu,  # Pythia's and GPT-NeoX's: 0.5·x·erfc(-x / √2), torch's kernel (fp32 inside)
+    "gelu_python": lambda x: 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0))),  # exact, in x's own dtype
+    # Φ(x) ≈ (1 + tanh(√(2/π)·(x + 0.044715·x³))) / 2, the approximation GPT-2 and GPT-Neo were trained on:
+    # (as 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x.pow(3.0)))): torch's one kernel
+    # computes the same in one pass over the MLP's activations instead of eight)
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_accurate": lambda x: ACTIVATIONS["gelu_new"](x),  # other names for it
+    "gelu_python_tanh": lambda x: ACTIVATIONS["gelu_new"](x),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),  # the same, by torch's name for it
+    # The same approximation as Megatron factors it, √(2/π)·x·(1 + 0.044715·x²) with √(2/π) to 10 digits:
+    # GPT-NeoX-20B's (it rounds apart from gelu_new by an ulp here and there).
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: torch.clip(ACTIVATIONS["gelu"](x), -10, 10),  # exact, clipped to [-10, 10]
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # Φ(x) ≈ σ(1.702·x): cruder
+    "silu": lambda x: x * torch.sigmoid(x),  # x·σ(x): GELU's shape with the logistic σ in place of Φ
+    "swish": lambda x: x * torch.sigmoid(x),  # SiLU's other name
+    "mish": lambda x: x * torch.tanh(F.softplus(x)),  # x·tanh(ln(1 + eˣ)): close to SiLU
+    "relu": lambda x: torch.clamp(x, min=0),  # max(x, 0)
+    "relu2": lambda x: torch.square(torch.clamp(x, min=0)),  # max(x, 0)²
+    "relu6": lambda x: torch.clamp(x, 0, 6),  # max(x, 0), capped at 6
+    "leaky_relu": lambda x: torch.where(x >= 0, x, 0.01 * x),  # x, or x / 100 below 0
+    "hardswish": lambda x: x * torch.clamp(x + 3, 0, 6) / 6,  # SiLU's shape from straight pieces
+    "sigmoid": lambda x: torch.sigmoid(x),  # σ(x) = 1 / (1 + e⁻ˣ)
+    "tanh": lambda x: torch.tanh(x),
+    "linear": lambda x: x,  # none
 }
 
 
