@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bpe
@@ -78,32 +79,32 @@ def parse_args(argv=None):
     what.add_argument("--resume", action="store_true",
                       help="continue the run saved in --out, with its settings (model, tokenizer, flags)")
     new = p.add_argument_group("a new model (--arch)")
-    new.add_argument("--n-layer", type=int, default=4)
-    new.add_argument("--n-head", type=int, default=4)
-    new.add_argument("--n-embd", type=int, default=128)
+    new.add_argument("--n-layer", type=int, default=4, help="transformer blocks")
+    new.add_argument("--n-head", type=int, default=4, help="attention heads")
+    new.add_argument("--n-embd", type=int, default=128, help="the width of the residual stream")
     new.add_argument("--block-size", type=int, default=128,
                      help="the context length, in tokens (--init: at most the model's)")
     new.add_argument("--dropout", type=float, default=0.0, help="every dropout rate of the new model")
     new.add_argument("--vocab-size", type=int, help="train a bpe.py tokenizer of this size on --data")
     new.add_argument("--tokenizer", help="or use this tokenizer (a directory or Hub id)")
     loop = p.add_argument_group("training")
-    loop.add_argument("--max-steps", type=int, default=1000)
+    loop.add_argument("--max-steps", type=int, default=1000, help="the run's length: the schedule ends there")
     loop.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step; --resume goes on")
     loop.add_argument("--batch-size", type=int, default=16, help="windows per micro-batch, per process")
     loop.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    loop.add_argument("--lr", type=float, default=1e-3)
-    loop.add_argument("--min-lr", type=float, default=1e-4)
+    loop.add_argument("--lr", type=float, default=1e-3, help="the peak learning rate")
+    loop.add_argument("--min-lr", type=float, default=1e-4, help="the learning rate at --max-steps")
     loop.add_argument("--warmup", type=int, default=100, help="steps of linear warmup")
-    loop.add_argument("--weight-decay", type=float, default=0.1)
+    loop.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's, on the matrices only")
     loop.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0: none")
-    loop.add_argument("--val-fraction", type=float, default=0.1)
-    loop.add_argument("--eval-every", type=int, default=100)
-    loop.add_argument("--eval-batches", type=int, default=20)
-    loop.add_argument("--log-every", type=int, default=10)
+    loop.add_argument("--val-fraction", type=float, default=0.1, help="the end of --data, held out")
+    loop.add_argument("--eval-every", type=int, default=100, help="steps between evals and checkpoints")
+    loop.add_argument("--eval-batches", type=int, default=20, help="batches per held-out loss")
+    loop.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     loop.add_argument("--prompt", default="", help="the start of the sample printed at each eval")
-    loop.add_argument("--sample-tokens", type=int, default=64)
-    loop.add_argument("--seed", type=int, default=1337)
-    loop.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    loop.add_argument("--sample-tokens", type=int, default=64, help="the length of the sample at each eval")
+    loop.add_argument("--seed", type=int, default=1337, help="the weights, batches and dropout follow from it")
+    loop.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, ...")
     loop.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                       help="autocast dtype; auto: bfloat16 where the device supports it (CUDA), else float32")
     args = p.parse_args(argv)  # --help (with the defaults) and argparse's own errors happen here
@@ -245,9 +246,9 @@ def tokenizer_files(source):
     raise FileNotFoundError(f"no tokenizer files in {source}")
 
 
-def check_sizes(args, given, config, tokenizer, device):
-    """The context and the vocabulary against the model, and a new model's size against the memory, before
-    any weight exists. Returns the block size: --block-size, or the model's context if that is shorter."""
+def check_sizes(args, given, config, tokenizer):
+    """The context and the vocabulary against the model, before any weight exists. Returns the block size:
+    --block-size, or the model's context if that is shorter."""
     context = context_length(config)
     if "block_size" in given and args.block_size > context:
         raise ValueError(f"--block-size {args.block_size} is beyond the model's context of {context} tokens")
@@ -259,16 +260,21 @@ def check_sizes(args, given, config, tokenizer, device):
         if tokenizer.vocab_size > 2 * n_ids:
             raise ValueError(f"--tokenizer {args.tokenizer}: its highest id is {tokenizer.vocab_size - 1} for "
                              f"{n_ids} tokens; a new model would need an embedding row for every id up to it")
-        # AdamW keeps 4 fp32 numbers a parameter (weight, gradient, two moments); the untied NeoX head twice
-        params = 2 * config.vocab_size * args.n_embd + args.block_size * args.n_embd + 12 * args.n_layer * args.n_embd**2
-        memory = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda"
-                  else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-        if 16 * params > memory:
-            raise ValueError(f"a model of --n-layer {args.n_layer} --n-embd {args.n_embd} --block-size "
-                             f"{args.block_size} and {config.vocab_size} tokens has ~{params / 1e9:.1f}B parameters: "
-                             f"training it needs ~{16 * params / 2**30:.0f} GiB, more than {device}'s "
-                             f"{memory / 2**30:.0f} GiB")
     return min(args.block_size, context)
+
+
+def check_memory(args, config, device):
+    """A new model's training state must fit in the device's memory: refuse a size that cannot, before
+    allocating. AdamW keeps 4 fp32 numbers a parameter (weight, gradient, two moments); ~12 n_embd^2 a
+    layer, and the embeddings (twice: NeoX's head is untied)."""
+    params = (2 * config.vocab_size + args.block_size) * args.n_embd + 12 * args.n_layer * args.n_embd**2
+    memory = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda"
+              else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if 16 * params > memory:
+        raise ValueError(f"a model of --n-layer {args.n_layer} --n-embd {args.n_embd} --block-size "
+                         f"{args.block_size} and {config.vocab_size} tokens has ~{params / 1e9:.1f}B parameters: "
+                         f"training it needs ~{16 * params / 2**30:.0f} GiB, more than {device}'s "
+                         f"{memory / 2**30:.0f} GiB")
 
 
 def split(ids, val_fraction, block_size):
@@ -366,13 +372,25 @@ def save(out, module, model, tokenizer_files, optimizer, step, rows, settings, p
         torch.save({"step": step, "optimizer": optimizer.state_dict(), **settings, "files": files},
                    directory / STATE)
 
+    out.mkdir(parents=True, exist_ok=True)
     try:
+        # (torch.save and safetensors meet a full disk with "unexpected pos ..." or worse: check first)
+        if checkpoint_bytes(model, optimizer, tokenizer_files) > shutil.disk_usage(out).free:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         with interrupt_after():  # Ctrl-C during a save: the save finishes first
             write_files(out, write)
-    except OSError as e:
+    except (OSError, RuntimeError, SafetensorError) as e:  # a disk error, and what torch makes of one
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().split("\n")[0]
         before = f"the checkpoint of step {previous} there is as it was" if previous else "no checkpoint is there"
-        raise OSError(f"could not write the checkpoint of step {step} into {out} "
-                      f"({e.strerror or type(e).__name__}); {before}") from None
+        raise OSError(f"could not write the checkpoint of step {step} into {out} ({reason}); {before}") from None
+
+
+def checkpoint_bytes(model, optimizer, tokenizer_files):
+    """At least what a checkpoint takes on disk: the weights, the optimizer's tensors, the tokenizer."""
+    tensors = [*model.state_dict().values(), *(t for s in optimizer.state.values() for t in s.values()
+                                               if isinstance(t, torch.Tensor))]
+    unique = {t.data_ptr(): t.numel() * t.element_size() for t in tensors}  # a tied matrix once
+    return sum(unique.values()) + sum(map(len, tokenizer_files.values()))
 
 
 @contextmanager
@@ -530,9 +548,11 @@ def train(args, given, state=None):
     else:
         kind = model_type(checkpoint)
         module, config = ARCHS[kind], CONFIGS[kind].from_json(checkpoint / "config.json")
-    block_size = check_sizes(args, given, config, tokenizer, device)
+    block_size = check_sizes(args, given, config, tokenizer)
     ids = torch.tensor(tokenizer.encode_ordinary(text), dtype=torch.long)
     train_data, val_data = split(ids, args.val_fraction, block_size)
+    if checkpoint is None:
+        check_memory(args, config, device)
 
     start, rows = (state["step"], read_rows(out / "loss.csv", state["step"])) if state else (0, [])
     stop = min(args.max_steps, args.stop_after or args.max_steps)
@@ -600,10 +620,10 @@ def train(args, given, state=None):
                 dist.all_reduce(loss, op=dist.ReduceOp.AVG)
             seconds = time.perf_counter() - t0
             rate = (done - last_log) * tokens_per_step / seconds
-            minutes, secs = divmod(round((stop - done) * seconds / (done - last_log)), 60)
+            left = (stop - done) * seconds / (done - last_log)
             if master:
                 print(f"step {done}/{args.max_steps} | loss {loss.item():.4f} | lr {lr:.2e} | "
-                      f"{rate:,.0f} tok/s | {minutes}:{secs:02d} left", file=sys.stderr)
+                      f"{rate:,.0f} tok/s | {clock(left)} left", file=sys.stderr)
             rows.append(dict(step=done, train_loss=round(loss.item(), 6), val_loss="", lr=lr,
                              tokens=done * tokens_per_step, seconds=round(seconds, 3)))
             t0, last_log = time.perf_counter(), done
@@ -619,6 +639,12 @@ def train(args, given, state=None):
     if world > 1:
         dist.barrier()  # every process leaves once rank 0's last checkpoint is written
     return rows
+
+
+def clock(seconds):
+    """119.7 -> "2:00" (rounded first: never "1:60")."""
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}:{seconds:02d}"
 
 
 def main(argv=None):
