@@ -140,14 +140,16 @@ def check_args(args, given):
         if not (math.isfinite(getattr(args, name)) and ok(getattr(args, name))):
             raise ValueError(f"{flag(name)} must be a finite number {bounds}, got {getattr(args, name)}")
     if not Path(args.data).is_file():
-        raise FileNotFoundError(f"--data {args.data}: no such file")
+        hint = "" if "data" in given else " (the run's --data: pass --data, the same text, where it is now)"
+        raise FileNotFoundError(f"--data {args.data}: no such file{hint}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
-    if not args.resume and (out / STATE).exists():
+    if not args.resume and ((out / STATE).exists() or (out / COMMITTED).exists()):
         raise ValueError(f"--out {out} holds a run already: pass --resume to continue it, or another --out")
-    if not args.resume and out.is_dir() and any(out.iterdir()):
-        example = sorted(f.name for f in out.iterdir())[0]
+    entries = sorted(f.name for f in out.iterdir() if not f.name.startswith(".tmp-")) if out.is_dir() else []
+    if not args.resume and entries:  # (.tmp-*: a first save that was killed, never whole)
+        example = entries[0]
         raise ValueError(f"--out {out} is not empty (it holds {example}, ...): a new run writes into an empty "
                          "or new directory only, so that nothing of yours is overwritten or mixed with it")
 
@@ -275,6 +277,19 @@ def check_memory(args, config, device):
                          f"{args.block_size} and {config.vocab_size} tokens has ~{params / 1e9:.1f}B parameters: "
                          f"training it needs ~{16 * params / 2**30:.0f} GiB, more than {device}'s "
                          f"{memory / 2**30:.0f} GiB")
+
+
+def load_model(module, checkpoint, config, device, world):
+    """The checkpoint's model. Under torchrun, not from_pretrained, which loads this process's share of a
+    tensor-parallel model (tp.py): DDP keeps the whole model in every process."""
+    if world == 1:
+        return module.from_pretrained(checkpoint, device=device)
+    state_dict = module.convert_hub_state_dict(module.read_state_dict(checkpoint), config)
+    model = module.from_config(config, device=device)
+    module.check_state_dict(model, state_dict)
+    module.check_finite(state_dict, torch.float32)
+    model.load_state_dict(state_dict, strict=False)  # (strict=False: a tied lm_head is wte, not in the file)
+    return model
 
 
 def split(ids, val_fraction, block_size):
@@ -409,9 +424,6 @@ def interrupt_after():
 def read_state(out):
     """--resume: train_state.pt, checked, with every file it lists present and unchanged (its sha256). A
     checkpoint is one unit: a file from another step, a truncated or foreign one is refused by name."""
-    finish_write(out)  # a save killed after its commit: its files are whole, finish moving them in
-    for leftover in out.glob(".tmp-*"):  # saves killed before their commit: the previous checkpoint stands
-        shutil.rmtree(leftover, ignore_errors=True)
     path = out / STATE
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no {STATE} in {out}")
@@ -440,6 +452,14 @@ def read_state(out):
             raise ValueError(f"{out / name} is not part of the run's checkpoint, but a reader could take it for "
                              "its tokenizer: move it away")
     return state
+
+
+def recover(out):
+    """A save that was killed: finished if it had committed (its files are whole), else removed (the
+    previous checkpoint stands)."""
+    finish_write(out)
+    for leftover in out.glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def check_saved_args(saved, defaults, path):
@@ -530,10 +550,7 @@ def finish_write(directory):
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(args, given, state=None):
-    # Under torchrun: one process per device, joined through gloo (CPU) or NCCL (GPU) by tp.py's init;
-    # without it, rank 0 of 1.
-    device = torch.device(tp.init(args.device))
+def train(args, given, device, state=None):
     rank, world = tp.rank(), tp.world_size()
     master = rank == 0
     out = Path(args.out)
@@ -566,7 +583,7 @@ def train(args, given, state=None):
         torch.manual_seed(args.seed)  # the same initial weights in every process
         model = module.from_config(config, device=device)
     else:
-        model = module.from_pretrained(checkpoint, device=device)
+        model = load_model(module, checkpoint, config, device, world)
     model.train()
     optimizer = make_optimizer(model, args, device)
     if state:
@@ -650,14 +667,20 @@ def clock(seconds):
 def main(argv=None):
     args, given = parse_args(argv)
     try:
-        state = None
+        # Under torchrun: one process per device, joined through gloo (CPU) or NCCL (GPU) by tp.py's init;
+        # without it, rank 0 of 1.
+        device, state = torch.device(tp.init(args.device)), None
         if args.resume:
+            if tp.rank() == 0:  # (the process that saves)
+                recover(Path(args.out))
+            if tp.world_size() > 1:
+                dist.barrier()
             state = read_state(Path(args.out))
             defaults = vars(parse_args(["--out", args.out])[0])
             check_saved_args(state["args"], defaults, Path(args.out) / STATE)
             args = resumed_args(args, given, state)
         check_args(args, given)
-        train(args, given, state)
+        train(args, given, device, state)
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (a save in progress finished first)
         print(f"interrupted; --resume continues from the last checkpoint in {args.out}", file=sys.stderr)
         sys.exit(130)

@@ -299,8 +299,8 @@ def test_a_kill_leaves_a_whole_checkpoint(moment, whole_step, data, straight, tm
         state = torch.load(out / "train_state.pt", weights_only=True)
         assert state["step"] == 10
         assert all(train.sha256(out / name) == digest for name, digest in state["files"].items())
-    assert train.read_state(out)["step"] == whole_step  # (finishing the rename, removing the rest)
-    assert not any(f.name.startswith(".tmp-") for f in out.iterdir())
+    train.recover(out)  # (what --resume does first: finish the rename, or remove the uncommitted files)
+    assert train.read_state(out)["step"] == whole_step and not any(out.glob(".tmp-*"))
     run("--out", out, "--resume")
     assert_same_run(straight, out)
 
@@ -382,6 +382,19 @@ def test_out_is_never_overwritten(data, tmp_path):
         assert [f.name for f in out.iterdir()] == [name] and (out / name).read_text() == "mine"
 
 
+def test_out_with_a_killed_first_save(data, tmp_path):
+    """A first save killed before its commit left only a .tmp-* directory: a new run may start there. One
+    killed after its commit left a whole checkpoint: that is a run (--resume finishes it)."""
+    (tmp_path / ".tmp-x1y2").mkdir()
+    (tmp_path / ".tmp-x1y2/model.safetensors").write_bytes(b"half")
+    run("--data", data, *RUN, "--out", tmp_path, "--max-steps", 1)
+    out = tmp_path / "committed"
+    (out / train.COMMITTED).mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        run("--data", data, *RUN, "--out", out)
+    assert "holds a run already: pass --resume" in str(e.value.code)
+
+
 def test_fine_tuning_pythia_keeps_its_tokenizer_json(data, tmp_path):
     """--init a GPT-NeoX checkpoint with NeoX's tokenizer.json (which vocab.json + merges.txt cannot hold):
     the checkpoints carry that tokenizer.json byte for byte, and --resume reads it."""
@@ -421,6 +434,14 @@ def test_ddp_two_processes_equal_one_on_the_combined_batch(data, tmp_path):
     # amount that the last bits of the all-reduce can change by ~1e-5.)
     assert max((ddp[k] - one[k]).abs().max().item() for k in one) < 2e-4
     assert max((half[k] - one[k]).abs().max().item() for k in one) > 1e-3
+    # --resume under torchrun: rank 0 checks (and would finish) the checkpoint, the others wait for it
+    cmd = [*cmd[:cmd.index("--data")], "--out", str(tmp_path / "ddp"), "--resume", "--max-steps", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["step"] for r in curve(tmp_path / "ddp")] == ["0", "1", "2"]
+    run("--out", tmp_path / "one", "--resume", "--max-steps", 2)  # (every process holds the whole model)
+    ddp, one = (load_file(tmp_path / d / "model.safetensors") for d in ("ddp", "one"))
+    assert max((ddp[k] - one[k]).abs().max().item() for k in one) < 2e-4
 
 
 @pytest.mark.parametrize("argv, message", [
