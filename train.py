@@ -55,9 +55,6 @@ import tp
 
 ARCHS = {"gpt2": gpt2, "gpt_neo": gpt_neo, "gpt_neox": gpt_neox}  # config.json's model_type -> model file
 CONFIGS = {"gpt2": gpt2.GPT2Config, "gpt_neo": gpt_neo.GPTNeoConfig, "gpt_neox": gpt_neox.GPTNeoXConfig}
-DROPOUT = {"gpt2": ["embd_pdrop", "attn_pdrop", "resid_pdrop"],  # each file's names for its dropout rates
-           "gpt_neo": ["embed_dropout", "attention_dropout", "resid_dropout"],
-           "gpt_neox": ["attention_dropout", "hidden_dropout"]}
 STATE = "train_state.pt"
 TOKENIZER_FILES = [name for names, _ in bpe.FORMATS for name in names]  # tokenizer.json, vocab.json, ...
 # The flags that belong to this invocation, not to the run (never saved), and those a resumed run may
@@ -145,7 +142,7 @@ def check_args(args, given):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
-    if not args.resume and ((out / STATE).exists() or (out / COMMITTED).exists()):
+    if not args.resume and ((out / STATE).exists() or (out / gpt2.COMMITTED).exists()):
         raise ValueError(f"--out {out} holds a run already: pass --resume to continue it, or another --out")
     entries = sorted(f.name for f in out.iterdir() if not f.name.startswith(".tmp-")) if out.is_dir() else []
     if not args.resume and entries:  # (.tmp-*: a first save that was killed, never whole)
@@ -200,16 +197,12 @@ def new_config(args, tokenizer):
     d = dict(vocab_size=tokenizer.vocab_size, hidden_size=args.n_embd, num_hidden_layers=args.n_layer,
              num_attention_heads=args.n_head, max_position_embeddings=args.block_size,
              bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    d.update(dict.fromkeys(DROPOUT[args.arch], args.dropout))
+    d.update(dict.fromkeys(CONFIGS[args.arch].DROPOUT, args.dropout))  # each file's names for its rates
     if args.arch == "gpt_neo":  # global and local layers in turn, as in GPT-Neo-125M
         d["attention_types"] = [[["global", "local"], args.n_layer // 2]] + [[["global"], 1]] * (args.n_layer % 2)
     if args.arch == "gpt_neox":
         d["intermediate_size"] = 4 * args.n_embd
     return CONFIGS[args.arch].from_dict(d)
-
-
-def context_length(config):
-    return getattr(config, "n_positions", None) or config.max_position_embeddings
 
 
 def load_tokenizer(args, text, checkpoint):
@@ -251,7 +244,7 @@ def tokenizer_files(source):
 def check_sizes(args, given, config, tokenizer):
     """The context and the vocabulary against the model, before any weight exists. Returns the block size:
     --block-size, or the model's context if that is shorter."""
-    context = context_length(config)
+    context = config.context_length
     if "block_size" in given and args.block_size > context:
         raise ValueError(f"--block-size {args.block_size} is beyond the model's context of {context} tokens")
     if tokenizer.vocab_size > config.vocab_size:
@@ -353,7 +346,7 @@ def eval_loss(model, data, args, block_size, autocast, rank, world, device):
 
 def sample(module, model, tokenizer, args, device):
     prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_token_id or 0]
-    n = min(args.sample_tokens, context_length(model.config) - len(prompt))
+    n = min(args.sample_tokens, model.config.context_length - len(prompt))
     if n < 1:
         return args.prompt
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -375,8 +368,8 @@ def sha256(path):
 def save(out, module, model, tokenizer_files, optimizer, step, rows, settings, previous):
     """A checkpoint, as one unit: the model in the Hub's layout, the tokenizer's files, the loss curve, and
     train_state.pt (the step, the optimizer state, the run's settings and the sha256 of every other file,
-    which --resume checks). write_files writes them into a temporary directory inside --out and moves them
-    into place only once all are written: a kill or a full disk leaves the previous checkpoint whole."""
+    which --resume checks). gpt2.write_files writes them into a temporary directory inside --out and moves
+    them into place only once all are written: a kill or a full disk leaves the previous checkpoint whole."""
     def write(directory):
         module.save_pretrained(model, directory)
         for name, data in tokenizer_files.items():
@@ -393,7 +386,7 @@ def save(out, module, model, tokenizer_files, optimizer, step, rows, settings, p
         if checkpoint_bytes(model, optimizer, tokenizer_files) > shutil.disk_usage(out).free:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         with interrupt_after():  # Ctrl-C during a save: the save finishes first
-            write_files(out, write)
+            gpt2.write_files(out, write)  # (the model files' atomic writer: save_pretrained's)
     except (OSError, RuntimeError, SafetensorError) as e:  # a disk error, and what torch makes of one
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().split("\n")[0]
         before = f"the checkpoint of step {previous} there is as it was" if previous else "no checkpoint is there"
@@ -457,7 +450,7 @@ def read_state(out):
 def recover(out):
     """A save that was killed: finished if it had committed (its files are whole), else removed (the
     previous checkpoint stands)."""
-    finish_write(out)
+    gpt2.finish_write(out)
     for leftover in out.glob(".tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
 
@@ -512,41 +505,6 @@ def plot(rows, path):
     plt.close(fig)
 
 
-# (moves to the model files' shared section with issue 20: save_pretrained writes this way too)
-COMMITTED = ".tmp-committed"  # a whole set of files, not yet all moved into place
-
-
-def write_files(directory, write):
-    """Write a set of files into `directory` so that a kill or a full disk at any moment leaves every file
-    whole, old or new: `write(tmp)` writes them into a fresh temporary directory inside `directory`; once
-    all are written (and synced), it is renamed to COMMITTED, and each file renamed over its namesake
-    (os.replace: atomic, and a memory map of the old file keeps the old contents). A kill before the
-    rename leaves the old files as they were; after it, finish_write completes the move."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    finish_write(directory)  # an earlier write killed while moving: complete it first
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as opened:
-                os.fsync(opened.fileno())  # on disk before the rename makes it the file
-        tmp.rename(directory / COMMITTED)
-        return finish_write(directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def finish_write(directory):
-    """Move the files of a committed write_files into `directory`; returns their names."""
-    committed = Path(directory) / COMMITTED
-    names = sorted(f.name for f in committed.iterdir()) if committed.is_dir() else []
-    for name in names:
-        os.replace(committed / name, Path(directory) / name)
-    if names:
-        committed.rmdir()
-    return names
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -563,8 +521,8 @@ def train(args, given, device, state=None):
     if checkpoint is None:
         module, config = ARCHS[args.arch], new_config(args, tokenizer)
     else:
-        kind = model_type(checkpoint)
-        module, config = ARCHS[kind], CONFIGS[kind].from_json(checkpoint / "config.json")
+        module = ARCHS[model_type(checkpoint)]
+        config = module.load_config(checkpoint)
     block_size = check_sizes(args, given, config, tokenizer)
     ids = torch.tensor(tokenizer.encode_ordinary(text), dtype=torch.long)
     train_data, val_data = split(ids, args.val_fraction, block_size)
