@@ -148,8 +148,18 @@ def test_resume_refuses_a_changed_setting(data, tmp_path, capsys):
     assert "is not the text this run trained on" in str(e.value.code)
 
 
-def saved_run(data, out):
+@pytest.fixture(scope="module")
+def stopped(data, tmp_path_factory):
+    """The run stopped after step 10 (one checkpoint); each test damages a copy of it."""
+    out, threads = tmp_path_factory.mktemp("stopped"), torch.get_num_threads()
+    torch.set_num_threads(1)
     run("--data", data, *RUN, "--out", out, "--stop-after", 10)
+    torch.set_num_threads(threads)
+    return out
+
+
+def saved_run(stopped, out):
+    shutil.copytree(stopped, out)
     return out
 
 
@@ -173,8 +183,8 @@ def refusal(out, *argv):
     ("stale", "tokenizer.json"),        # a tokenizer file that is not the run's: a reader would take it
     ("negative", "train_state.pt"),
 ])
-def test_resume_refuses_anything_but_one_whole_checkpoint(damage, file, data, straight, tmp_path):
-    out = saved_run(data, tmp_path / "out")
+def test_resume_refuses_anything_but_one_whole_checkpoint(damage, file, stopped, straight, tmp_path):
+    out = saved_run(stopped, tmp_path / "out")
     path = out / file
     if damage == "mixed":
         shutil.copy(straight / file, path)
@@ -201,8 +211,8 @@ def test_resume_refuses_anything_but_one_whole_checkpoint(damage, file, data, st
         assert "step -1 is negative" in message
 
 
-def test_a_saved_setting_of_the_wrong_type_is_refused(data, tmp_path):
-    out = saved_run(data, tmp_path / "out")
+def test_a_saved_setting_of_the_wrong_type_is_refused(stopped, tmp_path):
+    out = saved_run(stopped, tmp_path / "out")
     state = torch.load(out / "train_state.pt", weights_only=True)
     state["args"]["lr"] = "fast"
     torch.save(state, out / "train_state.pt")
@@ -212,7 +222,7 @@ def test_a_saved_setting_of_the_wrong_type_is_refused(data, tmp_path):
 # A training process that stops at a named moment of its second checkpoint (step 20), says so with a file,
 # and waits there to be killed: during the weights write (half of model.safetensors written), between the
 # weights and train_state.pt, or during the renames into --out (after the first file); or pauses 2 s
-# before train_state.pt and goes on.
+# before the first checkpoint's train_state.pt and goes on.
 KILL_DRIVER = r"""
 import os, sys, time
 import safetensors.torch, torch
@@ -243,7 +253,7 @@ def during_weights(save_file):
 
 def before_state(save):
     def wrapper(obj, f, *args, **kwargs):
-        if saves[0] == 2:
+        if saves[0] == (1 if moment == "pause" else 2):
             stop_here()
         return save(obj, f, *args, **kwargs)
     return wrapper
@@ -311,8 +321,8 @@ def test_ctrl_c_saves_nothing_half_written(data, tmp_path):
     code, err = start_and_stop_at("pause", ["--data", data, *RUN, "--out", out], tmp_path / "marker",
                                   signal.SIGINT)
     assert code == 130 and "Traceback" not in err and "interrupted" in err.splitlines()[-1]
-    # (a Ctrl-C that was not deferred would have ended the save before train_state.pt of step 20)
-    assert train.read_state(out)["step"] == 20 and not any(out.glob(".tmp-*"))
+    # (a Ctrl-C that was not deferred would have ended the save before its train_state.pt: no checkpoint)
+    assert train.read_state(out)["step"] == 10 and not any(out.glob(".tmp-*"))
 
 
 def test_ctrl_c_during_training(data, tmp_path, monkeypatch):
