@@ -2,15 +2,12 @@
 save leaves the previous checkpoint whole; a model saved into the directory it is memory-mapped from does
 not change what the map reads; an earlier save's other shards are removed, nothing else."""
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from conftest import ROOT
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_train import start_and_stop_at
 
 import gpt2
 import gpt_neox
@@ -62,19 +59,9 @@ def test_a_killed_save_leaves_a_whole_checkpoint(moment, tmp_path):
     """kill -9 during save_pretrained: the previous weights are there as they were (huggingface_hub's writer
     alone removed them first); after the commit every file is whole, old or new, and finish_write (the next
     save's first step) completes the move."""
-    directory, marker = tmp_path / "model", tmp_path / "marker"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, moment, str(marker), str(directory)], cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(1200):
-            if marker.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert marker.exists(), proc.communicate(timeout=60)[1][-2000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
+    directory = tmp_path / "model"
+    code, _ = start_and_stop_at(moment, [directory], tmp_path / "marker", script=KILLED_SAVE)
+    assert code == -signal.SIGKILL
     first, second = (gpt2.hub_state_dict(tiny(seed)) for seed in (0, 1))
     # the previous weights, whole (in "rename", config.json was moved first: the same file in both saves)
     weights = load_file(directory / "model.safetensors")

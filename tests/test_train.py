@@ -278,9 +278,10 @@ train.main(argv)
 """
 
 
-def start_and_stop_at(moment, argv, marker, sig=signal.SIGKILL):
-    """Start the driver, wait for it to reach `moment`, send it `sig`; returns (returncode, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-c", KILL_DRIVER, moment, str(marker), *map(str, argv)],
+def start_and_stop_at(moment, argv, marker, sig=signal.SIGKILL, script=KILL_DRIVER):
+    """Start `script` (KILL_DRIVER), wait for it to reach `moment` (it creates `marker` there), send it
+    `sig`; returns (returncode, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-c", script, moment, str(marker), *map(str, argv)],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(1200):
