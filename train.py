@@ -120,6 +120,9 @@ def check_args(args, given):
         raise ValueError("give one of --init (fine-tune a checkpoint) or --arch (a new model), or --resume")
     if args.arch and (args.vocab_size is None) == (args.tokenizer is None):
         raise ValueError("a new model (--arch) needs --vocab-size (train a tokenizer on --data) or --tokenizer")
+    new_model = [flag(k) for k in ("n_layer", "n_head", "n_embd", "dropout", "vocab_size", "tokenizer") if k in given]
+    if args.init and new_model:  # (they would be ignored: the checkpoint has its sizes and tokenizer)
+        raise ValueError(f"{new_model[0]} is for a new model (--arch); --init takes the checkpoint's")
     if args.data is None:
         raise ValueError("--data is required (a UTF-8 text file)")
     for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every",

@@ -27,8 +27,8 @@ transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 TEXT = "\n\n".join(pydoc_data.topics.topics.values())[:30_000]
-TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--vocab-size", "300",
-        "--batch-size", "4", "--eval-batches", "2", "--sample-tokens", "8", "--log-every", "5"]
+LOOP = ["--block-size", "32", "--batch-size", "4", "--eval-batches", "2", "--sample-tokens", "8", "--log-every", "5"]
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--vocab-size", "300", *LOOP]  # a new model
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +85,7 @@ def test_fine_tune_a_checkpoint(arch, data, tmp_path):
     ref = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(arch, **sizes))
     ref.save_pretrained(tmp_path / "init")
     tokenizer.save(tmp_path / "init")
-    run("--data", data, "--out", tmp_path / "out", "--init", tmp_path / "init", *TINY, "--max-steps", 20,
+    run("--data", data, "--out", tmp_path / "out", "--init", tmp_path / "init", *LOOP, "--max-steps", 20,
         "--eval-every", 10, "--warmup", 2, "--lr", 1e-2)
     val = [float(r["val_loss"]) for r in curve(tmp_path / "out") if r["val_loss"]]
     assert val[-1] < val[0]
@@ -465,6 +465,8 @@ def test_ddp_two_processes_equal_one_on_the_combined_batch(data, tmp_path):
     (["--arch", "gpt2", "--vocab-size", "300", "--n-embd", "30", "--n-head", "4"], "divisible"),
     (["--arch", "gpt2", "--vocab-size", "100"], "vocab_size 100"),
     (["--init", "/no/such/dir"], "no such directory"),
+    (["--init", "gpt2", "--n-layer", "2"], "--n-layer is for a new model (--arch)"),
+    (["--init", "gpt2", "--vocab-size", "300"], "--vocab-size is for a new model (--arch)"),
     (["--arch", "gpt2", "--vocab-size", "300", "--block-size", "100000000"], "too few"),  # before allocating
     (["--arch", "gpt2", "--vocab-size", "300", "--n-layer", "100000", "--n-embd", "4096"], "GiB"),
     (["--arch", "gpt2", "--vocab-size", "300", "--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
