@@ -602,3 +602,11 @@ def test_offline_hint_names_no_other_commands_flag(data, tmp_path, monkeypatch):
     with pytest.raises(OSError) as e:
         gpt2.download("someone/some-model", revision="v1.0")
     assert "hf download someone/some-model --revision v1.0" in str(e.value)
+
+
+def test_data_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\u00e9 ".encode("latin-1") * 100)
+    with pytest.raises(SystemExit) as e:
+        run("--data", path, "--out", tmp_path / "out", *RUN)
+    assert str(e.value.code).startswith(f"error: --data {path} is not UTF-8 text")
