@@ -20,7 +20,9 @@ import math
 import os
 import pickle
 import re
+import shutil
 import sys
+import tempfile
 import time
 import typing
 import zipfile
@@ -461,9 +463,10 @@ def download(repo_id, revision=None):
             return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
         except Exception:
             reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
+            fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
             raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in "
-                          f"the local cache; download it while online (hf download {repo_id}), or pass a "
-                          "local directory holding config.json and the weights (--model /path/to/dir)") from None
+                          f"the local cache; download it while online ({fetch}), or give a local directory "
+                          "holding config.json and the weights instead") from None
     weights = [f for f in WEIGHT_FILES if f in files][:1]
     if not weights:
         raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
@@ -694,13 +697,58 @@ def hub_config(model):
 def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
     """Write a Hub checkpoint that transformers' from_pretrained and ours both load: config.json (or the
     dict `config`) and model.safetensors, or, above max_shard_size (bytes or "5GB"), the shards
-    model-0000k-of-0000n.safetensors and model.safetensors.index.json (huggingface_hub does the split)."""
+    model-0000k-of-0000n.safetensors and model.safetensors.index.json (huggingface_hub does the split).
+    Through write_files: a kill or a full disk leaves the previous checkpoint whole, and a model can be
+    saved into the directory it was loaded (or memory-mapped) from."""
     from huggingface_hub import save_torch_state_dict
+
+    def write(tmp):
+        (tmp / "config.json").write_text(json.dumps(config or hub_config(model), indent=2) + "\n")
+        save_torch_state_dict(hub_state_dict(model), tmp, max_shard_size=max_shard_size)
+    written = write_files(directory, write)
+    weights = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")  # (huggingface_hub's)
+    for f in Path(directory).iterdir():  # the shards (or index) of an earlier save, not of this one
+        if f.name not in written and weights.fullmatch(f.name):
+            f.unlink()
+
+
+# Copied from gpt2.py
+COMMITTED = ".tmp-committed"  # write_files: a whole set of new files, not yet all moved into place
+
+
+# Copied from gpt2.py
+def write_files(directory, write):
+    """Write a set of files into `directory` so that a kill or a full disk at any moment leaves every file
+    whole, old or new: `write(tmp)` writes them into a new temporary directory inside `directory`; once all
+    are written (and synced), it is renamed COMMITTED and each file is renamed over its namesake (os.replace
+    is atomic, and a memory map of the old file keeps the old contents). A kill before that rename leaves
+    the old files as they were (and a .tmp-* to delete); after it, finish_write completes the move. Returns
+    the names written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config or hub_config(model), indent=2) + "\n")
-    save_torch_state_dict(hub_state_dict(model), directory, max_shard_size=max_shard_size)
+    finish_write(directory)  # an earlier write killed while moving: complete it first
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as opened:
+                os.fsync(opened.fileno())  # on the disk before the rename makes it the file
+        tmp.rename(directory / COMMITTED)
+        return finish_write(directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+# Copied from gpt2.py
+def finish_write(directory):
+    """Move the files of a committed write_files into `directory`; returns their names."""
+    committed = Path(directory) / COMMITTED
+    names = sorted(f.name for f in committed.iterdir()) if committed.is_dir() else []
+    for name in names:
+        os.replace(committed / name, Path(directory) / name)
+    if names:
+        committed.rmdir()
+    return names
 
 # ----------------------------------------------------------------------------- generation
 
