@@ -674,6 +674,8 @@ def check_device(device):
 # Copied from gpt2.py
 def load_config(directory):
     """The checkpoint directory's config.json, read and checked."""
+    if (Path(directory) / COMMITTED).is_dir():  # a save was killed while moving its new files into place:
+        finish_write(directory)  # they are whole (write_files), so complete the move rather than mix old and new
     if not (Path(directory) / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
     return GPTNeoXConfig.from_json(Path(directory) / "config.json")

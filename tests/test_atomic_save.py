@@ -57,8 +57,8 @@ gpt2.save_pretrained(models[1], directory)
 @pytest.mark.parametrize("moment", ["weights", "rename"])
 def test_a_killed_save_leaves_a_whole_checkpoint(moment, tmp_path):
     """kill -9 during save_pretrained: the previous weights are there as they were (huggingface_hub's writer
-    alone removed them first); after the commit every file is whole, old or new, and finish_write (the next
-    save's first step) completes the move."""
+    alone removed them first); after the commit every file is whole, old or new, and finish_write (run by the
+    next load or save first) completes the move."""
     directory = tmp_path / "model"
     code, _ = start_and_stop_at(moment, [directory], tmp_path / "marker", script=KILLED_SAVE)
     assert code == -signal.SIGKILL
@@ -66,11 +66,14 @@ def test_a_killed_save_leaves_a_whole_checkpoint(moment, tmp_path):
     # the previous weights, whole (in "rename", config.json was moved first: the same file in both saves)
     weights = load_file(directory / "model.safetensors")
     assert all(torch.equal(weights[k], first[k]) for k in first)
-    assert torch.equal(gpt2.from_pretrained(directory).transformer.wte.weight, first["transformer.wte.weight"])
-    if moment == "rename":  # committed: finish_write (which the next save runs first) moves the rest in
-        gpt2.finish_write(directory)
+    loaded = gpt2.from_pretrained(directory).transformer.wte.weight
+    if moment == "rename":  # committed: loading completes the move first (finish_write), never mixes the two
+        assert torch.equal(loaded, second["transformer.wte.weight"])
+        assert not (directory / gpt2.COMMITTED).exists()
         weights = load_file(directory / "model.safetensors")
         assert all(torch.equal(weights[k], second[k]) for k in second)
+    else:
+        assert torch.equal(loaded, first["transformer.wte.weight"])
     gpt2.save_pretrained(tiny(2), directory)  # a committed leftover is moved in first, then replaced
     names = sorted(f.name for f in directory.iterdir())
     # (an uncommitted .tmp-* stays, for its owner to delete: it may be another process's save in progress)
