@@ -488,8 +488,8 @@ def download(repo_id, revision=None):
             fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
             raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in "
                           f"the local cache; download it while online ({fetch}), or give a local directory "
-                          "holding config.json and the weights instead. Offline, `python gpt2.py --model "
-                          "models/pydoc-gpt2` samples from the model shipped here") from None
+                          "holding config.json and the weights instead; models/pydoc-gpt2, the GPT-2 shipped "
+                          "here, is such a directory and works offline") from None
     weights = [f for f in WEIGHT_FILES if f in files][:1]
     if not weights:
         raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")

@@ -580,7 +580,7 @@ def test_the_offline_error_keeps_the_revision_and_names_the_shipped_model(arch, 
         module.download("EleutherAI/pythia-70m", revision="step3000")
     message = str(error.value)
     assert "(hf download EleutherAI/pythia-70m --revision step3000)" in message
-    assert "`python gpt2.py --model models/pydoc-gpt2` samples from the model shipped here" in message
+    assert "models/pydoc-gpt2, the GPT-2 shipped here, is such a directory and works offline" in message
     with pytest.raises(OSError, match=r"\(hf download EleutherAI/pythia-70m\)"):
         module.download("EleutherAI/pythia-70m")
 
