@@ -32,10 +32,14 @@ import math
 import os
 import pickle
 import re
+import shutil
 import sys
+import tempfile
+import threading
 import time
 import typing
 import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -137,7 +141,7 @@ class CausalSelfAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.dropout_p = config.attention_dropout  # on the attention probabilities, in training only
 
-    def forward(self, x, rotary, attention_mask=None, kv_cache=None):
+    def forward(self, x, rotary, attention_mask=None, kv_cache=None, attentions=None):
         B, T, C = x.shape
         hd = self.head_dim
         # The fused projection is laid out per head, [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] (Megatron's layout,
@@ -151,7 +155,10 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, T_past + T, hd)
         # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=self.scale,
-                      dropout_p=self.dropout_p if self.training else 0.0)
+                      dropout_p=self.dropout_p if self.training else 0.0, return_probs=attentions is not None)
+        if attentions is not None:  # output_attentions: keep this layer's probabilities too
+            y, probs = y
+            attentions.append(probs)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
         return self.dense(y)
 
@@ -179,8 +186,9 @@ class Block(nn.Module):
         self.post_attention_dropout = nn.Dropout(config.hidden_dropout)
         self.post_mlp_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x, rotary, attention_mask=None, kv_cache=None):
-        a = self.post_attention_dropout(self.attention(self.input_layernorm(x), rotary, attention_mask, kv_cache))
+    def forward(self, x, rotary, attention_mask=None, kv_cache=None, attentions=None):
+        a = self.attention(self.input_layernorm(x), rotary, attention_mask, kv_cache, attentions)
+        a = self.post_attention_dropout(a)
         if self.use_parallel_residual:
             # Pythia and 20B: attention and MLP both read x, side by side (GPT-J's formulation; the
             # GPT-NeoX-20B paper keeps it because it trains faster at scale).
@@ -200,7 +208,12 @@ class GPTNeoXModel(nn.Module):
         self.layers = nn.ModuleList(Block(config, i, backend) for i in range(config.num_hidden_layers))
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None,
+                output_attentions=False, output_hidden_states=False):
+        """The final hidden states (B, T, C). With output_hidden_states or output_attentions (transformers'
+        flags), (those, hidden_states, attentions): n_layer + 1 × (B, T, C), each block's input and then the
+        output (after final_layer_norm); n_layer × (B, nh, T, keys), keys = T plus any cached ones, on the
+        attention backend "naive" only. What was not asked for is None. visualize.py draws them."""
         B, T = input_ids.shape
         past = kv_cache.seen if kv_cache is not None else 0
         check_shapes(input_ids, attention_mask, past, self.config.max_position_embeddings)  # (after the lesson)
@@ -212,11 +225,18 @@ class GPTNeoXModel(nn.Module):
         # Computed once per forward pass, shared by every layer (no buffer: nothing to fix after loading
         # on the meta device, and the angles stay fp32 whatever the model's dtype).
         rotary = rotary_cos_sin(position_ids, self.config.rotary_ndims, self.config.rotary_emb_base, x.dtype)
+        hidden_states = [] if output_hidden_states else None  # kept only when asked for: they cost memory
+        attentions = [] if output_attentions else None  # each layer appends its probabilities
         for block in self.layers:
-            x = block(x, rotary, attention_mask, kv_cache)
+            if output_hidden_states:
+                hidden_states.append(x)
+            x = block(x, rotary, attention_mask, kv_cache, attentions)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.final_layer_norm(x)
+        x = self.final_layer_norm(x)
+        if not (output_attentions or output_hidden_states):
+            return x
+        return x, (hidden_states + [x] if output_hidden_states else None), attentions
 
 
 # Copied from gpt2.py
@@ -310,7 +330,7 @@ TP_PLAN = {
 # tests/test_shared_sections.py --fix` rewrites them from gpt2.py with the renames on the next line.
 # Renames: GPT2Config -> GPTNeoXConfig, GPT2LMHeadModel -> GPTNeoXForCausalLM,
 #   n_positions -> max_position_embeddings, n_layer -> num_hidden_layers, n_head -> num_attention_heads,
-#   transformer -> gpt_neox, lm_head -> embed_out, wte -> embed_in
+#   transformer -> gpt_neox, lm_head -> embed_out, wte -> embed_in, ln_f -> final_layer_norm
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -350,12 +370,35 @@ def read_config(d):
 
 # Copied from gpt2.py
 ACTIVATIONS = {
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's: the tanh approximation of GELU
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
+    # config.json's activation name -> the function, written out: every parameter-free one of transformers'
+    # ACT2FN, which these three families accept by name (tests/test_hub_configs.py checks each against it).
+    # GELU is x·Φ(x), Φ the standard normal CDF; the first eight names are GELU, exact or approximated.
+    # Exact, in fp32 as torch's kernel computes it (in bf16 the rounded erfc argument is ~4% off at x = -3.5):
+    "gelu": F.gelu,  # Pythia's and GPT-NeoX's: 0.5·x·erfc(-x / √2), torch's kernel (fp32 inside)
+    "gelu_python": lambda x: 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0))),  # exact, in x's own dtype
+    # Φ(x) ≈ (1 + tanh(√(2/π)·(x + 0.044715·x³))) / 2, the approximation GPT-2 and GPT-Neo were trained on:
+    # (as 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x.pow(3.0)))): torch's one kernel
+    # computes the same in one pass over the MLP's activations instead of eight)
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_accurate": lambda x: ACTIVATIONS["gelu_new"](x),  # other names for it
+    "gelu_python_tanh": lambda x: ACTIVATIONS["gelu_new"](x),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),  # the same, by torch's name for it
+    # The same approximation as Megatron factors it, √(2/π)·x·(1 + 0.044715·x²) with √(2/π) to 10 digits:
+    # GPT-NeoX-20B's (it rounds apart from gelu_new by an ulp here and there).
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: torch.clip(ACTIVATIONS["gelu"](x), -10, 10),  # exact, clipped to [-10, 10]
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # Φ(x) ≈ σ(1.702·x): cruder
+    "silu": lambda x: x * torch.sigmoid(x),  # x·σ(x): GELU's shape with the logistic σ in place of Φ
+    "swish": lambda x: x * torch.sigmoid(x),  # SiLU's other name
+    "mish": lambda x: x * torch.tanh(F.softplus(x)),  # x·tanh(ln(1 + eˣ)): close to SiLU
+    "relu": lambda x: torch.clamp(x, min=0),  # max(x, 0)
+    "relu2": lambda x: torch.square(torch.clamp(x, min=0)),  # max(x, 0)²
+    "relu6": lambda x: torch.clamp(x, 0, 6),  # max(x, 0), capped at 6
+    "leaky_relu": lambda x: torch.where(x >= 0, x, 0.01 * x),  # x, or x / 100 below 0
+    "hardswish": lambda x: x * torch.clamp(x + 3, 0, 6) / 6,  # SiLU's shape from straight pieces
+    "sigmoid": lambda x: torch.sigmoid(x),  # σ(x) = 1 / (1 + e⁻ˣ)
+    "tanh": lambda x: torch.tanh(x),
+    "linear": lambda x: x,  # none
 }
 
 
@@ -388,8 +431,10 @@ def check_field_types(config):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"config.json: {f.name} must be finite, got {value!r}")
         if f.name.endswith("token_id"):
-            if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
-                raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
+            if value == [] or any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else
+                                                                         [value or 0])):
+                raise ValueError(f"config.json: {f.name} must be token ids >= 0 (an id, a non-empty list of "
+                                 f"them, or null), got {value!r}")
         elif type(value) is int and int in types and value < 1:  # a size (a float field may be 0)
             raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
 
@@ -481,9 +526,11 @@ def download(repo_id, revision=None):
             return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
         except Exception:
             reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
+            fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
             raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in "
-                          f"the local cache; download it while online (hf download {repo_id}), or pass a "
-                          "local directory holding config.json and the weights (--model /path/to/dir)") from None
+                          f"the local cache; download it while online ({fetch}), or give a local directory "
+                          "holding config.json and the weights instead; models/pydoc-gpt2, the GPT-2 shipped "
+                          "here, is such a directory and works offline") from None
     weights = [f for f in WEIGHT_FILES if f in files][:1]
     if not weights:
         raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
@@ -632,6 +679,8 @@ def check_device(device):
 # Copied from gpt2.py
 def load_config(directory):
     """The checkpoint directory's config.json, read and checked."""
+    if (Path(directory) / COMMITTED).is_dir():  # a save was killed while moving its new files into place:
+        finish_write(directory)  # they are whole (write_files), so complete the move rather than mix old and new
     if not (Path(directory) / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
     return GPTNeoXConfig.from_json(Path(directory) / "config.json")
@@ -719,13 +768,58 @@ def hub_config(model):
 def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
     """Write a Hub checkpoint that transformers' from_pretrained and ours both load: config.json (or the
     dict `config`) and model.safetensors, or, above max_shard_size (bytes or "5GB"), the shards
-    model-0000k-of-0000n.safetensors and model.safetensors.index.json (huggingface_hub does the split)."""
+    model-0000k-of-0000n.safetensors and model.safetensors.index.json (huggingface_hub does the split).
+    Through write_files: a kill or a full disk leaves the previous checkpoint whole, and a model can be
+    saved into the directory it was loaded (or memory-mapped) from."""
     from huggingface_hub import save_torch_state_dict
+
+    def write(tmp):
+        (tmp / "config.json").write_text(json.dumps(config or hub_config(model), indent=2) + "\n")
+        save_torch_state_dict(hub_state_dict(model), tmp, max_shard_size=max_shard_size)
+    written = write_files(directory, write)
+    weights = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")  # (huggingface_hub's)
+    for f in Path(directory).iterdir():  # the shards (or index) of an earlier save, not of this one
+        if f.name not in written and weights.fullmatch(f.name):
+            f.unlink()
+
+
+# Copied from gpt2.py
+COMMITTED = ".tmp-committed"  # write_files: a whole set of new files, not yet all moved into place
+
+
+# Copied from gpt2.py
+def write_files(directory, write):
+    """Write a set of files into `directory` so that a kill or a full disk at any moment leaves every file
+    whole, old or new: `write(tmp)` writes them into a new temporary directory inside `directory`; once all
+    are written (and synced), it is renamed COMMITTED and each file is renamed over its namesake (os.replace
+    is atomic, and a memory map of the old file keeps the old contents). A kill before that rename leaves
+    the old files as they were (and a .tmp-* to delete); after it, finish_write completes the move. Returns
+    the names written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config or hub_config(model), indent=2) + "\n")
-    save_torch_state_dict(hub_state_dict(model), directory, max_shard_size=max_shard_size)
+    finish_write(directory)  # an earlier write killed while moving: complete it first
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as opened:
+                os.fsync(opened.fileno())  # on the disk before the rename makes it the file
+        tmp.rename(directory / COMMITTED)
+        return finish_write(directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+# Copied from gpt2.py
+def finish_write(directory):
+    """Move the files of a committed write_files into `directory`; returns their names."""
+    committed = Path(directory) / COMMITTED
+    names = sorted(f.name for f in committed.iterdir()) if committed.is_dir() else []
+    for name in names:
+        os.replace(committed / name, Path(directory) / name)
+    if names:
+        committed.rmdir()
+    return names
 
 # ----------------------------------------------------------------------------- generation
 
@@ -781,13 +875,25 @@ def last_logits(model, x, attention_mask=None, kv_cache=None):
 
 
 # Copied from gpt2.py
-def check_generation(model, input_ids, max_new_tokens, attention_mask):
-    """What generate needs beyond what the model checks: room in the context, left padding, and ids and a
-    mask that are valid values (checked once here, not at every step)."""
+def check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size=None, eos_token_id=None):
+    """What generate needs beyond what the model checks: a prompt with room in the context, left padding,
+    ids and a mask that are valid values (checked once here, not at every step), a vocab_size and end ids
+    that are ids of the model."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids is empty, shape {tuple(input_ids.shape)}: every row needs at least one "
+                         "token (for a sample from nothing, start from the end-of-text id)")
+    V = model.config.vocab_size
+    if vocab_size is not None and not (type(vocab_size) is int and 1 <= vocab_size):
+        raise ValueError(f"vocab_size must be an integer >= 1 (the tokenizer's number of ids), got "
+                         f"{vocab_size!r}")
+    eos = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    if eos_token_id is not None and not (eos and all(type(i) is int and 0 <= i < V for i in eos)):
+        raise ValueError(f"eos_token_id must be an id in [0, {V}), a non-empty list of them, or None; got "
+                         f"{eos_token_id!r}")
     T, context = input_ids.size(1), model.config.context_length
     if T >= context:
         raise ValueError(f"prompt is {T} tokens, longer than the context of {context} tokens "
@@ -816,6 +922,12 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
     than its tokenizer has tokens, like Pythia's 50304 for 50277). on_token(ids (B,)) is called after
     each step. compile=True runs the fast path below, `generate_compiled`: the same tokens, faster once
     compiled.
+
+    The model samples in eval mode and is given its own mode back, also when on_token raises (eval_mode).
+    Threads: generate calls on one model from several threads are safe, in train mode as in eval mode
+    (each has its own KV cache, and they share the mode switch); a kv_cache or generator passed to two
+    calls at once is not, nor training the model while another thread samples from it (the step would run
+    in eval mode). compile=True from several threads at once is not tested.
     """
     if compile:  # (it checks its arguments as below)
         return generate_compiled(model, input_ids, max_new_tokens, attention_mask=attention_mask,
@@ -823,24 +935,51 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
                                  vocab_size=vocab_size, generator=generator, on_token=on_token,
                                  kv_cache=kv_cache)
     check_sampling(temperature, top_k, top_p)
-    check_generation(model, input_ids, max_new_tokens, attention_mask)
-    training = model.training
-    model.eval()  # sampling never drops out; the model's mode is given back at the end
+    check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size, eos_token_id)
     kv_cache = model.make_cache() if kv_cache is None else kv_cache
-    logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
     ids, done, eos = input_ids, None, eos_ids(eos_token_id, input_ids.device)
-    for _ in range(max_new_tokens):
-        next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
-        ids = torch.cat([ids, next_id[:, None]], dim=1)
-        if on_token is not None:
-            on_token(next_id)
-        if done.all() or ids.size(1) == input_ids.size(1) + max_new_tokens:
-            break
-        if attention_mask is not None:
-            attention_mask = F.pad(attention_mask, (0, 1), value=1)  # the new token is a real one
-        logits = last_logits(model, next_id[:, None], attention_mask, kv_cache)  # one token: (B, V)
-    model.train(training)
+    with eval_mode(model):  # sampling never drops out
+        logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
+        for _ in range(max_new_tokens):
+            next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
+            if on_token is not None:
+                on_token(next_id)
+            if done.all() or ids.size(1) == input_ids.size(1) + max_new_tokens:
+                break
+            if attention_mask is not None:
+                attention_mask = F.pad(attention_mask, (0, 1), value=1)  # the new token is a real one
+            logits = last_logits(model, next_id[:, None], attention_mask, kv_cache)  # one token: (B, V)
     return ids
+
+
+# Copied from gpt2.py
+_MODE_LOCK = threading.Lock()  # (eval_mode's)
+
+
+# Copied from gpt2.py
+_EVAL_USERS = {}  # id(model) -> [the generate calls using it now, the mode to give back]
+
+
+# Copied from gpt2.py
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode for the block, then in its own mode again, even when the block raises.
+    Calls on one model from several threads share the switch: the first sets eval mode, the last gives
+    the mode back (each saving and restoring it alone would race: one thread would put the model back in
+    train mode while another still samples, and the last would leave it in eval mode)."""
+    with _MODE_LOCK:
+        users = _EVAL_USERS.setdefault(id(model), [0, model.training])
+        users[0] += 1
+        model.eval()
+    try:
+        yield
+    finally:
+        with _MODE_LOCK:
+            users[0] -= 1
+            if users[0] == 0:
+                del _EVAL_USERS[id(model)]
+                model.train(users[1])
 
 
 # Copied from gpt2.py
@@ -875,32 +1014,30 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     one torch.compile'd graph of `last_logits` serves every token. Same arguments and tokens as generate;
     the first call compiles, which takes a while."""
     check_sampling(temperature, top_k, top_p)
-    check_generation(model, input_ids, max_new_tokens, attention_mask)
+    check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size, eos_token_id)
     B, T = input_ids.shape
-    training = model.training
-    model.eval()  # sampling never drops out; the model's mode is given back at the end
     kv_cache = model.make_cache(static_len=T + max_new_tokens) if kv_cache is None else kv_cache
     if not isinstance(kv_cache, StaticCache) or kv_cache.max_len < T + max_new_tokens:
         raise ValueError("compile=True needs a StaticCache of at least prompt + max_new_tokens positions "
                          "(model.make_cache(static_len=...)), or none")
-    logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the prompt, eagerly: (B, V)
-    buffer = FullBuffer(kv_cache)
     # The mask spans the whole buffer: 1 on the real tokens so far, 0 on padding and on unwritten slots.
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     mask = F.pad(mask, (0, kv_cache.max_len - T))  # (B, max_len)
     # On CUDA, "reduce-overhead" also records the step's kernels as a CUDA graph: one launch per token.
     step = torch.compile(last_logits, fullgraph=True, mode="reduce-overhead" if input_ids.is_cuda else None)
     ids, done, eos = input_ids, None, eos_ids(eos_token_id, input_ids.device)
-    for i in range(max_new_tokens):
-        next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
-        ids = torch.cat([ids, next_id[:, None]], dim=1)
-        if on_token is not None:
-            on_token(next_id)
-        if done.all() or i == max_new_tokens - 1:
-            break
-        mask[:, T + i] = 1  # the slot next_id is written to
-        logits = step(model, next_id[:, None], mask, buffer)  # (B, V)
-    model.train(training)
+    with eval_mode(model):  # sampling never drops out
+        logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the prompt, eagerly: (B, V)
+        buffer = FullBuffer(kv_cache)
+        for i in range(max_new_tokens):
+            next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
+            if on_token is not None:
+                on_token(next_id)
+            if done.all() or i == max_new_tokens - 1:
+                break
+            mask[:, T + i] = 1  # the slot next_id is written to
+            logits = step(model, next_id[:, None], mask, buffer)  # (B, V)
     return ids
 
 
@@ -932,6 +1069,10 @@ def parse_args(argv=None):
     p.add_argument("--attn", default="sdpa", choices=BACKENDS, help="the attention backend")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-token decode step (compiling takes a while, once per run)")
+    p.add_argument("--show", metavar="PNG", help="draw the prompt's attention maps (every layer and head) "
+                   "into this file instead of sampling (visualize.py; needs matplotlib)")
+    p.add_argument("--show-lens", metavar="PNG", help="draw the prompt's logit lens (the top next token "
+                   "after each layer) into this file instead of sampling")
     return p.parse_args(argv)
 
 
@@ -944,7 +1085,11 @@ def encode_prompt(tokenizer, text, context, max_new_tokens):
     if len(text.encode()) > context * longest:
         raise ValueError(f"--prompt ({len(text.encode())} bytes) is longer than the context of {context} "
                          "tokens")
-    ids = tokenizer.encode(text, allowed_special="all") or [tokenizer.eos_token_id]
+    ids = tokenizer.encode(text, allowed_special="all")
+    if not ids:  # an empty prompt: a sample from nothing starts where a document does
+        if tokenizer.eos_token_id is None:
+            raise ValueError("--prompt is empty and the tokenizer has no <|endoftext|> token to start from")
+        ids = [tokenizer.eos_token_id]
     if len(ids) >= context:
         raise ValueError(f"--prompt is {len(ids)} tokens, longer than the context of {context} tokens "
                          "(it needs room for at least one new token)")
@@ -952,6 +1097,19 @@ def encode_prompt(tokenizer, text, context, max_new_tokens):
         raise ValueError(f"--prompt ({len(ids)} tokens) + --max-new-tokens ({max_new_tokens}) exceeds the "
                          f"context of {context} tokens")
     return ids
+
+
+# Copied from gpt2.py
+def speed_line(times, compiled):
+    """The CLI's report from the start time and each token's arrival: "[n tokens in s: r tokens/s]". With
+    --compile the first decode step (the second token) compiles, which takes seconds to minutes: it is
+    reported apart and the rate counts the compiled steps after it."""
+    n, seconds = len(times) - 1, times[-1] - times[0]
+    if compiled and n > 2:
+        rate = (n - 2) / max(times[-1] - times[2], 1e-9)
+        return (f"[{n} tokens in {seconds:.2f}s, of which {times[2] - times[1]:.2f}s the first compiled step "
+                f"(compiling): {rate:.1f} tokens/s after it]")
+    return f"[{n} tokens in {seconds:.2f}s: {n / max(seconds, 1e-9):.1f} tokens/s]"
 
 
 # Copied from gpt2.py
@@ -967,26 +1125,44 @@ def main(argv=None):
         check_sampling(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
+        show = args.show is not None or args.show_lens is not None  # pictures of the prompt, no sampling
+        if show:
+            import visualize
+            if tp:
+                raise ValueError("--show and --show-lens draw on one process: run them without torchrun")
+            visualize.check_outputs(args.show, args.show_lens)  # before any work: file names, matplotlib
         directory = checkpoint_dir(args.model, args.revision)
         config = load_config(directory)  # read once: the prompt is checked against it before loading
         tokenizer = Tokenizer.from_pretrained(directory)
-        prompt = encode_prompt(tokenizer, args.prompt, config.context_length, args.max_new_tokens)
-        model = from_pretrained(directory, device=args.device, dtype=args.dtype, attn=args.attn,
+        max_new_tokens = 0 if show else args.max_new_tokens
+        prompt = encode_prompt(tokenizer, args.prompt, config.context_length, max_new_tokens)
+        attn = "naive" if args.show else args.attn  # --show: the fused kernels never form the probabilities
+        model = from_pretrained(directory, device=args.device, dtype=args.dtype, attn=attn,
                                 quantize=args.quantize, config=config)
         input_ids = torch.tensor([prompt], device=args.device)
+        if show:
+            check_input_values(input_ids, None, config.vocab_size)  # the tokenizer may know more ids
+            # the backbone, then its final LayerNorm and the LM head for the logit lens
+            parts = model.gpt_neox, model.gpt_neox.final_layer_norm, model.embed_out
+            title = f"{args.model}: {args.prompt!r}"
+            written = visualize.show(*parts, tokenizer, input_ids, args.show, args.show_lens, title)
+            print("wrote", *written, file=sys.stderr)
+            return
         generator = torch.Generator(args.device).manual_seed(args.seed)
         for i in range(args.num_samples):
-            stream = StreamDecoder(tokenizer)
+            stream, times = StreamDecoder(tokenizer), [time.perf_counter()]  # the start, then each token's
+
+            def on_token(t):
+                times.append(time.perf_counter())
+                print(stream.push(int(t[0])), end="", flush=True)
             print(("-" * 40 + "\n") * (i > 0) + args.prompt, end="", flush=True)
-            t0 = time.perf_counter()
-            out = generate(model, input_ids, args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, eos_token_id=model.config.eos_token_id,
-                           vocab_size=tokenizer.vocab_size, generator=generator, compile=args.compile,
-                           on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
+            generate(model, input_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, eos_token_id=model.config.eos_token_id,
+                     vocab_size=tokenizer.vocab_size, generator=generator, compile=args.compile,
+                     on_token=on_token)
             print(stream.flush(), flush=True)
-            n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
             if not tp or tp.rank() == 0:
-                print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
+                print(speed_line(times, args.compile), file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}" if not tp or tp.rank() == 0 else 1)  # under torchrun: one line, not N
     except KeyboardInterrupt:  # Ctrl-C: stop quietly, with the shell's usual status for it
