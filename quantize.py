@@ -60,8 +60,10 @@ import torch.nn.functional as F
 
 SCHEMES = ("int8", "int4")
 GROUP_SIZES = (32, 64, 128, 256)
-GROUP_SIZE = 32  # int4: input weights per scale, chosen by perplexity (README, "Quantization")
-ROWS = 1024  # rows quantized at a time, so the temporaries stay small even for a 50257-row LM head
+GROUP_SIZE = 32  # int4: input weights per scale, chosen by perplexity (docs/quantization.md)
+# Rows quantized at a time: the fp32 copy of a block of a 6144-wide weight (1.5 MB) stays in the CPU's cache
+# while the pass works on it, and 64 is a whole number of the CPU int4 packer's blocks of rows (16, 32, 64).
+BLOCK = 64
 
 
 def check_scheme(scheme):
@@ -71,39 +73,71 @@ def check_scheme(scheme):
 # ----------------------------------------------------------------------------- the two schemes
 
 
+def levels_int8(w, f):
+    """w (N, K) -> f (N, K) fp32 buffer given: the levels q in -127..127 (as floats), and scales fp32 (N,),
+    absmax fp32 (N,): symmetric, one scale per output row; w ≈ q * scales[:, None]. absmax is NaN or inf
+    where a row holds one (the caller checks it)."""
+    f.copy_(w)
+    absmax = torch.maximum(f.amax(dim=1), -f.amin(dim=1))  # max |w| per row: two passes, no |w| copy
+    scales = absmax.clamp(min=1e-12) / 127  # a row of zeros still gets a valid scale
+    f.div_(scales[:, None]).round_().clamp_(-127, 127)
+    return scales, absmax
+
+
 def quantize_int8(w):
-    """w (N, K) -> q int8 (N, K), scales fp32 (N,): symmetric, one scale per output row; w ≈ q * scales[:, None]."""
-    scales = w.float().abs().amax(dim=1).clamp(min=1e-12) / 127  # a row of zeros still gets a valid scale
-    q = (w.float() / scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)  # in place: one temporary
-    return q, scales
+    """w (N, K) -> q int8 (N, K), scales fp32 (N,), absmax fp32 (N,) (levels_int8 in a buffer of its own)."""
+    f = torch.empty(w.shape)
+    scales, absmax = levels_int8(w, f)
+    return f.to(torch.int8), scales, absmax
 
 
 def dequantize_int8(q, scales):
     return q.float() * scales[:, None].float()
 
 
-def quantize_int4(w, group_size):
-    """w (N, K) -> q uint8 (N, K) in 0..15, scales and zeros fp32 (N, K / group_size): each run of group_size
-    weights of a row has its own scale and zero point; w ≈ (q - 8) * scale + zero."""
+def levels_int4(w, group_size, f):
+    """w (N, K) -> f (N, K) fp32 buffer given: the levels q in 0..15 (as floats), and scales fp32 and zero
+    points in -8..7 (N, K / group_size), absmax fp32 (N, K / group_size): each run of group_size weights of a
+    row has its own scale and integer zero point; w ≈ (q - 8 - zero_point) * scale (compressed-tensors' and
+    GPTQ's asymmetric int4)."""
     N, K = w.shape
-    groups = w.float().reshape(N, K // group_size, group_size)  # (N, K/G, G)
-    lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)  # (N, K/G)
-    scales = (hi - lo).clamp(min=1e-12) / 15  # 16 levels span [lo, hi]
-    zeros = lo + 8 * scales  # the value of q = 8, the middle level
-    q = (groups - lo[..., None]).div_(scales[..., None]).round_().clamp_(0, 15).to(torch.uint8)
-    return q.reshape(N, K), scales, zeros
+    groups = f.copy_(w).view(N, K // group_size, group_size)  # (N, K/G, G)
+    lo, hi = groups.amin(dim=-1).clamp_(max=0), groups.amax(dim=-1).clamp_(min=0)  # (N, K/G); NaN carries
+    # The range holds 0, so that 0 is exactly one of the 16 levels.
+    scales = (hi - lo).clamp_(min=1e-12) / 15  # 16 levels span [lo, hi]
+    zero_points = (-lo / scales).round_() - 8  # lo -> level -8; in -8..7
+    groups.div_(scales[..., None]).round_().add_(zero_points[..., None] + 8).clamp_(0, 15)
+    return scales, zero_points, torch.maximum(-lo, hi)
 
 
-def dequantize_int4(q, scales, zeros, group_size):
+def quantize_int4(w, group_size):
+    """w (N, K) -> q uint8 (N, K), scales, zero points int8, absmax (levels_int4 in a buffer of its own)."""
+    f = torch.empty(w.shape)
+    scales, zero_points, absmax = levels_int4(w, group_size, f)
+    return f.to(torch.uint8), scales, zero_points.to(torch.int8), absmax
+
+
+def dequantize_int4(q, scales, zero_points, group_size):
     N, K = q.shape
-    groups = q.float().reshape(N, K // group_size, group_size) - 8
-    return (groups * scales[..., None].float() + zeros[..., None].float()).reshape(N, K)
+    groups = q.float().reshape(N, K // group_size, group_size) - 8 - zero_points[..., None].float()
+    return (groups * scales[..., None].float()).reshape(N, K)
 
 
-def by_rows(quantize_fn, w, *args):
-    """quantize_fn on ROWS rows of w at a time (each row is quantized on its own): temporaries stay small."""
-    parts = [quantize_fn(rows, *args) for rows in w.split(ROWS)]
-    return [torch.cat(outputs) for outputs in zip(*parts)]
+def check_values(absmax, dtype, key):
+    """Weights holding NaN or inf would generate garbage without a word: refuse them, and values beyond what
+    `dtype` holds (above 65504 in float16), as loading without quantizing does. absmax: the pass's own."""
+    peak = absmax.max()  # NaN when any is NaN
+    if not peak <= torch.finfo(dtype).max:
+        raise ValueError(f"weights hold NaN or inf in {dtype}: {key}")
+
+
+def to_dtype(tensor, dtype, device, key):
+    """A tensor that is not quantized (embedding, LayerNorm, bias) in `dtype`, checked like a weight: one pass
+    for the conversion, one fp32 sum (NaN or inf when any term is) without a temporary."""
+    converted = tensor.to(device, dtype)
+    if converted.is_floating_point() and not torch.isfinite(converted.sum(dtype=torch.float32)):
+        raise ValueError(f"weights hold NaN or inf in {dtype}: {key}")
+    return converted
 
 # ----------------------------------------------------------------------------- the quantized layers
 
@@ -111,19 +145,36 @@ def by_rows(quantize_fn, w, *args):
 class Int8Linear(nn.Module):
     """y = (x @ q.T) * scales + bias, with q int8 (out, in) and one scale per output feature."""
 
-    def __init__(self, weight, bias, dtype):
+    def __init__(self, q, scales, bias, dtype):
         super().__init__()
-        q, scales = by_rows(quantize_int8, weight)
-        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self.register_buffer("weight", q.to(weight.device))  # (out, in) int8
-        self.register_buffer("scales", scales.to(weight.device, dtype))  # (out,)
-        self.register_buffer("bias", None if bias is None else bias.to(weight.device, dtype))
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("weight", q)  # (out, in) int8
+        self.register_buffer("scales", scales.to(q.device, dtype))  # (out,)
+        self.register_buffer("bias", None if bias is None else bias.to(q.device, dtype))
+        self.reduce = None  # tensor parallel's all-reduce for a layer split by its inputs (tp.py)
+
+    @classmethod
+    def quantize(cls, weight, bias, dtype, key="weight"):
+        """One pass over weight (N, K), BLOCK rows at a time, into the int8 layer; NaN, inf and values beyond
+        `dtype` refused."""
+        N, K = weight.shape
+        q = torch.empty(N, K, dtype=torch.int8, device=weight.device)
+        scales, absmax = torch.empty(2, N, device=weight.device)
+        f = torch.empty(BLOCK, K, device=weight.device)  # one buffer for every block: allocating is slow
+        for start in range(0, N, BLOCK):
+            rows, n = slice(start, start + BLOCK), min(BLOCK, N - start)
+            scales[rows], absmax[rows] = levels_int8(weight[rows], f[:n])
+            q[rows] = f[:n]
+        check_values(absmax, dtype, key)
+        return cls(q, scales, bias, dtype)
 
     def forward(self, x):
         x2 = x.reshape(-1, self.in_features).contiguous()  # (B*T, K): the kernels want it contiguous
-        if x.is_cpu:  # PyTorch's int8 kernel (fast with bf16 activations)
+        if x.is_cpu and (x.dtype != torch.bfloat16 or self.in_features % 16 == 0):
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)
-        else:  # the plain form: integers converted to x's dtype, matmul, then one scale per output column
+        else:  # the plain form: integers converted to x's dtype, matmul, then one scale per output column.
+            # PyTorch's CPU kernel with bf16 activations and an input width not a multiple of 16 returns wrong
+            # values and, for more than one row, crashes (torch 2.13; tests/test_quantize.py keeps watching).
             y = F.linear(x2, self.weight.to(x.dtype)) * self.scales
         return outputs(self, y, x.shape)
 
@@ -136,26 +187,57 @@ class Int4Linear(nn.Module):
     dequantizes then multiplies (the plain path). The CPU packer wants out_features divisible by 16: GPT-2's
     50257-row LM head is padded with zero rows, whose outputs are cut off."""
 
-    def __init__(self, weight, bias, dtype, group_size=GROUP_SIZE):
+    def __init__(self, q_blocks, N, K, scales, zero_points, bias, dtype, group_size=GROUP_SIZE, device="cpu"):
+        """q_blocks: (N, K) uint8 levels 0..15 in blocks of BLOCK rows (an iterator, consumed once); scales
+        fp32 and zero_points int8 (N, K/G)."""
         super().__init__()
-        device = weight.device
-        self.in_features, self.out_features, self.group_size = weight.shape[1], weight.shape[0], group_size
-        self.kernel = int4_kernel(device, dtype)
-        padded = -self.out_features % 16
-
-        def quantize_block(rows):  # ROWS rows at a time, so no temporary is as large as the weight
-            q, scales, zeros = quantize_int4(F.pad(rows, (0, 0, 0, -len(rows) % 16)), group_size)
-            if self.kernel == "cpu":  # the CPU layout packs each block of 16 rows on its own: (n, K/2) uint8
-                q = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.int(), 1)
-            return q, scales, zeros
-        packed, scales, zeros = by_rows(quantize_block, weight)
+        self.in_features, self.out_features, self.group_size = K, N, group_size
+        self.kernel = int4_kernel(torch.device(device), dtype)
+        self.reduce = None  # as Int8Linear's
+        padded = N + -N % 16
+        if self.kernel == "cpu":  # the CPU layout packs each block of up to 64 rows on its own: (N, K/2) uint8
+            weight = torch.empty(padded, K // 2, dtype=torch.uint8, device=device)
+        else:
+            weight = torch.zeros(padded, K, dtype=torch.uint8, device=device)
+        start = 0
+        for q in q_blocks:  # (n, K) levels 0..15, as floats or uint8
+            n = len(q) + -len(q) % 16
+            if self.kernel == "cpu":
+                pack_cpu_int4(F.pad(q, (0, 0, 0, n - len(q))), weight[start:start + n])
+            else:
+                weight[start:start + len(q)] = q
+            start += n
         if self.kernel == "cuda":  # two weights per byte (high nibble first), then the kernel's tiling
-            packed = torch.ops.aten._convert_weight_to_int4pack((packed[:, ::2] << 4 | packed[:, 1::2]), 8)
-        self.register_buffer("weight", packed.to(device))
-        # The kernels' layout for the groups' parameters: (K/G, N, 2), [..., 0] scale, [..., 1] zero point.
+            weight = torch.ops.aten._convert_weight_to_int4pack((weight[:, ::2] << 4 | weight[:, 1::2]), 8)
+        self.register_buffer("weight", weight)
+        # The kernels' layout for the groups' parameters: (K/G, N, 2), [..., 0] scale, [..., 1] the value of
+        # level 8, -zero_point * scale (the kernels compute (q - 8) * scale + zero).
+        pad_rows = (0, 0, 0, padded - N)
+        scales = F.pad(scales.to(dtype).float(), pad_rows, value=1)  # rounded to dtype first: a reload, which
+        zeros = -F.pad(zero_points.float(), pad_rows) * scales  # reads them in dtype, computes the same zeros
         self.register_buffer("scales_and_zeros", torch.stack([scales, zeros], dim=-1).transpose(0, 1)
                              .contiguous().to(device, dtype))
-        self.register_buffer("bias", None if bias is None else F.pad(bias, (0, padded)).to(device, dtype))
+        self.register_buffer("bias", None if bias is None else F.pad(bias, (0, padded - N)).to(device, dtype))
+
+    @classmethod
+    def quantize(cls, weight, bias, dtype, group_size=GROUP_SIZE, key="weight"):
+        """One pass over weight (N, K), BLOCK rows at a time, into the int4 layer; NaN, inf and values beyond
+        `dtype` refused."""
+        N, K = weight.shape
+        scales = torch.empty(N, K // group_size, device=weight.device)
+        zero_points = torch.empty(N, K // group_size, dtype=torch.int8, device=weight.device)
+        absmax = torch.empty(N, K // group_size, device=weight.device)
+
+        f = torch.empty(BLOCK, K, device=weight.device)  # one buffer for every block: allocating is slow
+
+        def blocks():
+            for start in range(0, N, BLOCK):
+                rows, n = slice(start, start + BLOCK), min(BLOCK, N - start)
+                scales[rows], zero_points[rows], absmax[rows] = levels_int4(weight[rows], group_size, f[:n])
+                yield f[:n]
+        layer = cls(blocks(), N, K, scales, zero_points, bias, dtype, group_size, weight.device)
+        check_values(absmax, dtype, key)
+        return layer
 
     def forward(self, x):
         x2 = x.reshape(-1, self.in_features).contiguous()  # (B*T, K): the kernels want it contiguous
@@ -164,15 +246,33 @@ class Int4Linear(nn.Module):
         elif self.kernel == "cuda":
             y = torch.ops.aten._weight_int4pack_mm(x2, self.weight, self.group_size, self.scales_and_zeros)
         else:
-            sz = self.scales_and_zeros.transpose(0, 1)  # (N, K/G, 2)
-            w = dequantize_int4(self.weight, sz[..., 0], sz[..., 1], self.group_size)  # (N, K) fp32
+            sz = self.scales_and_zeros.transpose(0, 1).float()  # (N, K/G, 2)
+            groups = self.weight.float().reshape(len(sz), -1, self.group_size) - 8  # (N, K/G, G)
+            w = (groups * sz[..., :1] + sz[..., 1:]).reshape(len(sz), -1)  # (N, K) fp32
             y = x2 @ w.to(x.dtype).T
         return outputs(self, y, x.shape)
+
+    def levels(self):
+        """(q uint8 (N, K) in 0..15, scales (N, K/G), zero_points int8 (N, K/G)): the layer's integers back in
+        the plain layout, for saving."""
+        N = self.out_features
+        sz = self.scales_and_zeros.transpose(0, 1)[:N].float()  # (N, K/G, 2)
+        zero_points = (-sz[..., 1] / sz[..., 0]).nan_to_num_().round_().clamp_(-8, 7).to(torch.int8)
+        if self.kernel == "cpu":
+            q = unpack_cpu_int4(self.weight, self.in_features)
+        elif self.kernel is None:
+            q = self.weight
+        else:
+            raise ValueError("saving an int4 model quantized on CUDA is not supported: load it with device='cpu'")
+        return q[:N], self.scales_and_zeros.transpose(0, 1)[:N, :, 0], zero_points
 
 
 def outputs(layer, y, shape):
     """y (B*T, rows) + bias -> (B, T, out_features): rows past out_features (an int4 layer's padding, or rows
-    cut off with `layer.out_features = n` after loading) are dropped."""
+    cut off with `layer.out_features = n` after loading) are dropped. A layer of tensor parallel split by its
+    inputs sums its partial results over the processes first (layer.reduce, set by tp.py)."""
+    if layer.reduce is not None:
+        layer.reduce(y)
     y = y if layer.bias is None else y + layer.bias
     return y[:, :layer.out_features].reshape(*shape[:-1], layer.out_features)
 
@@ -186,7 +286,7 @@ def int4_kernel(device, dtype):
     return None
 
 
-def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE):
+def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE, key="weight"):
     """An Int8Linear or Int4Linear holding weight (out, in). int4 needs in_features divisible by group_size;
     a layer whose inputs are not a whole number of groups stays int8."""
     check_scheme(scheme)
@@ -194,8 +294,62 @@ def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE):
         raise ValueError(f"group_size must be one of {GROUP_SIZES} (what PyTorch's int4 kernels take), "
                          f"got {group_size}")
     if scheme == "int4" and weight.shape[1] % group_size == 0:
-        return Int4Linear(weight, bias, dtype, group_size)
-    return Int8Linear(weight, bias, dtype)
+        return Int4Linear.quantize(weight, bias, dtype, group_size, key)
+    return Int8Linear.quantize(weight, bias, dtype, key)
+
+# ----------------------------------------------------------------------------- PyTorch's CPU int4 layout
+
+
+def unpack_cpu_int4(packed, K):
+    """_convert_weight_to_int4pack_for_cpu undone: (N, K/2) uint8 in the kernel's layout -> (N, K) uint8.
+
+    The packer (aten/src/ATen/native/cpu/int4mm_kernel.cpp) cuts the rows into blocks of BLOCK_N (64 with
+    AVX-512, 32 otherwise) and stores each block k-major, BLOCK_N/2 bytes per input k. In a full block the low
+    nibbles hold the first half of its rows and the high nibbles the second half (AVX-512 and AVX2); a shorter
+    last block, and every block without AVX, holds neighbouring rows in one byte. Which of the three this
+    build uses is found by packing a probe (cpu_int4_layout)."""
+    block, halves = cpu_int4_layout()
+    N = len(packed)
+    out = torch.empty(N, K, dtype=torch.uint8)
+    for start in range(0, N, block):
+        n = min(block, N - start)
+        b = packed[start:start + n].reshape(K, n // 2)  # this block's bytes: (K, n/2)
+        lo, hi = b & 15, b >> 4
+        q = torch.cat([lo, hi], dim=1) if n == block and halves else torch.stack([lo, hi], dim=2).reshape(K, n)
+        out[start:start + n] = q.T
+    return out
+
+
+def pack_cpu_int4(levels, out):
+    """(n, K) levels 0..15 (floats or uint8, n a multiple of 16) -> out (n, K/2) uint8 in PyTorch's CPU int4
+    layout (unpack_cpu_int4's inverse). A full block in the halves layout is packed here, in two passes
+    (PyTorch's packer wants int32 and is slower); the rest by PyTorch's packer."""
+    block, halves = cpu_int4_layout()
+    n, K = levels.shape
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        if m == block and halves:
+            low, high = levels[start:start + m // 2], levels[start + m // 2:start + m]  # (m/2, K) each
+            out[start:start + m].view(K, m // 2).copy_(torch.add(low, high, alpha=16).T)  # (K, m/2) bytes
+        else:
+            out[start:start + m] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels[start:start + m].int(), 1)
+
+
+LAYOUT = []  # the CPU int4 packer's (BLOCK_N, halves), found once
+
+
+def cpu_int4_layout():
+    if not LAYOUT:
+        q = torch.randint(0, 16, (112, 4), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        for candidate in [(64, True), (32, True), (32, False)]:
+            LAYOUT[:] = candidate
+            if torch.equal(unpack_cpu_int4(packed, 4), q.to(torch.uint8)):
+                return candidate
+        LAYOUT.clear()
+        raise ValueError("this PyTorch build packs int4 weights in a layout quantize.py cannot read back; "
+                         "an int4 model cannot be saved here (int8 can)")
+    return tuple(LAYOUT)
 
 # ----------------------------------------------------------------------------- quantizing while loading
 
@@ -205,40 +359,45 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
     tensors, every nn.Linear replaced by its quantized form. The state dict is consumed one tensor at a time:
     a weight is read, quantized and dropped before the next is read, so memory holds the quantized model plus
     one full-precision tensor. A linear layer whose weight is tied to an embedding (GPT-2's lm_head and wte)
-    gets its own quantized copy; the embedding stays in `dtype`. check({key: tensor}, dtype), if given, sees
-    each tensor before it is converted (the model files pass check_finite: NaN or inf is refused)."""
+    gets its own quantized copy; the embedding stays in `dtype`. NaN, inf, and values beyond `dtype` are
+    refused, found by the pass that reads each tensor anyway. (check: unused, the model files' old callback.)"""
     check_scheme(scheme)
-    if not all(isinstance(t, torch.Tensor) for t in state_dict.values()):  # tp.py's lazily read tensors
-        raise ValueError("quantize= and tensor parallel (torchrun, tp.py) do not combine yet")
     device = torch.device(device)
     owner = {}  # parameter -> the first name it has in the state dict (a tied lm_head reads wte's tensor)
     for name, p in model.named_parameters(remove_duplicate=False):
         if name in state_dict:
             owner.setdefault(p, name)
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for name, linear in linears:
+    for name, linear in [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]:
         key = owner[linear.weight]
         tied = key != f"{name}.weight"
         weight = state_dict[key] if tied else state_dict.pop(key)
         bias = state_dict.pop(f"{name}.bias", None)
-        if check is not None:
-            check({key: weight} | ({} if bias is None else {f"{name}.bias": bias}), dtype)
-        layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size)
+        reduce = getattr(linear, "reduce", None)  # tensor parallel, split by inputs: group edges must align
+        if reduce is not None and scheme == "int4" and weight.shape[1] % group_size:
+            raise ValueError(f"{name}: this process's {weight.shape[1]} inputs are not a whole number of int4 "
+                             f"groups of {group_size}; use fewer processes or int8")
+        bias = None if bias is None else to_dtype(bias, dtype, device, f"{name}.bias")
+        layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size, key)
+        layer.reduce = reduce
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
         if not tied:
             release(weight)
         del weight
-    for key in list(state_dict):  # embeddings, layer norms: in dtype, one at a time
+    load_the_rest(model, state_dict, dtype, device)
+    model.quantization_config = quantization_config(model)
+    return model
+
+
+def load_the_rest(model, state_dict, dtype, device):
+    """Embeddings, LayerNorms: in dtype, one at a time."""
+    for key in list(state_dict):
         tensor = state_dict.pop(key)
-        converted = tensor.to(device, dtype)
-        if check is not None:
-            check({key: converted}, dtype)
+        converted = to_dtype(tensor, dtype, device, key)
         model.load_state_dict({key: converted}, strict=False, assign=True)
         if converted.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
             release(tensor)
         del tensor, converted
-    return model
 
 
 def release(tensor):
@@ -255,3 +414,171 @@ def release(tensor):
     length = storage.data_ptr() + storage.nbytes() - start
     MADV_PAGEOUT = 21
     ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), MADV_PAGEOUT)
+
+# ----------------------------------------------------------------------------- saving and reloading
+#
+# A quantized model is saved in compressed-tensors' "pack-quantized" format, which transformers (with the
+# compressed-tensors package) and vLLM load. For each quantized layer `name`:
+#
+#   name.weight_packed      int32 (N, ceil(K * bits / 32)): the levels + 2**(bits-1) (unsigned), 32 / bits to
+#                           a word, the first in the lowest bits (on a little-endian machine: the bytes, or
+#                           nibbles low first, in row order)
+#   name.weight_scale       dtype (N, 1) for int8 (per channel), (N, K / G) for int4 (per group)
+#   name.weight_zero_point  int32 (ceil(N / 8), K / G), int4 only: the zero points + 8, packed down the rows
+#   name.weight_shape       int64 (2,): N, K
+#
+# and w = (level - zero_point) * scale. config.json's "quantization_config" says which layers hold which.
+
+
+def quantization_config(model):
+    """The "quantization_config" of config.json: which layers are int8 (per channel, symmetric) and which int4
+    (per group, asymmetric), in compressed-tensors' terms."""
+    int8 = [n for n, m in model.named_modules() if isinstance(m, Int8Linear)]
+    int4 = [n for n, m in model.named_modules() if isinstance(m, Int4Linear)]
+    groups = {}
+    if int4:
+        group_size = next(m.group_size for m in model.modules() if isinstance(m, Int4Linear))
+        groups["group_0"] = scheme_config(int4, 4, "group", group_size, symmetric=False)
+    if int8:
+        groups[f"group_{len(groups)}"] = scheme_config(int8, 8, "channel", None, symmetric=True)
+    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+            "config_groups": groups, "ignore": [], "kv_cache_scheme": None}
+
+
+def scheme_config(targets, bits, strategy, group_size, symmetric):
+    weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": strategy,
+               "group_size": group_size, "dynamic": False, "actorder": None, "observer": "minmax"}
+    return {"targets": targets, "weights": weights, "input_activations": None, "output_activations": None}
+
+
+def pack_int32(levels, bits):
+    """(R, C) uint8 unsigned levels -> (R, ceil(C * bits / 32)) int32, 32 / bits to a word, lowest bits first."""
+    assert sys.byteorder == "little", "the packed layout is written byte by byte, for little-endian machines"
+    R, C = levels.shape
+    levels = F.pad(levels, (0, -C % (32 // bits)))
+    if bits == 4:
+        levels = levels[:, ::2] | levels[:, 1::2] << 4  # two to a byte, the first in the low nibble
+    return levels.contiguous().view(torch.int32)
+
+
+def unpack_int32(packed, bits, C):
+    """pack_int32 undone: (R, words) int32 -> (R, C) uint8 levels."""
+    assert sys.byteorder == "little", "the packed layout is read byte by byte, for little-endian machines"
+    b = packed.contiguous().view(torch.uint8)  # (R, 4 * words)
+    if bits == 4:
+        b = torch.stack([b & 15, b >> 4], dim=-1).reshape(len(b), -1)
+    return b[:, :C]
+
+
+def quantized_state_dict(model, config):
+    """(state dict, config.json dict) of a quantized model for save_pretrained: the integers and scales in
+    compressed-tensors' layout, every other tensor as it is; the LM head is its own matrix (tied no more)."""
+    state_dict = {}
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, (Int8Linear, Int4Linear))}
+    for name, layer in quantized.items():
+        N, K = layer.out_features, layer.in_features
+        if isinstance(layer, Int8Linear):
+            levels = (layer.weight.view(torch.uint8) ^ 128)  # q + 128, two's complement
+            state_dict[f"{name}.weight_packed"] = pack_int32(levels, 8)
+            state_dict[f"{name}.weight_scale"] = layer.scales[:N, None].contiguous()
+        else:
+            q, scales, zero_points = layer.levels()
+            state_dict[f"{name}.weight_packed"] = pack_int32(q, 4)
+            state_dict[f"{name}.weight_scale"] = scales.contiguous()
+            zp = (zero_points + 8).to(torch.uint8).T  # (K/G, N): packed down the rows
+            state_dict[f"{name}.weight_zero_point"] = pack_int32(zp, 4).T.contiguous()
+        state_dict[f"{name}.weight_shape"] = torch.tensor([N, K])
+        if layer.bias is not None:
+            state_dict[f"{name}.bias"] = layer.bias[:N].contiguous()
+    for key, tensor in model.state_dict().items():
+        if key.rpartition(".")[0] not in quantized:
+            state_dict[key] = tensor
+    config = dict(config, tie_word_embeddings=False, quantization_config=model.quantization_config)
+    return state_dict, config
+
+
+def saved_schemes(config):
+    """{layer name: (bits, group_size)} from a config.json's "quantization_config"; anything this file does not
+    read is refused, naming the field."""
+    if not (isinstance(config, dict) and config.get("quant_method") == "compressed-tensors"
+            and config.get("format") == "pack-quantized"):
+        raise ValueError('quantization_config: only compressed-tensors\' "pack-quantized" format is read '
+                         f'(quant_method {config.get("quant_method")!r}, format {config.get("format")!r})')
+    schemes = {}
+    groups = config.get("config_groups")
+    for group_name, group in (groups.items() if isinstance(groups, dict) else ()):
+        weights, targets = group.get("weights") or {}, group.get("targets")
+        bits, group_size = weights.get("num_bits"), weights.get("group_size")
+        int8 = bits == 8 and weights.get("strategy") == "channel" and weights.get("symmetric") is True
+        int4 = (bits == 4 and weights.get("strategy") == "group" and weights.get("symmetric") is False
+                and group_size in GROUP_SIZES)
+        if not (int8 or int4) or weights.get("type") != "int" or group.get("input_activations") or \
+                not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise ValueError(f"quantization_config.config_groups.{group_name}: only int8 per channel (symmetric)"
+                             f" and int4 per group of {GROUP_SIZES} (asymmetric) weights, with layer names as"
+                             " targets, are read")
+        schemes.update({t: (bits, group_size) for t in targets})
+    if not schemes:
+        raise ValueError("quantization_config has no config_groups")
+    return schemes
+
+
+def load_saved(model, state_dict, config, dtype, device="cpu"):
+    """Give `model` (built on the meta device) a saved quantized checkpoint's tensors: the integers are read
+    from the (memory-mapped) file into the layers' layouts, nothing is quantized again. `config` is
+    config.json's "quantization_config". Every key and shape is checked against the model."""
+    schemes = saved_schemes(config)
+    device = torch.device(device)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if unknown := sorted(schemes.keys() - linears.keys()):
+        raise ValueError(f"quantization_config names layers the model does not have: {', '.join(unknown[:8])}")
+    for name, linear in linears.items():
+        if name not in schemes:
+            raise ValueError(f"quantization_config does not say how {name} is quantized")
+        bits, group_size = schemes[name]
+        N, K = linear.out_features, linear.in_features
+        expected = {"weight_packed": ((N, -(-K * bits // 32)), torch.int32),
+                    "weight_scale": ((N, 1) if bits == 8 else (N, K // group_size), None),
+                    "weight_shape": ((2,), torch.int64)}
+        if bits == 4:
+            expected["weight_zero_point"] = ((-(-N // 8), K // group_size), torch.int32)
+        if linear.bias is not None:
+            expected["bias"] = ((N,), None)
+        t = {}
+        for part, (shape, want) in expected.items():
+            key = f"{name}.{part}"
+            if key not in state_dict:
+                raise ValueError(f"the checkpoint has no {key}")
+            t[part] = state_dict.pop(key)
+            if tuple(t[part].shape) != shape or (want is not None and t[part].dtype != want) or \
+                    (want is None and not t[part].is_floating_point()):
+                raise ValueError(f"{key}: {t[part].dtype} {tuple(t[part].shape)} in the file, expected "
+                                 f"{want or 'floating point'} {shape}")
+        if t["weight_shape"].tolist() != [N, K]:
+            raise ValueError(f"{name}.weight_shape is {t['weight_shape'].tolist()}, the config says {[N, K]}")
+        if bits == 4 and K % group_size:
+            raise ValueError(f"{name}: {K} inputs are not a whole number of groups of {group_size}")
+        bias = None if linear.bias is None else to_dtype(t["bias"], dtype, device, f"{name}.bias")
+        scales = to_dtype(t["weight_scale"], torch.float32, device, f"{name}.weight_scale")
+        packed = t["weight_packed"]
+        if bits == 8:
+            q = (unpack_int32(packed, 8, K) ^ 128).view(torch.int8).to(device)  # one pass: a new tensor
+            layer = Int8Linear(q, scales[:, 0], bias, dtype)
+        else:
+            zero_points = unpack_int32(t["weight_zero_point"].T, 4, N).T.to(torch.int8) - 8  # (N, K/G)
+            blocks = (unpack_int32(packed[s:s + BLOCK], 4, K) for s in range(0, N, BLOCK))
+            layer = Int4Linear(blocks, N, K, scales, zero_points, bias, dtype, group_size, device)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer)
+        release(packed)
+    expected = {k for k, v in model.state_dict().items() if v.is_meta}
+    if missing := sorted(expected - state_dict.keys()):
+        raise ValueError(f"the checkpoint has no {', '.join(missing[:8])}")
+    if unexpected := sorted(state_dict.keys() - expected):
+        raise ValueError(f"the checkpoint holds tensors the model does not: {', '.join(unexpected[:8])}")
+    for key, tensor in state_dict.items():
+        if tuple(tensor.shape) != tuple(model.state_dict()[key].shape):
+            raise ValueError(f"{key}: file {tuple(tensor.shape)} vs config {tuple(model.state_dict()[key].shape)}")
+    load_the_rest(model, state_dict, dtype, device)
+    model.quantization_config = quantization_config(model)
+    return model

@@ -43,7 +43,7 @@ def weights(draw, multiple_of=1):
 
 @given(w=weights())
 def test_int8_error_is_at_most_half_a_step(w):
-    q, scales = quantize.quantize_int8(w)
+    q, scales, _ = quantize.quantize_int8(w)
     assert q.dtype == torch.int8 and q.abs().max() <= 127
     error = (w - quantize.dequantize_int8(q, scales)).abs()
     assert (error <= scales[:, None] / 2 * (1 + 1e-5) + 1e-30).all()
@@ -51,12 +51,18 @@ def test_int8_error_is_at_most_half_a_step(w):
 
 @given(group_size=st.sampled_from(GROUP_SIZES), data=st.data())
 def test_int4_error_is_at_most_half_a_step_of_its_group(group_size, data):
+    """Half a step, except at the top level: the zero point is an integer (compressed-tensors' format), so the
+    grid is shifted by up to half a step and the group's largest weights may round one level past 15."""
     w = data.draw(weights(multiple_of=group_size))
-    q, scales, zeros = quantize.quantize_int4(w, group_size)
+    q, scales, zero_points, _ = quantize.quantize_int4(w, group_size)
     assert q.dtype == torch.uint8 and q.max() <= 15
-    error = (w - quantize.dequantize_int4(q, scales, zeros, group_size)).abs()
-    bound = scales.repeat_interleave(group_size, dim=1) / 2  # (N, K): the step of each weight's group
+    assert zero_points.dtype == torch.int8 and zero_points.min() >= -8 and zero_points.max() <= 7
+    error = (w - quantize.dequantize_int4(q, scales, zero_points, group_size)).abs()
+    step = scales.repeat_interleave(group_size, dim=1)  # (N, K): the step of each weight's group
+    bound = torch.where(q == 15, step, step / 2)
     assert (error <= bound * (1 + 1e-5) + 1e-6 * w.abs().max()).all()
+    zero = (w == 0) | (quantize.dequantize_int4(q, scales, zero_points, group_size) == 0)
+    assert zero[w == 0].all()  # 0 is one of the levels: an exact zero stays zero
 
 # ----------------------------------------------------------------------------- the layers
 
@@ -65,20 +71,24 @@ def dequantized(w, scheme, dtype, group_size=quantize.GROUP_SIZE):
     """The weight a quantized layer stands for, computed from the scheme alone (no kernel, no packing): the
     scales and zero points rounded to `dtype` as the layer stores them. int8 where int4 does not apply."""
     if scheme == "int4" and w.shape[1] % group_size == 0:
-        q, scales, zeros = quantize.quantize_int4(w, group_size)
-        return quantize.dequantize_int4(q, scales.to(dtype), zeros.to(dtype), group_size)
-    q, scales = quantize.quantize_int8(w)
+        q, scales, zero_points, _ = quantize.quantize_int4(w, group_size)
+        return quantize.dequantize_int4(q, scales.to(dtype), zero_points, group_size)
+    q, scales, _ = quantize.quantize_int8(w)
     return quantize.dequantize_int8(q, scales.to(dtype))
 
 
 @given(scheme=st.sampled_from(quantize.SCHEMES), group_size=st.sampled_from(GROUP_SIZES),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), bias=st.booleans(),
-       lead=st.sampled_from([(1,), (3,), (2, 5)]), data=st.data())
-def test_layer_equals_matmul_with_its_dequantized_weight(scheme, group_size, dtype, bias, lead, data):
-    w = data.draw(weights(multiple_of=group_size))
+       lead=st.sampled_from([(1,), (3,), (2, 5)]), whole_groups=st.booleans(), data=st.data())
+def test_layer_equals_matmul_with_its_dequantized_weight(scheme, group_size, dtype, bias, lead, whole_groups,
+                                                          data):
+    """Widths drawn from 1..80 too (not multiples of 16 or 32): PyTorch's int8 kernel is wrong there with bf16
+    activations, so the layer must not use it (more than one token crashes it: see the subprocess test)."""
+    w = data.draw(weights(multiple_of=group_size if whole_groups else 1))
     b = torch.randn(w.shape[0]) if bias else None
     layer = quantize.quantized_linear(w, b, scheme, dtype, group_size)
-    assert isinstance(layer, quantize.Int4Linear if scheme == "int4" else quantize.Int8Linear)
+    int4 = scheme == "int4" and w.shape[1] % group_size == 0
+    assert isinstance(layer, quantize.Int4Linear if int4 else quantize.Int8Linear)
     x = torch.randn(*lead, w.shape[1]).to(dtype)
     with torch.no_grad():
         y = layer(x)
@@ -94,13 +104,36 @@ def test_layer_equals_matmul_with_its_dequantized_weight(scheme, group_size, dty
 
 def test_int4_pads_rows_and_falls_back_to_int8_on_odd_widths():
     torch.manual_seed(0)
-    w = torch.randn(quantize.ROWS + 37, 64)  # more than one block of rows, not divisible by 16: padded
+    w = torch.randn(quantize.BLOCK * 2 + 37, 64)  # more than one block of rows, not divisible by 16: padded
     layer = quantize.quantized_linear(w, None, "int4", torch.float32, 32)
     assert isinstance(layer, quantize.Int4Linear) and layer.weight.shape[0] % 16 == 0
     x = torch.randn(2, 64)
     assert_close(layer(x), x @ dequantized(w, "int4", torch.float32, 32).T, "int4 padded rows", tol=1e-4)
     assert isinstance(quantize.quantized_linear(torch.randn(8, 40), None, "int4", torch.float32, 32),
                       quantize.Int8Linear)  # 40 inputs: not a whole number of groups
+
+
+ODD_WIDTH_MODEL = """
+import sys, torch, quantize
+torch.manual_seed(0)
+w, x = torch.randn(48, 40), torch.randn(2, 7, 40).bfloat16()  # 40 inputs: not a multiple of 16
+layer = quantize.quantized_linear(w, None, sys.argv[1], torch.bfloat16)
+q, scales, _ = quantize.quantize_int8(w)
+expected = x.float() @ quantize.dequantize_int8(q, scales.bfloat16()).T
+error = (layer(x).float() - expected).abs().max().item()
+print(error / expected.abs().max().item())
+"""
+
+
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_odd_width_with_bf16_and_many_tokens_neither_crashes_nor_errs(scheme):
+    """PyTorch's CPU int8 kernel (torch 2.13) with bf16 activations segfaults on inputs of several rows when the
+    width is not a multiple of 16 (rc -11, no message) and returns wrong values for one row. Run in a process
+    of its own, so that a crash fails this test instead of killing pytest. int4 falls back to int8 here."""
+    result = subprocess.run([sys.executable, "-c", ODD_WIDTH_MODEL, scheme], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, f"rc {result.returncode}: {result.stderr[-500:]}"
+    assert float(result.stdout.split()[-1]) < 2**-7
 
 
 def test_unknown_scheme_is_a_clear_error():
@@ -256,3 +289,20 @@ def test_nan_weights_are_refused_while_quantizing():
         save_checkpoint(ref, d)
         with pytest.raises(ValueError, match="NaN or inf .*transformer.h.1.mlp.c_fc.weight"):
             gpt2.from_pretrained(d, quantize="int4")
+
+
+@pytest.mark.parametrize("where", ["transformer.h.1.mlp.c_fc.weight", "transformer.ln_f.weight"])
+def test_values_beyond_float16_are_refused_with_quantize_and_float16(where):
+    """70000 is finite in fp32 but inf in float16: refused as loading in float16 without quantize refuses it
+    (a quantized weight's scale would hold it, but its products would overflow the fp16 activations)."""
+    module, ref = tiny("gpt2", 83, 64)
+    with torch.no_grad():
+        ref.get_parameter(where).view(-1)[3] = 7e4
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(ref, d)
+        with pytest.raises(ValueError, match=f"NaN or inf in torch.float16: .*{where}"):
+            gpt2.from_pretrained(d, dtype=torch.float16)
+        for scheme in quantize.SCHEMES:
+            with pytest.raises(ValueError, match=f"NaN or inf in torch.float16: .*{where}"):
+                gpt2.from_pretrained(d, quantize=scheme, dtype=torch.float16)
+            gpt2.from_pretrained(d, quantize=scheme, dtype=torch.bfloat16)  # bf16 holds it
