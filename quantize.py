@@ -22,12 +22,16 @@ matmul. Symmetric (no offset): weights are centred on zero.
 
 Group-wise (int4). Four bits hold only 16 values, too coarse for a whole row of 768 or 3072 weights: one
 outlier would set the step for all of them. So each row is cut into groups of `group_size` consecutive input
-weights (32, 64 or 128), each with its own scale s and offset (zero point) z: q = round((w - min) / s) in
-0..15, with s = (max - min) / 15 and w ≈ (q - 8) * s + z where z = min + 8 s (the layout PyTorch's int4
-kernels read). The error is again at most s / 2, and s is small because a group spans a narrow range. The
-group size trades accuracy (smaller groups, smaller steps) against the bytes of the scales (2 x 16 bits per
-group: 1 bit per weight at group 32, 0.25 at 128). GROUP_SIZE below was chosen by measuring perplexity
-(bench/quantize.py; README, "Quantization").
+weights (32, 64 or 128), each with its own scale s: q = round(w / s) in -8..7 with s = max|w| / 7.5 over the
+group (stored as q + 8 in 0..15, the layout PyTorch's int4 kernels read; symmetric, as compressed-tensors
+saves int4 and vLLM reads it). The error is again at most s / 2, and s is small because a group spans a
+narrow range. The group size trades accuracy (smaller groups, smaller steps) against the bytes of the scales
+(16 bits per group: 0.5 bit per weight at group 32, 0.125 at 128). GROUP_SIZE below was chosen by measuring
+perplexity (bench/quantize.py; docs/quantization.md).
+
+Saving. save_pretrained of a quantized model writes the integers and scales in compressed-tensors'
+"pack-quantized" format (below, "saving and reloading"), which transformers and vLLM load; from_pretrained
+reads them back without quantizing again.
 
 Why the activations stay in bf16 (or fp32). Only the weights are stored in integers; inputs and outputs of a
 layer keep the model's dtype. Activations change with every token and have outliers (a few features far
@@ -52,6 +56,7 @@ Kernels (a plain dequantize-then-matmul where none exists, e.g. int4 with fp16 a
 """
 import ctypes
 import mmap
+import re
 import sys
 
 import torch
@@ -96,30 +101,28 @@ def dequantize_int8(q, scales):
 
 
 def levels_int4(w, group_size, f):
-    """w (N, K) -> f (N, K) fp32 buffer given: the levels q in 0..15 (as floats), and scales fp32 and zero
-    points in -8..7 (N, K / group_size), absmax fp32 (N, K / group_size): each run of group_size weights of a
-    row has its own scale and integer zero point; w ≈ (q - 8 - zero_point) * scale (compressed-tensors' and
-    GPTQ's asymmetric int4)."""
+    """w (N, K) -> f (N, K) fp32 buffer given: the levels q in 0..15 (as floats), and scales fp32 and absmax
+    fp32 (N, K / group_size): each run of group_size weights of a row has its own scale; w ≈ (q - 8) * scale,
+    symmetric (compressed-tensors' int4 and the one vLLM's kernels read): scale = max|w| / 7.5, so that both
+    ends of the group round to within half a step (+max|w| -> 7.5 -> 7, -max|w| -> -7.5 -> -8)."""
     N, K = w.shape
     groups = f.copy_(w).view(N, K // group_size, group_size)  # (N, K/G, G)
-    lo, hi = groups.amin(dim=-1).clamp_(max=0), groups.amax(dim=-1).clamp_(min=0)  # (N, K/G); NaN carries
-    # The range holds 0, so that 0 is exactly one of the 16 levels.
-    scales = (hi - lo).clamp_(min=1e-12) / 15  # 16 levels span [lo, hi]
-    zero_points = (-lo / scales).round_() - 8  # lo -> level -8; in -8..7
-    groups.div_(scales[..., None]).round_().add_(zero_points[..., None] + 8).clamp_(0, 15)
-    return scales, zero_points, torch.maximum(-lo, hi)
+    absmax = torch.maximum(groups.amax(dim=-1), -groups.amin(dim=-1))  # (N, K/G); NaN and inf carry through
+    scales = absmax.clamp(min=1e-12) / 7.5
+    groups.div_(scales[..., None]).round_().clamp_(-8, 7).add_(8)
+    return scales, absmax
 
 
 def quantize_int4(w, group_size):
-    """w (N, K) -> q uint8 (N, K), scales, zero points int8, absmax (levels_int4 in a buffer of its own)."""
+    """w (N, K) -> q uint8 (N, K) in 0..15, scales, absmax (levels_int4 in a buffer of its own)."""
     f = torch.empty(w.shape)
-    scales, zero_points, absmax = levels_int4(w, group_size, f)
-    return f.to(torch.uint8), scales, zero_points.to(torch.int8), absmax
+    scales, absmax = levels_int4(w, group_size, f)
+    return f.to(torch.uint8), scales, absmax
 
 
-def dequantize_int4(q, scales, zero_points, group_size):
+def dequantize_int4(q, scales, group_size):
     N, K = q.shape
-    groups = q.float().reshape(N, K // group_size, group_size) - 8 - zero_points[..., None].float()
+    groups = q.float().reshape(N, K // group_size, group_size) - 8
     return (groups * scales[..., None].float()).reshape(N, K)
 
 
@@ -180,16 +183,15 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    """y = x @ W.T + bias, W stored as 4-bit integers with a scale and a zero point per group of inputs.
+    """y = x @ W.T + bias, W stored as 4-bit integers with a scale per group of inputs.
 
     Where PyTorch has an int4 kernel for the device and dtype, q is packed into its layout (two weights per
     byte, tiled) and the kernel dequantizes on the fly; otherwise q stays one uint8 per weight and the layer
     dequantizes then multiplies (the plain path). The CPU packer wants out_features divisible by 16: GPT-2's
     50257-row LM head is padded with zero rows, whose outputs are cut off."""
 
-    def __init__(self, q_blocks, N, K, scales, zero_points, bias, dtype, group_size=GROUP_SIZE, device="cpu"):
-        """q_blocks: (N, K) uint8 levels 0..15 in blocks of BLOCK rows (an iterator, consumed once); scales
-        fp32 and zero_points int8 (N, K/G)."""
+    def __init__(self, q_blocks, N, K, scales, bias, dtype, group_size=GROUP_SIZE, device="cpu"):
+        """q_blocks: (N, K) levels 0..15 in blocks of BLOCK rows (an iterator, consumed once); scales (N, K/G)."""
         super().__init__()
         self.in_features, self.out_features, self.group_size = K, N, group_size
         self.kernel = int4_kernel(torch.device(device), dtype)
@@ -211,10 +213,9 @@ class Int4Linear(nn.Module):
             weight = torch.ops.aten._convert_weight_to_int4pack((weight[:, ::2] << 4 | weight[:, 1::2]), 8)
         self.register_buffer("weight", weight)
         # The kernels' layout for the groups' parameters: (K/G, N, 2), [..., 0] scale, [..., 1] the value of
-        # level 8, -zero_point * scale (the kernels compute (q - 8) * scale + zero).
-        pad_rows = (0, 0, 0, padded - N)
-        scales = F.pad(scales.to(dtype).float(), pad_rows, value=1)  # rounded to dtype first: a reload, which
-        zeros = -F.pad(zero_points.float(), pad_rows) * scales  # reads them in dtype, computes the same zeros
+        # level 8 (the kernels compute (q - 8) * scale + zero): 0, symmetric.
+        scales = F.pad(scales, (0, 0, 0, padded - N), value=1)
+        zeros = torch.zeros_like(scales)
         self.register_buffer("scales_and_zeros", torch.stack([scales, zeros], dim=-1).transpose(0, 1)
                              .contiguous().to(device, dtype))
         self.register_buffer("bias", None if bias is None else F.pad(bias, (0, padded - N)).to(device, dtype))
@@ -225,7 +226,6 @@ class Int4Linear(nn.Module):
         `dtype` refused."""
         N, K = weight.shape
         scales = torch.empty(N, K // group_size, device=weight.device)
-        zero_points = torch.empty(N, K // group_size, dtype=torch.int8, device=weight.device)
         absmax = torch.empty(N, K // group_size, device=weight.device)
 
         f = torch.empty(BLOCK, K, device=weight.device)  # one buffer for every block: allocating is slow
@@ -233,9 +233,9 @@ class Int4Linear(nn.Module):
         def blocks():
             for start in range(0, N, BLOCK):
                 rows, n = slice(start, start + BLOCK), min(BLOCK, N - start)
-                scales[rows], zero_points[rows], absmax[rows] = levels_int4(weight[rows], group_size, f[:n])
+                scales[rows], absmax[rows] = levels_int4(weight[rows], group_size, f[:n])
                 yield f[:n]
-        layer = cls(blocks(), N, K, scales, zero_points, bias, dtype, group_size, weight.device)
+        layer = cls(blocks(), N, K, scales, bias, dtype, group_size, weight.device)
         check_values(absmax, dtype, key)
         return layer
 
@@ -253,18 +253,16 @@ class Int4Linear(nn.Module):
         return outputs(self, y, x.shape)
 
     def levels(self):
-        """(q uint8 (N, K) in 0..15, scales (N, K/G), zero_points int8 (N, K/G)): the layer's integers back in
-        the plain layout, for saving."""
+        """(q uint8 (N, K) in 0..15, scales (N, K/G)): the layer's integers back in the plain layout, for
+        saving."""
         N = self.out_features
-        sz = self.scales_and_zeros.transpose(0, 1)[:N].float()  # (N, K/G, 2)
-        zero_points = (-sz[..., 1] / sz[..., 0]).nan_to_num_().round_().clamp_(-8, 7).to(torch.int8)
         if self.kernel == "cpu":
             q = unpack_cpu_int4(self.weight, self.in_features)
         elif self.kernel is None:
             q = self.weight
         else:
             raise ValueError("saving an int4 model quantized on CUDA is not supported: load it with device='cpu'")
-        return q[:N], self.scales_and_zeros.transpose(0, 1)[:N, :, 0], zero_points
+        return q[:N], self.scales_and_zeros.transpose(0, 1)[:N, :, 0]
 
 
 def outputs(layer, y, shape):
@@ -424,28 +422,34 @@ def release(tensor):
 #                           a word, the first in the lowest bits (on a little-endian machine: the bytes, or
 #                           nibbles low first, in row order)
 #   name.weight_scale       dtype (N, 1) for int8 (per channel), (N, K / G) for int4 (per group)
-#   name.weight_zero_point  int32 (ceil(N / 8), K / G), int4 only: the zero points + 8, packed down the rows
 #   name.weight_shape       int64 (2,): N, K
 #
-# and w = (level - zero_point) * scale. config.json's "quantization_config" says which layers hold which.
+# and w = level * scale, symmetric (no zero point: compressed-tensors' asymmetric int4 does not load in
+# transformers 5.24 + compressed-tensors 0.20, whose empty model expects its zero points unpacked). config.json's "quantization_config" says which layers hold which.
 
 
 def quantization_config(model):
     """The "quantization_config" of config.json: which layers are int8 (per channel, symmetric) and which int4
-    (per group, asymmetric), in compressed-tensors' terms."""
+    (per group, symmetric), in compressed-tensors' terms."""
     int8 = [n for n, m in model.named_modules() if isinstance(m, Int8Linear)]
     int4 = [n for n, m in model.named_modules() if isinstance(m, Int4Linear)]
     groups = {}
     if int4:
         group_size = next(m.group_size for m in model.modules() if isinstance(m, Int4Linear))
-        groups["group_0"] = scheme_config(int4, 4, "group", group_size, symmetric=False)
+        groups["group_0"] = scheme_config(int4, 4, "group", group_size, symmetric=True)
     if int8:
         groups[f"group_{len(groups)}"] = scheme_config(int8, 8, "channel", None, symmetric=True)
     return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
             "config_groups": groups, "ignore": [], "kv_cache_scheme": None}
 
 
+# transformers 5 calls GPT-NeoX's LM head lm_head (its checkpoints, and vLLM, keep embed_out): a target that
+# compressed-tensors matches under either name.
+TARGETS = {"embed_out": "re:^(embed_out|lm_head)$"}
+
+
 def scheme_config(targets, bits, strategy, group_size, symmetric):
+    targets = [TARGETS.get(name, name) for name in targets]
     weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": strategy,
                "group_size": group_size, "dynamic": False, "actorder": None, "observer": "minmax"}
     return {"targets": targets, "weights": weights, "input_activations": None, "output_activations": None}
@@ -482,11 +486,9 @@ def quantized_state_dict(model, config):
             state_dict[f"{name}.weight_packed"] = pack_int32(levels, 8)
             state_dict[f"{name}.weight_scale"] = layer.scales[:N, None].contiguous()
         else:
-            q, scales, zero_points = layer.levels()
+            q, scales = layer.levels()
             state_dict[f"{name}.weight_packed"] = pack_int32(q, 4)
             state_dict[f"{name}.weight_scale"] = scales.contiguous()
-            zp = (zero_points + 8).to(torch.uint8).T  # (K/G, N): packed down the rows
-            state_dict[f"{name}.weight_zero_point"] = pack_int32(zp, 4).T.contiguous()
         state_dict[f"{name}.weight_shape"] = torch.tensor([N, K])
         if layer.bias is not None:
             state_dict[f"{name}.bias"] = layer.bias[:N].contiguous()
@@ -510,17 +512,25 @@ def saved_schemes(config):
         weights, targets = group.get("weights") or {}, group.get("targets")
         bits, group_size = weights.get("num_bits"), weights.get("group_size")
         int8 = bits == 8 and weights.get("strategy") == "channel" and weights.get("symmetric") is True
-        int4 = (bits == 4 and weights.get("strategy") == "group" and weights.get("symmetric") is False
+        int4 = (bits == 4 and weights.get("strategy") == "group" and weights.get("symmetric") is True
                 and group_size in GROUP_SIZES)
         if not (int8 or int4) or weights.get("type") != "int" or group.get("input_activations") or \
                 not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
             raise ValueError(f"quantization_config.config_groups.{group_name}: only int8 per channel (symmetric)"
-                             f" and int4 per group of {GROUP_SIZES} (asymmetric) weights, with layer names as"
+                             f" and int4 per group of {GROUP_SIZES} (symmetric) weights, with layer names as"
                              " targets, are read")
         schemes.update({t: (bits, group_size) for t in targets})
     if not schemes:
         raise ValueError("quantization_config has no config_groups")
     return schemes
+
+
+def scheme_of(schemes, name):
+    """The (bits, group_size) whose target is `name`, or a "re:" pattern matching it (compressed-tensors'
+    re.match); None if none."""
+    if name in schemes:
+        return schemes[name]
+    return next((s for t, s in schemes.items() if t.startswith("re:") and re.match(t[3:], name)), None)
 
 
 def load_saved(model, state_dict, config, dtype, device="cpu"):
@@ -530,18 +540,17 @@ def load_saved(model, state_dict, config, dtype, device="cpu"):
     schemes = saved_schemes(config)
     device = torch.device(device)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    if unknown := sorted(schemes.keys() - linears.keys()):
+    unknown = sorted(t for t in schemes if not t.startswith("re:") and t not in linears)
+    if unknown:
         raise ValueError(f"quantization_config names layers the model does not have: {', '.join(unknown[:8])}")
     for name, linear in linears.items():
-        if name not in schemes:
+        if scheme_of(schemes, name) is None:
             raise ValueError(f"quantization_config does not say how {name} is quantized")
-        bits, group_size = schemes[name]
+        bits, group_size = scheme_of(schemes, name)
         N, K = linear.out_features, linear.in_features
         expected = {"weight_packed": ((N, -(-K * bits // 32)), torch.int32),
                     "weight_scale": ((N, 1) if bits == 8 else (N, K // group_size), None),
                     "weight_shape": ((2,), torch.int64)}
-        if bits == 4:
-            expected["weight_zero_point"] = ((-(-N // 8), K // group_size), torch.int32)
         if linear.bias is not None:
             expected["bias"] = ((N,), None)
         t = {}
@@ -565,9 +574,8 @@ def load_saved(model, state_dict, config, dtype, device="cpu"):
             q = (unpack_int32(packed, 8, K) ^ 128).view(torch.int8).to(device)  # one pass: a new tensor
             layer = Int8Linear(q, scales[:, 0], bias, dtype)
         else:
-            zero_points = unpack_int32(t["weight_zero_point"].T, 4, N).T.to(torch.int8) - 8  # (N, K/G)
             blocks = (unpack_int32(packed[s:s + BLOCK], 4, K) for s in range(0, N, BLOCK))
-            layer = Int4Linear(blocks, N, K, scales, zero_points, bias, dtype, group_size, device)
+            layer = Int4Linear(blocks, N, K, scales, bias, dtype, group_size, device)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
         release(packed)
