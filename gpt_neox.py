@@ -1,4 +1,5 @@
-"""GPT-NeoX and Pythia in one file: config, model, loading the Hub's checkpoints, generation, a sampling CLI.
+"""GPT-NeoX and Pythia in one file. The lesson first: the config, the model, its loss and a new model's
+initialisation; after the line that says the lesson ends come the Hub's files, generation and a CLI.
 
     python gpt_neox.py --prompt "The meaning of life is" --max-new-tokens 40
     python gpt_neox.py --model EleutherAI/pythia-70m --revision step3000   # a checkpoint from mid-training
@@ -17,17 +18,13 @@ separate from the embedding:
 Notation: B batch, T tokens, L num_hidden_layers, C hidden_size, nh num_attention_heads, hd head size
 (C / nh), I intermediate_size, r rotary_ndims (the rotated dims of each head), V vocab_size; ln1 and ln2
 are input_layernorm and post_attention_layernorm.
-The module names are the Hub's state-dict keys (gpt_neox.layers.0.attention.query_key_value.weight ...), so
-loading is a load_state_dict after one visible key transform (`convert_hub_state_dict`).
+Module names are the Hub's state-dict keys (gpt_neox.layers.0.attention.query_key_value.weight ...).
 Names that differ from gpt2.py's, all the Hub's: config hidden_size (n_embd), num_hidden_layers (n_layer),
 num_attention_heads (n_head), max_position_embeddings (n_positions), intermediate_size (n_inner),
 layer_norm_eps (layer_norm_epsilon), hidden_act (activation_function); modules gpt_neox (transformer),
 embed_in (wte), layers (h), input_layernorm (ln_1), attention (attn), query_key_value (c_attn),
 dense (c_proj), post_attention_layernorm (ln_2), dense_h_to_4h (c_fc), dense_4h_to_h (mlp.c_proj),
-final_layer_norm (ln_f), embed_out (lm_head). The rest of the file is gpt2.py's, word for word.
-To use this file in another project, copy it together with attention.py, kv_cache.py and tp.py (tensor
-parallel under torchrun; without it, loading and the CLI pass through it unchanged); the sampling CLI (main)
-also needs bpe.py. Nothing else: torch, safetensors and huggingface_hub are the dependencies.
+final_layer_norm (ln_f), embed_out (lm_head).
 """
 import argparse
 import json
@@ -46,19 +43,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import tp
 from attention import BACKENDS, attention
 from kv_cache import DynamicCache, FullBuffer, StaticCache
+
 
 # ----------------------------------------------------------------------------- config
 
 
 @dataclass
 class GPTNeoXConfig:
-    """The fields of the Hub's config.json that the architecture reads; a field the file leaves out takes
+    """config.json's fields that the architecture reads (the Hub's names); a field the file leaves out takes
     transformers' default (GPT-NeoX-20B's values)."""
     vocab_size: int = 50432
-    max_position_embeddings: int = 2048
+    max_position_embeddings: int = 2048  # the context: how many tokens the model can see
     hidden_size: int = 6144
     num_hidden_layers: int = 44
     num_attention_heads: int = 64
@@ -78,55 +75,25 @@ class GPTNeoXConfig:
     initializer_range: float = 0.02
 
     MODEL_TYPE = "gpt_neox"  # config.json's model_type
-
-    # config.json files written by transformers >= 5 hold the rotary settings as rope_parameters =
-    # {rope_theta, partial_rotary_factor, rope_type}; the Hub's own files have rotary_emb_base and
-    # rotary_pct. The dict wins where both are given, as in transformers' convert_rope_params_to_dict.
-    ROPE_PARAMETERS = {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"}
+    DROPOUT = ("attention_dropout", "hidden_dropout")  # the dropout rates' fields
 
     @property
     def rotary_ndims(self):
         # Truncated by int(), as in GPT-NeoX and transformers: a head of 64 at 25% rotates 16 of its dims.
         return int(self.hidden_size // self.num_attention_heads * self.rotary_pct)
 
+    @property
+    def context_length(self):
+        return self.max_position_embeddings
+
     @classmethod
-    def from_dict(cls, d):
-        check_model_type(d, cls.MODEL_TYPE)
-        rope = d.get("rope_scaling") or d.get("rope_parameters") or {}  # older files call it rope_scaling
-        if not isinstance(rope, dict):
-            raise ValueError(f"config.json: rope_parameters must be an object, got {rope!r}")
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":  # linear / dynamic / yarn ... scaling of long-context fine-tunes
-            raise ValueError(f"config.json asks for rope_type={rope_type!r}, which gpt_neox.py does not "
-                             "implement (only the default rotary embeddings)")
-        d = {**d, **{ours: rope[theirs] for theirs, ours in cls.ROPE_PARAMETERS.items() if theirs in rope}}
-        config = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})  # unknown keys ignored
-        check_field_types(config)
-        if config.hidden_size % config.num_attention_heads:
-            raise ValueError(f"hidden_size={config.hidden_size} is not divisible by "
-                             f"num_attention_heads={config.num_attention_heads}")
-        if config.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {config.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
-        if not 0 <= config.rotary_pct <= 1 or config.rotary_ndims % 2:
-            hd = config.hidden_size // config.num_attention_heads
-            raise ValueError(f"rotary_pct={config.rotary_pct} of head size {hd} gives {config.rotary_ndims} "
-                             "rotary dims: rotary_pct must be in [0, 1] and the rotary dims even (they turn "
-                             "in pairs)")
-        return config
+    def from_dict(cls, d):  # config.json's object -> a checked config (read_config, after the lesson)
+        return read_config(d)
 
     @classmethod
     def from_json(cls, path):
         return cls.from_dict(read_json(path))
 
-
-ACTIVATIONS = {
-    "gelu": F.gelu,  # GPT-NeoX's: the exact GELU, x * Φ(x) (GPT-2 used the tanh approximation)
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-}
 
 # ----------------------------------------------------------------------------- model
 
@@ -194,7 +161,7 @@ class MLP(nn.Module):
         super().__init__()
         self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
         self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.act = ACTIVATIONS[config.hidden_act]
+        self.act = ACTIVATIONS[config.hidden_act]  # gelu: the exact GELU, x Φ(x) (GPT-2: tanh approximation)
 
     def forward(self, x):
         return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))  # (B, T, C) -> (B, T, I) -> (B, T, C)
@@ -236,8 +203,7 @@ class GPTNeoXModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
         B, T = input_ids.shape
         past = kv_cache.seen if kv_cache is not None else 0
-        context, vocab_size = self.config.max_position_embeddings, self.config.vocab_size
-        check_inputs(input_ids, attention_mask, past, context, vocab_size)
+        check_shapes(input_ids, attention_mask, past, self.config.max_position_embeddings)  # (after the lesson)
         if position_ids is None:
             # (Rotated q.k depends only on the distance between query and key, so a row's offset from left
             # padding would change nothing but rounding; we count as transformers does, to match its angles.)
@@ -253,24 +219,7 @@ class GPTNeoXModel(nn.Module):
         return self.final_layer_norm(x)
 
 
-def check_inputs(input_ids, attention_mask, past, context, vocab_size):
-    B, T = input_ids.shape
-    if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
-        raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
-    if past + T > context:
-        raise ValueError(f"sequence of {past + T} tokens is longer than the context of {context} tokens")
-    if attention_mask is not None and attention_mask.shape != (B, past + T):
-        raise ValueError(f"attention_mask must be (B, past + T) = ({B}, {past + T}), got "
-                         f"{tuple(attention_mask.shape)}")
-    if torch.compiler.is_compiling():  # the checks below read the values: eager only (the compiled decode
-        return  # step is fed ids it sampled itself)
-    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
-        raise ValueError(f"input_ids must be in [0, vocab_size={vocab_size}), got ids from "
-                         f"{input_ids.min().item()} to {input_ids.max().item()}")
-    if attention_mask is not None and ((attention_mask != 0) & (attention_mask != 1)).any():
-        raise ValueError("attention_mask must hold only 0 (padding) and 1 (tokens)")
-
-
+# Copied from gpt2.py
 def positions_from_mask(attention_mask, past, T, device):
     """Position of each new token: its index among the real (non-padding) tokens of its row, so a
     left-padded prompt starts at position 0 like an unpadded one. (1 or B, T)"""
@@ -291,6 +240,7 @@ class GPTNeoXForCausalLM(nn.Module):
         if self.config.tie_word_embeddings:  # off in every NeoX/Pythia model: embed_out is its own matrix
             self.embed_out.weight = self.gpt_neox.embed_in.weight
 
+    # Copied from gpt2.py
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, labels=None):
         """Logits (B, T, V); with `labels`, (logits, loss)."""
         logits = self.embed_out(self.gpt_neox(input_ids, attention_mask, position_ids, kv_cache))
@@ -309,11 +259,13 @@ class GPTNeoXForCausalLM(nn.Module):
         return StaticCache(self.config.num_hidden_layers, static_len)
 
 
+# Copied from gpt2.py
 def lm_loss(logits, labels):
     """Next-token cross-entropy: position t predicts labels[t + 1]; labels of -100 are ignored."""
     targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): shift the labels, not the (larger) logits
     logits = logits.float()  # fp32 for a stable log-softmax (a no-op in fp32 training: no copy)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
 
 # ----------------------------------------------------------------------------- a new model, for training
 
@@ -333,10 +285,12 @@ def init_weights(model):
     return model
 
 
+# Copied from gpt2.py
 def from_config(config, *, device="cpu", attn="sdpa"):
     """A new model of this config's shape, initialised as the reference does, in train() mode."""
     with torch.device(device):
         return init_weights(GPTNeoXForCausalLM(config, attn)).train()
+
 
 # Tensor parallel (tp.py, under torchrun): how a block's layers split over the N processes. "colwise": the
 # layer's outputs (heads, MLP columns) are divided among the processes; "rowwise": its inputs are, and an
@@ -348,9 +302,133 @@ TP_PLAN = {
     "mlp.dense_4h_to_h": "rowwise",
 }
 
+
+# ============================================================================= the lesson ends here
+# What follows is the same in gpt2.py, gpt_neo.py and gpt_neox.py up to the Hub's names for things: reading
+# config.json, the Hub's checkpoint files, generation and the command line. Each shared definition is marked
+# "Copied from gpt2.py"; tests/test_shared_sections.py checks the copies, and `python
+# tests/test_shared_sections.py --fix` rewrites them from gpt2.py with the renames on the next line.
+# Renames: GPT2Config -> GPTNeoXConfig, GPT2LMHeadModel -> GPTNeoXForCausalLM,
+#   n_positions -> max_position_embeddings, n_layer -> num_hidden_layers, n_head -> num_attention_heads,
+#   transformer -> gpt_neox, lm_head -> embed_out, wte -> embed_in
+
+
+# ----------------------------------------------------------------------------- config.json
+
+
+# config.json files written by transformers >= 5 hold the rotary settings as rope_parameters =
+# {rope_theta, partial_rotary_factor, rope_type}; the Hub's own files have rotary_emb_base and
+# rotary_pct. The dict wins where both are given, as in transformers' convert_rope_params_to_dict.
+ROPE_PARAMETERS = {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"}
+
+
+def read_config(d):
+    """config.json's object -> a GPTNeoXConfig: unknown keys ignored, every value checked."""
+    check_model_type(d, GPTNeoXConfig.MODEL_TYPE)
+    rope = d.get("rope_scaling") or d.get("rope_parameters") or {}  # older files call it rope_scaling
+    if not isinstance(rope, dict):
+        raise ValueError(f"config.json: rope_parameters must be an object, got {rope!r}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":  # linear / dynamic / yarn ... scaling of long-context fine-tunes
+        raise ValueError(f"config.json asks for rope_type={rope_type!r}, which gpt_neox.py does not "
+                         "implement (only the default rotary embeddings)")
+    d = {**d, **{ours: rope[theirs] for theirs, ours in ROPE_PARAMETERS.items() if theirs in rope}}
+    config = GPTNeoXConfig(**{f.name: d[f.name] for f in fields(GPTNeoXConfig) if f.name in d})  # unknown: ignored
+    check_field_types(config)
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(f"hidden_size={config.hidden_size} is not divisible by "
+                         f"num_attention_heads={config.num_attention_heads}")
+    if config.hidden_act not in ACTIVATIONS:
+        raise ValueError(f"hidden_act {config.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
+    if not 0 <= config.rotary_pct <= 1 or config.rotary_ndims % 2:
+        hd = config.hidden_size // config.num_attention_heads
+        raise ValueError(f"rotary_pct={config.rotary_pct} of head size {hd} gives {config.rotary_ndims} "
+                         "rotary dims: rotary_pct must be in [0, 1] and the rotary dims even (they turn "
+                         "in pairs)")
+    return config
+
+
+# Copied from gpt2.py
+ACTIVATIONS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's: the tanh approximation of GELU
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+# Copied from gpt2.py
+MODEL_FILES = {"gpt2": "gpt2.py", "gpt_neo": "gpt_neo.py", "gpt_neox": "gpt_neox.py"}  # model_type -> file
+
+
+# Copied from gpt2.py
+def check_model_type(d, model_type):
+    """A config.json of another architecture is named as such, not reported as hundreds of missing keys."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config.json must hold a JSON object, not a {type(d).__name__}")
+    found = d.get("model_type", model_type)
+    if found != model_type:
+        use = f"use {MODEL_FILES[found]}" if found in MODEL_FILES else "none of this project's files reads it"
+        raise ValueError(f"config.json is a {found!r} checkpoint, not {model_type!r}: {use}")
+
+
+# Copied from gpt2.py
+def check_field_types(config):
+    """Each field holds its annotated type (a JSON integer may stand for a float); sizes are >= 1 and token
+    ids >= 0. A config.json value of the wrong type is named, not met later as a strange error."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        types = typing.get_args(f.type) or (f.type,)  # `int | None` -> (int, NoneType)
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok and not (float in types and type(value) is int):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ValueError(f"config.json: {f.name} must be {names}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config.json: {f.name} must be finite, got {value!r}")
+        if f.name.endswith("token_id"):
+            if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
+                raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
+        elif type(value) is int and int in types and value < 1:  # a size (a float field may be 0)
+            raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
+
+
+# ----------------------------------------------------------------------------- checking inputs
+
+
+# Copied from gpt2.py
+def check_shapes(input_ids, attention_mask, past, context):
+    """What forward checks on every call: dtypes and shapes only. Reading a tensor's values here would cost
+    a device-to-host sync per forward (per training micro-step on a GPU): check_input_values does that, once,
+    where user input enters (generate, the CLI)."""
+    B, T = input_ids.shape
+    if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+    if past + T > context:
+        raise ValueError(f"sequence of {past + T} tokens is longer than the context of {context} tokens")
+    if attention_mask is not None and attention_mask.shape != (B, past + T):
+        raise ValueError(f"attention_mask must be (B, past + T) = ({B}, {past + T}), got "
+                         f"{tuple(attention_mask.shape)}")
+
+
+# Copied from gpt2.py
+def check_input_values(input_ids, attention_mask, vocab_size):
+    """Ids in [0, vocab_size) and a mask of 0s and 1s. Call it on input you did not make yourself: out of
+    range, an id would index past the embedding table (an IndexError on the CPU, a device assert on CUDA)."""
+    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise ValueError(f"input_ids must be in [0, vocab_size={vocab_size}), got ids from "
+                         f"{input_ids.min().item()} to {input_ids.max().item()}")
+    if attention_mask is not None and ((attention_mask != 0) & (attention_mask != 1)).any():
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (tokens)")
+
+
 # ----------------------------------------------------------------------------- loading
 
+
 PYTHIA_SIZES = ["70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]  # each also "-deduped"
+
+
 HUB_MODELS = {
     "gpt-neox-20b": "EleutherAI/gpt-neox-20b",  # 20.6B, sharded
     "pythia-14m": "EleutherAI/pythia-14m",  # two small ones added to the suite later
@@ -358,12 +436,22 @@ HUB_MODELS = {
     **{f"pythia-{size}": f"EleutherAI/pythia-{size}" for size in PYTHIA_SIZES},
     **{f"pythia-{size}-deduped": f"EleutherAI/pythia-{size}-deduped" for size in PYTHIA_SIZES},
 }
+
+
+# Copied from gpt2.py
 WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json"]
+
+
+# Copied from gpt2.py
 TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt"]
+
+
+# Copied from gpt2.py
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+# Copied from gpt2.py
 def checkpoint_dir(name_or_path, revision=None):
     """A local directory as it is, else a Hub repo id (or a short name from HUB_MODELS), downloaded."""
     path = Path(name_or_path).expanduser()
@@ -381,6 +469,7 @@ def checkpoint_dir(name_or_path, revision=None):
     return download(repo_id, revision)
 
 
+# Copied from gpt2.py
 def download(repo_id, revision=None):
     """Fetch only what we need (config, one weights format, tokenizer) with huggingface_hub; offline, use
     its cache. One quick request, no retries: without a network the answer comes at once."""
@@ -404,6 +493,7 @@ def download(repo_id, revision=None):
     return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
 
 
+# Copied from gpt2.py
 def read_json(path):
     """A JSON file's content; a malformed file is named in the error."""
     try:
@@ -412,38 +502,7 @@ def read_json(path):
         raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
-MODEL_FILES = {"gpt2": "gpt2.py", "gpt_neo": "gpt_neo.py", "gpt_neox": "gpt_neox.py"}  # model_type -> file
-
-
-def check_model_type(d, model_type):
-    """A config.json of another architecture is named as such, not reported as hundreds of missing keys."""
-    if not isinstance(d, dict):
-        raise ValueError(f"config.json must hold a JSON object, not a {type(d).__name__}")
-    found = d.get("model_type", model_type)
-    if found != model_type:
-        use = f"use {MODEL_FILES[found]}" if found in MODEL_FILES else "none of this project's files reads it"
-        raise ValueError(f"config.json is a {found!r} checkpoint, not {model_type!r}: {use}")
-
-
-def check_field_types(config):
-    """Each field holds its annotated type (a JSON integer may stand for a float); sizes are >= 1 and token
-    ids >= 0. A config.json value of the wrong type is named, not met later as a strange error."""
-    for f in fields(config):
-        value = getattr(config, f.name)
-        types = typing.get_args(f.type) or (f.type,)  # `int | None` -> (int, NoneType)
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if not ok and not (float in types and type(value) is int):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ValueError(f"config.json: {f.name} must be {names}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"config.json: {f.name} must be finite, got {value!r}")
-        if f.name.endswith("token_id"):
-            if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
-                raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
-        elif type(value) is int and int in types and value < 1:  # a size (a float field may be 0)
-            raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
-
-
+# Copied from gpt2.py
 def read_state_dict(directory, lazy=False):
     """Every tensor in the checkpoint, whichever of the Hub's layouts the directory holds. lazy: safetensors
     tensors are not read yet (tp.CheckpointTensor: the shape now, slices later)."""
@@ -460,6 +519,7 @@ def read_state_dict(directory, lazy=False):
     return state_dict
 
 
+# Copied from gpt2.py
 def shard_names(index_path):
     """The files a sharded checkpoint's index maps its tensors to: plain names of files beside it (a path
     such as ../x or /x would read outside the checkpoint, so it is refused)."""
@@ -475,6 +535,7 @@ def shard_names(index_path):
     return names
 
 
+# Copied from gpt2.py
 def read_weights_file(path, lazy=False):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -482,7 +543,7 @@ def read_weights_file(path, lazy=False):
         raise FileNotFoundError(f"missing checkpoint file {path}")
     try:
         if path.suffix == ".safetensors":
-            state_dict = tp.open_safetensors(path) if lazy else load_file(path)
+            state_dict = tensor_parallel().open_safetensors(path) if lazy else load_file(path)
         else:
             # .bin files are pickles: weights_only refuses anything but tensors, so no code runs on load.
             # Zip files (torch >= 1.6) are memory-mapped; the older format, which many old Hub repos
@@ -491,9 +552,9 @@ def read_weights_file(path, lazy=False):
             state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
         raise ValueError(f"cannot read {path}: corrupted or truncated weights file ({e})") from None
+    kinds = (torch.Tensor, tensor_parallel().CheckpointTensor) if lazy else torch.Tensor
     if not isinstance(state_dict, dict) or not all(
-            isinstance(k, str) and isinstance(v, (torch.Tensor, tp.CheckpointTensor))
-            for k, v in state_dict.items()):
+            isinstance(k, str) and isinstance(v, kinds) for k, v in state_dict.items()):
         raise ValueError(f"{path} does not hold a dict of tensors")
     return state_dict
 
@@ -521,6 +582,7 @@ def convert_hub_state_dict(state_dict, config):
     return out
 
 
+# Copied from gpt2.py
 def check_state_dict(model, state_dict):
     """Strict: every parameter present with its shape, nothing left over; name what is wrong."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -537,6 +599,7 @@ def check_state_dict(model, state_dict):
         raise ValueError("checkpoint does not match config.json: " + "; ".join(problems))
 
 
+# Copied from gpt2.py
 def check_finite(state_dict, dtype):
     """Weights holding NaN or inf would generate garbage without a word: refuse them. In float16 a value
     above 65504 becomes inf, which this catches too. One pass over each tensor and no temporary: a sum in
@@ -548,6 +611,7 @@ def check_finite(state_dict, dtype):
         raise ValueError(f"weights hold NaN or inf in {dtype}: {', '.join(bad[:8])}{more}")
 
 
+# Copied from gpt2.py
 def torch_dtype(dtype):
     """A torch.dtype from itself or its name ("bfloat16"); None is float32."""
     dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype or torch.float32
@@ -556,6 +620,7 @@ def torch_dtype(dtype):
     return dtype
 
 
+# Copied from gpt2.py
 def check_device(device):
     """The device exists here: --device cuda on a machine without CUDA is an error that says so."""
     try:
@@ -564,10 +629,42 @@ def check_device(device):
         raise ValueError(f"device {str(device)!r} is not available here ({str(e).splitlines()[0]})") from None
 
 
-def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, attn="sdpa", quantize=None):
+# Copied from gpt2.py
+def load_config(directory):
+    """The checkpoint directory's config.json, read and checked."""
+    if not (Path(directory) / "config.json").exists():
+        raise FileNotFoundError(f"no config.json in {directory}")
+    return GPTNeoXConfig.from_json(Path(directory) / "config.json")
+
+
+# Copied from gpt2.py
+def tensor_parallel():
+    """tp.py under torchrun (WORLD_SIZE > 1, or a process group joined), else None: a model file copied
+    without tp.py runs everything but tensor parallel."""
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not (under_torchrun or (torch.distributed.is_available() and torch.distributed.is_initialized())):
+        return None
+    import tp
+    return tp
+
+
+# Copied from gpt2.py
+def build_lm(config, state_dict, attn):
+    """This file's language model on the meta device (shapes only: the real tensors come from the file, never
+    a second copy), and the checkpoint's tensors under its module names."""
+    with torch.device("meta"):
+        model = GPTNeoXForCausalLM(config, attn)
+    return model, convert_hub_state_dict(state_dict, config)
+
+
+# Copied from gpt2.py
+def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, attn="sdpa", quantize=None,
+                    config=None, build=build_lm):
     """The model from a Hub name/id or a local directory with config.json and weights; `dtype` is a
     torch.dtype or its name ("bfloat16"), float32 by default. quantize="int8" | "int4" stores the weight
-    matrices as integers (quantize.py), and then the default dtype is bfloat16."""
+    matrices as integers (quantize.py), and then the default dtype is bfloat16. config: the directory's
+    GPTNeoXConfig if the caller has read it already (the CLI has). build(config, state_dict, attn) -> (model on
+    the meta device, its state dict) puts another model on the checkpoint (heads.py's task heads)."""
     if attn not in BACKENDS:
         raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
     if quantize is not None:
@@ -576,26 +673,29 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     dtype = torch_dtype(dtype or (torch.bfloat16 if quantize else None))
     check_device(device)
     directory = checkpoint_dir(name_or_path, revision)
-    if not (directory / "config.json").exists():
-        raise FileNotFoundError(f"no config.json in {directory}")
-    config = GPTNeoXConfig.from_json(directory / "config.json")
-    tp.check_heads(config.num_attention_heads)  # under torchrun (tp.py): N must divide the heads
-    state_dict = convert_hub_state_dict(read_state_dict(directory, lazy=tp.world_size() > 1), config)
+    config = config or load_config(directory)
+    tp = tensor_parallel()
+    if tp:
+        tp.check_heads(config.num_attention_heads)  # N processes must share the heads evenly: known before any reading
+    state_dict = read_state_dict(directory, lazy=tp is not None and tp.world_size() > 1)
     if config.num_hidden_layers > len(state_dict):  # every layer has tensors: what we build is bounded by the file
         raise ValueError(f"config.json says num_hidden_layers={config.num_hidden_layers}, but the checkpoint holds "
                          f"only {len(state_dict)} tensors")
-    with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
-        model = GPTNeoXForCausalLM(config, attn)
+    model, state_dict = build(config, state_dict, attn)
     check_state_dict(model, state_dict)
     if quantize is not None:  # every weight matrix quantized as it is read: no full-precision copy
         load_quantized(model, state_dict, quantize, dtype, device, check=check_finite)
         return model.eval()
-    state_dict = tp.shard(model, TP_PLAN, state_dict)  # under torchrun: this process's share, read by slices
+    if tp:
+        state_dict = tp.shard(model, TP_PLAN, state_dict)  # this process's share, read by slices
     state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
     check_finite(state_dict, dtype)
     model.load_state_dict(state_dict, strict=False, assign=True)
     model.tie_weights()  # assign=True replaced embed_in.weight: point a tied embed_out at the new tensor
     return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- saving
 
 
 def hub_state_dict(model):
@@ -607,6 +707,7 @@ def hub_state_dict(model):
     return state_dict
 
 
+# Copied from gpt2.py
 def hub_config(model):
     """config.json as transformers writes it: the config's fields, and what names the class to load."""
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -614,6 +715,7 @@ def hub_config(model):
             **asdict(model.config)}
 
 
+# Copied from gpt2.py
 def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
     """Write a Hub checkpoint that transformers' from_pretrained and ours both load: config.json (or the
     dict `config`) and model.safetensors, or, above max_shard_size (bytes or "5GB"), the shards
@@ -624,9 +726,11 @@ def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
     (directory / "config.json").write_text(json.dumps(config or hub_config(model), indent=2) + "\n")
     save_torch_state_dict(hub_state_dict(model), directory, max_shard_size=max_shard_size)
 
+
 # ----------------------------------------------------------------------------- generation
 
 
+# Copied from gpt2.py
 def check_sampling(temperature, top_k, top_p):
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
@@ -636,12 +740,14 @@ def check_sampling(temperature, top_k, top_p):
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
+# Copied from gpt2.py
 def top_k_filter(logits, k):
     """Keep the k highest logits per row (B, V); ties with the k-th are all kept, none dropped at random."""
     kth = torch.topk(logits, min(k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
+# Copied from gpt2.py
 def top_p_filter(logits, p):
     """Nucleus: keep the most likely tokens until their probability reaches p (at least one token;
     ties with the last kept logit are all kept)."""
@@ -652,6 +758,7 @@ def top_p_filter(logits, p):
     return logits.masked_fill(logits < threshold, float("-inf"))
 
 
+# Copied from gpt2.py
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """(B, V) logits of the last position -> (B,) next token ids. Temperature 0 is greedy."""
     if temperature == 0:
@@ -665,6 +772,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+# Copied from gpt2.py
 def last_logits(model, x, attention_mask=None, kv_cache=None):
     """The new tokens x (B, T) through the model -> the logits of their last position (B, V). The LM head,
     the largest matmul, runs on that one position only."""
@@ -672,13 +780,15 @@ def last_logits(model, x, attention_mask=None, kv_cache=None):
     return model.embed_out(h[:, -1])  # (B, V)
 
 
+# Copied from gpt2.py
 def check_generation(model, input_ids, max_new_tokens, attention_mask):
-    """What generate needs beyond what the model checks: room in the context, and left padding."""
+    """What generate needs beyond what the model checks: room in the context, left padding, and ids and a
+    mask that are valid values (checked once here, not at every step)."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
-    T, context = input_ids.size(1), model.config.max_position_embeddings
+    T, context = input_ids.size(1), model.config.context_length
     if T >= context:
         raise ValueError(f"prompt is {T} tokens, longer than the context of {context} tokens "
                          "(it needs room for at least one new token)")
@@ -689,8 +799,10 @@ def check_generation(model, input_ids, max_new_tokens, attention_mask):
             attention_mask.diff(dim=1) < 0).any() | (attention_mask[:, -1] == 0).any():
         raise ValueError("attention_mask must be left-padded for generate: each row's padding (0) before "
                          "its tokens (1), and at least one token")
+    check_input_values(input_ids, attention_mask, model.config.vocab_size)
 
 
+# Copied from gpt2.py
 @torch.no_grad()
 def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=1.0, top_k=None,
              top_p=None, eos_token_id=None, vocab_size=None, generator=None, on_token=None, kv_cache=None,
@@ -731,6 +843,7 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
     return ids
 
 
+# Copied from gpt2.py
 def choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator):
     """Sample each row's next token (B,) from its logits (B, V); `done` (B,) marks the rows that have
     emitted an end-of-sequence id (one of `eos`, a tensor of ids, or None): they keep emitting it."""
@@ -743,13 +856,16 @@ def choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, genera
     return next_id, done
 
 
+# Copied from gpt2.py
 def eos_ids(eos_token_id, device):
     """eos_token_id (an id, a list of ids, or None) as a tensor of ids, made once per generate call."""
     return None if eos_token_id is None else torch.tensor(eos_token_id, device=device).view(-1)
 
+
 # ----------------------------------------------------------------------------- generation, fast path
 
 
+# Copied from gpt2.py
 @torch.no_grad()
 def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=1.0, top_k=None,
                       top_p=None, eos_token_id=None, vocab_size=None, generator=None, on_token=None,
@@ -787,11 +903,14 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     model.train(training)
     return ids
 
+
 # ----------------------------------------------------------------------------- command line
+
 
 DEFAULT_MODEL = "EleutherAI/pythia-160m"
 
 
+# Copied from gpt2.py
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -816,6 +935,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+# Copied from gpt2.py
 def encode_prompt(tokenizer, text, context, max_new_tokens):
     """The prompt's ids, with room for max_new_tokens in the context. A text that cannot fit is refused
     before it is tokenized, so a huge one costs nothing: no token is longer than the vocabulary's longest,
@@ -834,22 +954,25 @@ def encode_prompt(tokenizer, text, context, max_new_tokens):
     return ids
 
 
+# Copied from gpt2.py
 def main(argv=None):
     from bpe import StreamDecoder, Tokenizer
     args = parse_args(argv)
+    tp = tensor_parallel()  # under torchrun: tp.py, the model split over the processes
     try:
-        args.device = tp.init(args.device)  # under torchrun: join the other processes, one device each
-        if tp.rank() > 0:
-            sys.stdout = open(os.devnull, "w")  # rank 0 prints; every process samples the same tokens
+        if tp:
+            args.device = tp.init(args.device)  # join the other processes, one device each
+            if tp.rank() > 0:
+                sys.stdout = open(os.devnull, "w")  # rank 0 prints; every process samples the same tokens
         check_sampling(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
         directory = checkpoint_dir(args.model, args.revision)
+        config = load_config(directory)  # read once: the prompt is checked against it before loading
         tokenizer = Tokenizer.from_pretrained(directory)
-        context = GPTNeoXConfig.from_json(directory / "config.json").max_position_embeddings
-        prompt = encode_prompt(tokenizer, args.prompt, context, args.max_new_tokens)
+        prompt = encode_prompt(tokenizer, args.prompt, config.context_length, args.max_new_tokens)
         model = from_pretrained(directory, device=args.device, dtype=args.dtype, attn=args.attn,
-                                quantize=args.quantize)
+                                quantize=args.quantize, config=config)
         input_ids = torch.tensor([prompt], device=args.device)
         generator = torch.Generator(args.device).manual_seed(args.seed)
         for i in range(args.num_samples):
@@ -862,15 +985,16 @@ def main(argv=None):
                            on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
             print(stream.flush(), flush=True)
             n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
-            if tp.rank() == 0:
+            if not tp or tp.rank() == 0:
                 print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as e:
-        sys.exit(f"error: {e}" if tp.rank() == 0 else 1)  # under torchrun every process fails alike: one line
+        sys.exit(f"error: {e}" if not tp or tp.rank() == 0 else 1)  # under torchrun: one line, not N
     except KeyboardInterrupt:  # Ctrl-C: stop quietly, with the shell's usual status for it
         print(flush=True)
         sys.exit(130)
     finally:
-        tp.finish()
+        if tp:
+            tp.finish()
 
 
 if __name__ == "__main__":

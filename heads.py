@@ -33,7 +33,6 @@ import torch.nn.functional as F
 import gpt2
 import gpt_neo
 import gpt_neox
-from attention import BACKENDS
 
 # ----------------------------------------------------------------------------- the three backbones
 
@@ -79,6 +78,9 @@ class Head(nn.Module):
     @property
     def backbone(self):
         return getattr(self, self.backbone_name)
+
+    def tie_weights(self):  # what the model files' loading calls: only GPT2DoubleHeads ties (lm_head to wte)
+        pass
 
 # ----------------------------------------------------------------------------- heads
 
@@ -347,19 +349,12 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
     is loaded and the head is new, initialised as transformers does (weights N(0, initializer_range),
     biases 0), with a warning that names the new keys. quantize="int8" | "int4" as in the model files.
     """
-    if attn not in BACKENDS:
-        raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if quantize is not None:
-        from quantize import check_scheme, load_quantized  # weight-only int8/int4 (quantize.py)
-        check_scheme(quantize)
-    dtype = gpt2.torch_dtype(dtype or (torch.bfloat16 if quantize else None))
-    gpt2.check_device(device)
     directory = checkpoint_dir(name_or_path, revision)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
-    raw = gpt2.read_json(directory / "config.json")  # (the loading helpers are the same in every model file)
+    raw = gpt2.read_json(directory / "config.json")  # read once: the head's settings, then the config
     if not isinstance(raw, dict):
         raise ValueError(f"{directory / 'config.json'} must hold a JSON object")
     architecture, family, head = read_architecture(raw)
@@ -371,35 +366,35 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
         raise ValueError(f"{directory} holds a {architecture}, not a {task} model")
     head = TASKS[task] if new_head else head
     options = head_options(head, raw, num_labels, new_head, architecture, family)
-    config = family.config.from_dict(raw)
-    with torch.device("meta"):  # shapes only: the real tensors come from the file, never a second copy
-        model = head(config, **options, backend=attn)
 
-    # The model file converts the backbone's keys (and the LM head's); the heads' keys are the Hub's as is.
-    state_dict = family.module.read_state_dict(directory)
-    head_keys = {k: v for k, v in state_dict.items() if k.split(".")[0] in HEAD_MODULES}
-    backbone_keys = {k: v for k, v in state_dict.items() if k not in head_keys}
-    state_dict = family.module.convert_hub_state_dict(backbone_keys, config) | head_keys
-    if new_head:
-        lm_head = None if head is GPT2DoubleHeads else family.lm_head  # only double heads keep the LM head
-        unused = [k for k in state_dict if k.split(".")[0] == lm_head]
-        for key in unused:
-            del state_dict[key]
-        new = new_head_weights(model, raw.get("initializer_range", 0.02))
-        state_dict |= new
-        message = (f"{directory} holds a {architecture}: its backbone is loaded, the {task} head is new "
-                   f"({', '.join(new)}: train it before use)")
-        warnings.warn(message + (f"; not used: {', '.join(unused)}" if unused else ""), stacklevel=2)
-    family.module.check_state_dict(model, state_dict)
-    if quantize is not None:  # every linear layer, the head's too, quantized as it is read
-        load_quantized(model, state_dict, quantize, dtype, device, check=gpt2.check_finite)
-        return model.eval()
-    state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
-    gpt2.check_finite(state_dict, dtype)
-    model.load_state_dict(state_dict, strict=False, assign=True)
-    if head is GPT2DoubleHeads:
-        model.tie_weights()  # assign=True replaced wte.weight: point lm_head at the new tensor
-    return model.to(device).eval()
+    def build(config, state_dict, backend):
+        """The head model on the meta device, and the checkpoint's tensors under its names: the model file
+        converts the backbone's keys (and the LM head's); the heads' keys are the Hub's as they are."""
+        with torch.device("meta"):
+            model = head(config, **options, backend=backend)
+        head_keys = {k: v for k, v in state_dict.items() if k.split(".")[0] in HEAD_MODULES}
+        backbone_keys = {k: v for k, v in state_dict.items() if k not in head_keys}
+        state_dict = family.module.convert_hub_state_dict(backbone_keys, config) | head_keys
+        if new_head:
+            state_dict = with_new_head(model, state_dict, family, directory, architecture, task)
+        return model, state_dict
+
+    config = family.config.from_dict(raw)
+    return family.module.from_pretrained(directory, device=device, dtype=dtype, attn=attn, quantize=quantize,
+                                         config=config, build=build)
+
+
+def with_new_head(model, state_dict, family, directory, architecture, task):
+    """A language model's tensors for a head model: the LM head dropped (only double heads keep it), new
+    head weights, and a warning that names them."""
+    lm_head = None if type(model) is GPT2DoubleHeads else family.lm_head
+    unused = [k for k in state_dict if k.split(".")[0] == lm_head]
+    state_dict = {k: v for k, v in state_dict.items() if k not in unused}
+    new = new_head_weights(model, model.config.initializer_range)
+    message = (f"{directory} holds a {architecture}: its backbone is loaded, the {task} head is new "
+               f"({', '.join(new)}: train it before use)")
+    warnings.warn(message + (f"; not used: {', '.join(unused)}" if unused else ""), stacklevel=5)
+    return state_dict | new
 
 
 def checkpoint_dir(name_or_path, revision=None):

@@ -252,13 +252,22 @@ def test_bad_generate_arguments(loaded, kwargs, message, compile):
 
 
 def test_bad_forward_inputs(loaded):
+    """forward checks dtypes and shapes only (reading values would sync a GPU at every step);
+    check_input_values, which generate and the CLI call once, checks the values."""
     module, model, _ = loaded
     with pytest.raises(ValueError, match="integer token ids"):
         model(torch.tensor([[0.5, 1.0]]))
+    with pytest.raises(ValueError, match=r"attention_mask must be \(B, past \+ T\)"):
+        model(torch.tensor([[0, 1]]), torch.tensor([[1, 1, 1]]))
     with pytest.raises(ValueError, match="vocab_size=64"):
-        model(torch.tensor([[0, 64]]))
+        module.check_input_values(torch.tensor([[0, 64]]), None, model.config.vocab_size)
+    with pytest.raises(ValueError, match="vocab_size=64"):
+        module.check_input_values(torch.tensor([[-1, 3]]), None, model.config.vocab_size)
     with pytest.raises(ValueError, match="only 0"):
-        model(torch.tensor([[0, 1]]), torch.tensor([[1, 3]]))
+        module.check_input_values(torch.tensor([[0, 1]]), torch.tensor([[1, 3]]), model.config.vocab_size)
+    module.check_input_values(torch.tensor([[0, 63]]), torch.tensor([[0, 1]]), model.config.vocab_size)
+    with pytest.raises(IndexError):  # unchecked in forward: the embedding table itself refuses it
+        model(torch.tensor([[0, 64]]))
     logits = model(torch.tensor([[5, 6, 0]]), torch.tensor([[1, 1, 0]]))  # right padding is fine in forward
     assert logits.shape == (1, 3, 64)
 
