@@ -162,7 +162,7 @@ class Int8Linear(nn.Module):
         `dtype` refused."""
         N, K = weight.shape
         q = torch.empty(N, K, dtype=torch.int8, device=weight.device)
-        scales, absmax = torch.empty(2, N, device=weight.device)
+        scales, absmax = torch.empty(N, device=weight.device), torch.empty(N, device=weight.device)
         f = torch.empty(BLOCK, K, device=weight.device)  # one buffer for every block: allocating is slow
         for start in range(0, N, BLOCK):
             rows, n = slice(start, start + BLOCK), min(BLOCK, N - start)
@@ -352,13 +352,13 @@ def cpu_int4_layout():
 # ----------------------------------------------------------------------------- quantizing while loading
 
 
-def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GROUP_SIZE, check=None):
+def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GROUP_SIZE):
     """Give `model` (built on the meta device, with `state_dict` already checked against it) the checkpoint's
     tensors, every nn.Linear replaced by its quantized form. The state dict is consumed one tensor at a time:
     a weight is read, quantized and dropped before the next is read, so memory holds the quantized model plus
     one full-precision tensor. A linear layer whose weight is tied to an embedding (GPT-2's lm_head and wte)
     gets its own quantized copy; the embedding stays in `dtype`. NaN, inf, and values beyond `dtype` are
-    refused, found by the pass that reads each tensor anyway. (check: unused, the model files' old callback.)"""
+    refused, found by the pass that reads each tensor anyway."""
     check_scheme(scheme)
     device = torch.device(device)
     owner = {}  # parameter -> the first name it has in the state dict (a tied lm_head reads wte's tensor)
@@ -484,14 +484,14 @@ def quantized_state_dict(model, config):
         if isinstance(layer, Int8Linear):
             levels = (layer.weight.view(torch.uint8) ^ 128)  # q + 128, two's complement
             state_dict[f"{name}.weight_packed"] = pack_int32(levels, 8)
-            state_dict[f"{name}.weight_scale"] = layer.scales[:N, None].contiguous()
+            state_dict[f"{name}.weight_scale"] = layer.scales[:, None].clone()
         else:
             q, scales = layer.levels()
             state_dict[f"{name}.weight_packed"] = pack_int32(q, 4)
             state_dict[f"{name}.weight_scale"] = scales.contiguous()
         state_dict[f"{name}.weight_shape"] = torch.tensor([N, K])
         if layer.bias is not None:
-            state_dict[f"{name}.bias"] = layer.bias[:N].contiguous()
+            state_dict[f"{name}.bias"] = layer.bias[:N].clone()  # safetensors saves whole storages only
     for key, tensor in model.state_dict().items():
         if key.rpartition(".")[0] not in quantized:
             state_dict[key] = tensor
@@ -533,10 +533,16 @@ def scheme_of(schemes, name):
     return next((s for t, s in schemes.items() if t.startswith("re:") and re.match(t[3:], name)), None)
 
 
-def load_saved(model, state_dict, config, dtype, device="cpu"):
+def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
     """Give `model` (built on the meta device) a saved quantized checkpoint's tensors: the integers are read
     from the (memory-mapped) file into the layers' layouts, nothing is quantized again. `config` is
     config.json's "quantization_config". Every key and shape is checked against the model."""
+    if quantize is not None:
+        raise ValueError(f"the checkpoint is saved quantized already (config.json's quantization_config): "
+                         f"load it without quantize={quantize!r}")
+    if not all(isinstance(t, torch.Tensor) for t in state_dict.values()):  # tp.py's lazily read tensors
+        raise ValueError("a checkpoint saved quantized does not load under tensor parallel (torchrun) yet: "
+                         "load its full-precision checkpoint with quantize=")
     schemes = saved_schemes(config)
     device = torch.device(device)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}

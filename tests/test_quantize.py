@@ -4,6 +4,7 @@ architecture, loaded from a transformers reference saved as a Hub checkpoint, gi
 tokens of the same model holding the dequantized weights in plain nn.Linear layers.
 
 How accurate quantization is (perplexity on trained weights) is measured in bench/quantize.py, not here."""
+import json
 import subprocess
 import sys
 import tempfile
@@ -300,3 +301,90 @@ def test_values_beyond_float16_are_refused_with_quantize_and_float16(where):
             with pytest.raises(ValueError, match=f"NaN or inf in torch.float16: .*{where}"):
                 gpt2.from_pretrained(d, quantize=scheme, dtype=torch.float16)
             gpt2.from_pretrained(d, quantize=scheme, dtype=torch.bfloat16)  # bf16 holds it
+
+# ----------------------------------------------------------------------------- saving and reloading
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_saved_model_reloads_bit_for_bit_without_quantizing(arch, scheme, tmp_path, monkeypatch):
+    """save_pretrained writes the integers; from_pretrained reads them back (no quantize=, bf16 by default)
+    into the same buffers, and quantizes nothing again. GPT-2's vocabulary of 83 rows pads the int4 LM head."""
+    module, ref = tiny(arch, 83, 64)
+    save_checkpoint(ref, tmp_path / "fp32")
+    model = module.from_pretrained(tmp_path / "fp32", quantize=scheme)
+    module.save_pretrained(model, tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "pack-quantized"
+    monkeypatch.setattr(quantize, "levels_int8", None)  # reloading must not quantize
+    monkeypatch.setattr(quantize, "levels_int4", None)
+    reloaded = module.from_pretrained(tmp_path / "saved")
+    mine, theirs = dict(model.named_buffers()), dict(reloaded.named_buffers())
+    assert mine.keys() == theirs.keys() and dict(model.named_parameters()).keys() == dict(reloaded.named_parameters()).keys()
+    for key, tensor in list(mine.items()) + list(model.named_parameters()):
+        other = theirs[key] if key in theirs else reloaded.get_parameter(key)
+        assert tensor.dtype == other.dtype and torch.equal(tensor, other), key
+    ids = torch.randint(0, 83, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids), reloaded(ids))
+
+
+@pytest.mark.parametrize("arch", ["gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_transformers_with_compressed_tensors_loads_what_we_save(arch, scheme, tmp_path):
+    """Our saved checkpoint in compressed-tensors' pack-quantized format, loaded by transformers (which
+    decompresses it): its logits are those of our quantized model (fp32 activations, so the kernels' rounding
+    stays below the tolerance). GPT-2's Conv1D layers are not what compressed-tensors quantizes: ours only."""
+    pytest.importorskip("compressed_tensors")
+    module, ref = tiny(arch, 83, 64)
+    save_checkpoint(ref, tmp_path / "fp32")
+    model = module.from_pretrained(tmp_path / "fp32", quantize=scheme, dtype=torch.float32)
+    module.save_pretrained(model, tmp_path / "saved")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32).eval()
+    ids = torch.randint(0, 83, (2, 9))
+    with torch.no_grad():
+        assert_close(model(ids), theirs(ids).logits, f"{arch} {scheme} saved, transformers + compressed-tensors",
+                     tol=1e-4)
+
+
+def test_cli_samples_a_saved_model_without_the_flag(tmp_path):
+    module, ref = tiny("gpt_neox", 300, 64)
+    save_checkpoint(ref, tmp_path / "fp32")
+    gpt_neox.save_pretrained(gpt_neox.from_pretrained(tmp_path / "fp32", quantize="int4"), tmp_path / "int4")
+    from bpe import train
+    train("hello world, hello quantized world " * 20, vocab_size=256 + 20).save(tmp_path / "int4")
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "gpt_neox.py"), "--model", str(tmp_path / "int4"),
+                               "--prompt", "hello", "--max-new-tokens", "4", "--temperature", "0", *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = run()
+    assert result.returncode == 0 and result.stdout.startswith("hello"), result.stderr
+    result = run("--quantize", "int8")
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [
+        "error: the checkpoint is saved quantized already (config.json's quantization_config): load it without "
+        "quantize='int8'"], result.stderr
+
+
+@pytest.mark.parametrize("damage", ["shape", "dtype", "missing", "config"])
+def test_a_damaged_saved_checkpoint_is_refused_by_name(damage, tmp_path):
+    from safetensors.torch import load_file, save_file
+    module, ref = tiny("gpt_neox", 83, 64)
+    save_checkpoint(ref, tmp_path / "fp32")
+    gpt_neox.save_pretrained(gpt_neox.from_pretrained(tmp_path / "fp32", quantize="int4"), tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    key = "gpt_neox.layers.1.mlp.dense_h_to_4h.weight_packed"
+    config = json.loads((tmp_path / "config.json").read_text())
+    if damage == "shape":
+        tensors[key] = tensors[key][:, :3].contiguous()
+    elif damage == "dtype":
+        tensors[key] = tensors[key].float()
+    elif damage == "missing":
+        del tensors[key]
+    else:
+        config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 3
+    save_file(tensors, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    match = "config_groups.group_0" if damage == "config" else key
+    with pytest.raises(ValueError, match=match):
+        gpt_neox.from_pretrained(tmp_path)
