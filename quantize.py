@@ -78,15 +78,21 @@ def check_scheme(scheme):
 # ----------------------------------------------------------------------------- the two schemes
 
 
-def levels_int8(w, f):
+def levels_int8(w, f, absmax=None):
     """w (N, K) -> f (N, K) fp32 buffer given: the levels q in -127..127 (as floats), and scales fp32 (N,),
     absmax fp32 (N,): symmetric, one scale per output row; w ≈ q * scales[:, None]. absmax is NaN or inf
-    where a row holds one (the caller checks it)."""
+    where a row holds one (the caller checks it); given, it is the max |w| of rows longer than w's."""
     f.copy_(w)
-    absmax = torch.maximum(f.amax(dim=1), -f.amin(dim=1))  # max |w| per row: two passes, no |w| copy
+    if absmax is None:
+        absmax = row_absmax(f)
     scales = absmax.clamp(min=1e-12) / 127  # a row of zeros still gets a valid scale
     f.div_(scales[:, None]).round_().clamp_(-127, 127)
     return scales, absmax
+
+
+def row_absmax(w):
+    """max |w| per row of w (N, K): two passes, no |w| copy."""
+    return torch.maximum(w.amax(dim=1), -w.amin(dim=1)).float()
 
 
 def quantize_int8(w):
@@ -157,16 +163,22 @@ class Int8Linear(nn.Module):
         self.reduce = None  # tensor parallel's all-reduce for a layer split by its inputs (tp.py)
 
     @classmethod
-    def quantize(cls, weight, bias, dtype, key="weight"):
+    def quantize(cls, weight, bias, dtype, key="weight", row_max=None):
         """One pass over weight (N, K), BLOCK rows at a time, into the int8 layer; NaN, inf and values beyond
-        `dtype` refused."""
+        `dtype` refused. row_max: tensor parallel's, for a layer split by its inputs: weight holds a slice of
+        each row, and row_max(absmax) turns its max |w| into the whole row's (a second pass), so that every
+        process scales as the unsplit layer does."""
         N, K = weight.shape
+        whole = None
+        if row_max is not None:
+            whole = torch.cat([row_absmax(rows) for rows in weight.split(BLOCK)])
+            row_max(whole)
         q = torch.empty(N, K, dtype=torch.int8, device=weight.device)
         scales, absmax = torch.empty(N, device=weight.device), torch.empty(N, device=weight.device)
         f = torch.empty(BLOCK, K, device=weight.device)  # one buffer for every block: allocating is slow
         for start in range(0, N, BLOCK):
             rows, n = slice(start, start + BLOCK), min(BLOCK, N - start)
-            scales[rows], absmax[rows] = levels_int8(weight[rows], f[:n])
+            scales[rows], absmax[rows] = levels_int8(weight[rows], f[:n], None if whole is None else whole[rows])
             q[rows] = f[:n]
         check_values(absmax, dtype, key)
         return cls(q, scales, bias, dtype)
@@ -284,16 +296,16 @@ def int4_kernel(device, dtype):
     return None
 
 
-def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE, key="weight"):
+def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE, key="weight", row_max=None):
     """An Int8Linear or Int4Linear holding weight (out, in). int4 needs in_features divisible by group_size;
-    a layer whose inputs are not a whole number of groups stays int8."""
+    a layer whose inputs are not a whole number of groups stays int8. row_max: Int8Linear.quantize's."""
     check_scheme(scheme)
     if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {GROUP_SIZES} (what PyTorch's int4 kernels take), "
                          f"got {group_size}")
     if scheme == "int4" and weight.shape[1] % group_size == 0:
         return Int4Linear.quantize(weight, bias, dtype, group_size, key)
-    return Int8Linear.quantize(weight, bias, dtype, key)
+    return Int8Linear.quantize(weight, bias, dtype, key, row_max)
 
 # ----------------------------------------------------------------------------- PyTorch's CPU int4 layout
 
@@ -370,12 +382,15 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
         tied = key != f"{name}.weight"
         weight = state_dict[key] if tied else state_dict.pop(key)
         bias = state_dict.pop(f"{name}.bias", None)
-        reduce = getattr(linear, "reduce", None)  # tensor parallel, split by inputs: group edges must align
-        if reduce is not None and scheme == "int4" and weight.shape[1] % group_size:
-            raise ValueError(f"{name}: this process's {weight.shape[1]} inputs are not a whole number of int4 "
-                             f"groups of {group_size}; use fewer processes or int8")
+        reduce = getattr(linear, "reduce", None)  # tensor parallel, split by inputs (tp.RowwiseLinear)
+        whole = getattr(linear, "whole_in_features", weight.shape[1])
+        if scheme == "int4" and whole % group_size == 0 and weight.shape[1] % group_size:
+            raise ValueError(f"tensor parallel: {name}'s share of {weight.shape[1]} inputs is not a whole number "
+                             f"of int4 groups of {group_size}, so it would not be the unsplit model's int4 "
+                             "layer; use fewer processes or int8")
         bias = None if bias is None else to_dtype(bias, dtype, device, f"{name}.bias")
-        layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size, key)
+        row_max = getattr(linear, "row_max", None)  # the same: int8 scales are the whole row's
+        layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size, key, row_max)
         layer.reduce = reduce
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
