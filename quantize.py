@@ -343,7 +343,8 @@ def pack_cpu_int4(levels, out):
             low, high = levels[start:start + m // 2], levels[start + m // 2:start + m]  # (m/2, K) each
             out[start:start + m].view(K, m // 2).copy_(torch.add(low, high, alpha=16).T)  # (K, m/2) bytes
         else:
-            out[start:start + m] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels[start:start + m].int(), 1)
+            block_levels = levels[start:start + m].int()  # PyTorch's packer reads int32
+            out[start:start + m] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(block_levels, 1)
 
 
 LAYOUT = []  # the CPU int4 packer's (BLOCK_N, halves), found once
@@ -441,7 +442,8 @@ def release(tensor):
 #   name.weight_shape       int64 (2,): N, K
 #
 # and w = level * scale, symmetric (no zero point: compressed-tensors' asymmetric int4 does not load in
-# transformers 5.24 + compressed-tensors 0.20, whose empty model expects its zero points unpacked). config.json's "quantization_config" says which layers hold which.
+# transformers 5.24 + compressed-tensors 0.20, whose empty model expects its zero points unpacked).
+# config.json's "quantization_config" says which layers hold which.
 
 
 def quantization_config(model):

@@ -16,7 +16,8 @@ benchmark's own directory), then measures, each in a fresh process:
   reload    from_pretrained(saved dir), no quantize=: seconds, peak resident memory
   ceiling   the time to read every quantized weight once (a sum over each tensor but the input embedding,
             its bytes viewed as float32): 1 / that bounds batch-1 decoding on this machine, now
-  decode    greedy batch-1 tokens/s after an 8-token prompt (the prompt step excluded), per torch thread
+  decode    greedy batch-1 tokens/s after an 8-token prompt (the prompt step excluded; the median step, so a
+            compiled run's first steps do not count), per torch thread
             count, and its ratio to the ceiling; and where a decode step's time goes (torch.profiler)
 
 The 20B's config says hidden_act "gelu_fast"; until the model files take that name the generated config.json
@@ -171,7 +172,8 @@ if {decode}:
                 [v.sum() for v in views]
                 times.append(time.perf_counter() - t0)
         stamps = []
-        module.generate(model, prompt, {tokens}, temperature=0, on_token=lambda t: stamps.append(time.perf_counter()))
+        module.generate(model, prompt, {tokens}, temperature=0, compile={compile},
+                        on_token=lambda t: stamps.append(time.perf_counter()))
         steps = [b - a for a, b in zip(stamps, stamps[1:])]  # decode steps only: the prompt's is before stamps[0]
         out[f"threads{{threads}}"] = dict(ceiling_s=statistics.median(times[1:]), step_s=statistics.median(steps))
     from torch.profiler import profile
@@ -184,10 +186,10 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def stage(module, source, scheme=None, save=None, decode=False, threads=(1,), tokens=8):
+def stage(module, source, scheme=None, save=None, decode=False, threads=(1,), tokens=8, compile=False):
     code = STAGE.format(root=str(ROOT), module=module, source=str(source), scheme=scheme,
                         save=str(save) if save else None, decode=decode, thread_counts=list(threads),
-                        threads=threads[0], tokens=tokens)
+                        threads=threads[0], tokens=tokens, compile=compile)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     line = next((l for l in result.stdout.splitlines() if l.startswith("RESULT ")), None)
     if result.returncode or line is None:
@@ -209,6 +211,8 @@ def main(argv=None):
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch thread counts to decode with")
     p.add_argument("--tokens", type=int, default=8, help="new tokens per decode run")
     p.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
+    p.add_argument("--compile", action="store_true", help="decode with generate(compile=True) (the first "
+                   "steps compile: use --tokens 24 or more)")
     args = p.parse_args(argv)
     layers = args.layers or (44 if args.shape == "neox-20b" else 12)
     directory = args.dir or ROOT / "bench" / ".cache" / f"{args.shape}-{layers}"
@@ -242,7 +246,7 @@ def main(argv=None):
                   f"{gb(r['peak'] - r['base'])} over the start, for a {gb(r['model_bytes'])} model (target "
                   f"<= {gb(r['model_bytes'] * 1.1 + 1e9)}); at the end file pages {gb(r['file_pages'])}, "
                   f"anonymous {gb(r['anon'])}; save {r['save_s']:.1f} s")
-            r = stage(module, saved, decode=True, threads=args.threads, tokens=args.tokens)
+            r = stage(module, saved, decode=True, threads=args.threads, tokens=args.tokens, compile=args.compile)
             print(f"{scheme}: reload {r['load_s']:.1f} s, peak resident {gb(r['peak'] - r['base'])} over the "
                   f"start; {gb(r['read_bytes'])} read per token")
             for threads in args.threads:

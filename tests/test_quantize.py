@@ -320,7 +320,8 @@ def test_saved_model_reloads_bit_for_bit_without_quantizing(arch, scheme, tmp_pa
     monkeypatch.setattr(quantize, "levels_int4", None)
     reloaded = module.from_pretrained(tmp_path / "saved")
     mine, theirs = dict(model.named_buffers()), dict(reloaded.named_buffers())
-    assert mine.keys() == theirs.keys() and dict(model.named_parameters()).keys() == dict(reloaded.named_parameters()).keys()
+    assert mine.keys() == theirs.keys()
+    assert dict(model.named_parameters()).keys() == dict(reloaded.named_parameters()).keys()
     for key, tensor in list(mine.items()) + list(model.named_parameters()):
         other = theirs[key] if key in theirs else reloaded.get_parameter(key)
         assert tensor.dtype == other.dtype and torch.equal(tensor, other), key
