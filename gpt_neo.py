@@ -27,7 +27,9 @@ import math
 import os
 import pickle
 import re
+import shutil
 import sys
+import tempfile
 import time
 import typing
 import zipfile
@@ -108,7 +110,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout_p = config.attention_dropout  # on the attention probabilities, in training only
         self.resid_dropout = nn.Dropout(config.resid_dropout)
 
-    def forward(self, x, attention_mask=None, kv_cache=None):
+    def forward(self, x, attention_mask=None, kv_cache=None, attentions=None):
         B, T, C = x.shape
         # nh is read off the tensors (-1): all heads, or this process's share under tensor parallel (tp.py)
         q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
@@ -122,7 +124,11 @@ class CausalSelfAttention(nn.Module):
         # No 1/sqrt(hd): GPT-Neo was trained without it (EleutherAI's Mesh TF code), so scale=1.
         # Per head: softmax(q @ k^T * scale, causal mask) @ v. attention.py opens with that specification.
         y = attention(q, k, v, backend=self.backend, causal=True, padding_mask=attention_mask, scale=1.0,
-                      window=self.window, dropout_p=self.dropout_p if self.training else 0.0)
+                      window=self.window, dropout_p=self.dropout_p if self.training else 0.0,
+                      return_probs=attentions is not None)
+        if attentions is not None:  # output_attentions: keep this layer's probabilities too
+            y, probs = y
+            attentions.append(probs)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh, hd) -> (B, T, nh hd): heads side by side
         return self.resid_dropout(self.out_proj(y))
 
@@ -149,8 +155,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, attention_mask=None, kv_cache=None):
-        x = x + self.attn.attention(self.ln_1(x), attention_mask, kv_cache)  # pre-LN, as GPT-2
+    def forward(self, x, attention_mask=None, kv_cache=None, attentions=None):
+        # pre-LN, as GPT-2
+        x = x + self.attn.attention(self.ln_1(x), attention_mask, kv_cache, attentions)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -167,18 +174,30 @@ class GPTNeoModel(nn.Module):
         self.h = nn.ModuleList(Block(config, i, backend) for i in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None,
+                output_attentions=False, output_hidden_states=False):
+        """The final hidden states (B, T, C). With output_hidden_states or output_attentions (transformers'
+        flags), (those, hidden_states, attentions): n_layer + 1 × (B, T, C), each block's input and then the
+        output (after ln_f); n_layer × (B, nh, T, keys), keys = T plus any cached ones, on the attention
+        backend "naive" only. What was not asked for is None. visualize.py draws them."""
         B, T = input_ids.shape
         past = kv_cache.seen if kv_cache is not None else 0
         check_shapes(input_ids, attention_mask, past, self.config.max_position_embeddings)  # (after the lesson)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
+        hidden_states = [] if output_hidden_states else None  # kept only when asked for: they cost memory
+        attentions = [] if output_attentions else None  # each layer appends its probabilities
         for block in self.h:
-            x = block(x, attention_mask, kv_cache)
+            if output_hidden_states:
+                hidden_states.append(x)
+            x = block(x, attention_mask, kv_cache, attentions)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.ln_f(x)
+        x = self.ln_f(x)
+        if not (output_attentions or output_hidden_states):
+            return x
+        return x, (hidden_states + [x] if output_hidden_states else None), attentions
 
 
 # Copied from gpt2.py
@@ -311,12 +330,35 @@ def read_config(d):
 
 # Copied from gpt2.py
 ACTIVATIONS = {
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's: the tanh approximation of GELU
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
+    # config.json's activation name -> the function, written out: every parameter-free one of transformers'
+    # ACT2FN, which these three families accept by name (tests/test_hub_configs.py checks each against it).
+    # GELU is x·Φ(x), Φ the standard normal CDF; the first eight names are GELU, exact or approximated.
+    # Exact, in fp32 as torch's kernel computes it (in bf16 the rounded erfc argument is ~4% off at x = -3.5):
+    "gelu": F.gelu,  # Pythia's and GPT-NeoX's: 0.5·x·erfc(-x / √2), torch's kernel (fp32 inside)
+    "gelu_python": lambda x: 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0))),  # exact, in x's own dtype
+    # Φ(x) ≈ (1 + tanh(√(2/π)·(x + 0.044715·x³))) / 2, the approximation GPT-2 and GPT-Neo were trained on:
+    # (as 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x.pow(3.0)))): torch's one kernel
+    # computes the same in one pass over the MLP's activations instead of eight)
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_accurate": lambda x: ACTIVATIONS["gelu_new"](x),  # other names for it
+    "gelu_python_tanh": lambda x: ACTIVATIONS["gelu_new"](x),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),  # the same, by torch's name for it
+    # The same approximation as Megatron factors it, √(2/π)·x·(1 + 0.044715·x²) with √(2/π) to 10 digits:
+    # GPT-NeoX-20B's (it rounds apart from gelu_new by an ulp here and there).
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_10": lambda x: torch.clip(ACTIVATIONS["gelu"](x), -10, 10),  # exact, clipped to [-10, 10]
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # Φ(x) ≈ σ(1.702·x): cruder
+    "silu": lambda x: x * torch.sigmoid(x),  # x·σ(x): GELU's shape with the logistic σ in place of Φ
+    "swish": lambda x: x * torch.sigmoid(x),  # SiLU's other name
+    "mish": lambda x: x * torch.tanh(F.softplus(x)),  # x·tanh(ln(1 + eˣ)): close to SiLU
+    "relu": lambda x: torch.clamp(x, min=0),  # max(x, 0)
+    "relu2": lambda x: torch.square(torch.clamp(x, min=0)),  # max(x, 0)²
+    "relu6": lambda x: torch.clamp(x, 0, 6),  # max(x, 0), capped at 6
+    "leaky_relu": lambda x: torch.where(x >= 0, x, 0.01 * x),  # x, or x / 100 below 0
+    "hardswish": lambda x: x * torch.clamp(x + 3, 0, 6) / 6,  # SiLU's shape from straight pieces
+    "sigmoid": lambda x: torch.sigmoid(x),  # σ(x) = 1 / (1 + e⁻ˣ)
+    "tanh": lambda x: torch.tanh(x),
+    "linear": lambda x: x,  # none
 }
 
 
@@ -439,9 +481,10 @@ def download(repo_id, revision=None):
             return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
         except Exception:
             reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
+            fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
             raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in "
-                          f"the local cache; download it while online (hf download {repo_id}), or pass a "
-                          "local directory holding config.json and the weights (--model /path/to/dir)") from None
+                          f"the local cache; download it while online ({fetch}), or give a local directory "
+                          "holding config.json and the weights instead") from None
     weights = [f for f in WEIGHT_FILES if f in files][:1]
     if not weights:
         raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
@@ -582,6 +625,8 @@ def check_device(device):
 # Copied from gpt2.py
 def load_config(directory):
     """The checkpoint directory's config.json, read and checked."""
+    if (Path(directory) / COMMITTED).is_dir():  # a save was killed while moving its new files into place:
+        finish_write(directory)  # they are whole (write_files), so complete the move rather than mix old and new
     if not (Path(directory) / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
     return GPTNeoConfig.from_json(Path(directory) / "config.json")
@@ -674,16 +719,62 @@ def hub_config(model):
 def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
     """Write a Hub checkpoint that transformers' from_pretrained and ours both load: config.json (or the
     dict `config`) and model.safetensors, or, above max_shard_size (bytes or "5GB"), the shards
-    model-0000k-of-0000n.safetensors and model.safetensors.index.json (huggingface_hub does the split)."""
+    model-0000k-of-0000n.safetensors and model.safetensors.index.json (huggingface_hub does the split).
+    Through write_files: a kill or a full disk leaves the previous checkpoint whole, and a model can be
+    saved into the directory it was loaded (or memory-mapped) from."""
     from huggingface_hub import save_torch_state_dict
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+
     state_dict, config = hub_state_dict(model), config or hub_config(model)
     if hasattr(model, "quantization_config"):  # integers and scales, compressed-tensors' layout (quantize.py)
         state_dict, config = __import__("quantize").quantized_state_dict(model, config)
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_torch_state_dict(state_dict, directory, max_shard_size=max_shard_size)
 
+    def write(tmp):
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_torch_state_dict(state_dict, tmp, max_shard_size=max_shard_size)
+    written = write_files(directory, write)
+    weights = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")  # (huggingface_hub's)
+    for f in Path(directory).iterdir():  # the shards (or index) of an earlier save, not of this one
+        if f.name not in written and weights.fullmatch(f.name):
+            f.unlink()
+
+
+# Copied from gpt2.py
+COMMITTED = ".tmp-committed"  # write_files: a whole set of new files, not yet all moved into place
+
+
+# Copied from gpt2.py
+def write_files(directory, write):
+    """Write a set of files into `directory` so that a kill or a full disk at any moment leaves every file
+    whole, old or new: `write(tmp)` writes them into a new temporary directory inside `directory`; once all
+    are written (and synced), it is renamed COMMITTED and each file is renamed over its namesake (os.replace
+    is atomic, and a memory map of the old file keeps the old contents). A kill before that rename leaves
+    the old files as they were (and a .tmp-* to delete); after it, finish_write completes the move. Returns
+    the names written."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    finish_write(directory)  # an earlier write killed while moving: complete it first
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as opened:
+                os.fsync(opened.fileno())  # on the disk before the rename makes it the file
+        tmp.rename(directory / COMMITTED)
+        return finish_write(directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Copied from gpt2.py
+def finish_write(directory):
+    """Move the files of a committed write_files into `directory`; returns their names."""
+    committed = Path(directory) / COMMITTED
+    names = sorted(f.name for f in committed.iterdir()) if committed.is_dir() else []
+    for name in names:
+        os.replace(committed / name, Path(directory) / name)
+    if names:
+        committed.rmdir()
+    return names
 
 # ----------------------------------------------------------------------------- generation
 
@@ -890,6 +981,10 @@ def parse_args(argv=None):
     p.add_argument("--attn", default="sdpa", choices=BACKENDS, help="the attention backend")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-token decode step (compiling takes a while, once per run)")
+    p.add_argument("--show", metavar="PNG", help="draw the prompt's attention maps (every layer and head) "
+                   "into this file instead of sampling (visualize.py; needs matplotlib)")
+    p.add_argument("--show-lens", metavar="PNG", help="draw the prompt's logit lens (the top next token "
+                   "after each layer) into this file instead of sampling")
     return p.parse_args(argv)
 
 
@@ -925,13 +1020,29 @@ def main(argv=None):
         check_sampling(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise ValueError("--max-new-tokens and --num-samples must be >= 1")
+        show = args.show is not None or args.show_lens is not None  # pictures of the prompt, no sampling
+        if show:
+            import visualize
+            if tp:
+                raise ValueError("--show and --show-lens draw on one process: run them without torchrun")
+            visualize.check_outputs(args.show, args.show_lens)  # before any work: file names, matplotlib
         directory = checkpoint_dir(args.model, args.revision)
         config = load_config(directory)  # read once: the prompt is checked against it before loading
         tokenizer = Tokenizer.from_pretrained(directory)
-        prompt = encode_prompt(tokenizer, args.prompt, config.context_length, args.max_new_tokens)
-        model = from_pretrained(directory, device=args.device, dtype=args.dtype, attn=args.attn,
+        max_new_tokens = 0 if show else args.max_new_tokens
+        prompt = encode_prompt(tokenizer, args.prompt, config.context_length, max_new_tokens)
+        attn = "naive" if args.show else args.attn  # --show: the fused kernels never form the probabilities
+        model = from_pretrained(directory, device=args.device, dtype=args.dtype, attn=attn,
                                 quantize=args.quantize, config=config)
         input_ids = torch.tensor([prompt], device=args.device)
+        if show:
+            check_input_values(input_ids, None, config.vocab_size)  # the tokenizer may know more ids
+            # the backbone, then its final LayerNorm and the LM head for the logit lens
+            parts = model.transformer, model.transformer.ln_f, model.lm_head
+            title = f"{args.model}: {args.prompt!r}"
+            written = visualize.show(*parts, tokenizer, input_ids, args.show, args.show_lens, title)
+            print("wrote", *written, file=sys.stderr)
+            return
         generator = torch.Generator(args.device).manual_seed(args.seed)
         for i in range(args.num_samples):
             stream = StreamDecoder(tokenizer)

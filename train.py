@@ -2,7 +2,7 @@
 
     python train.py --data input.txt --out out --arch gpt2 --vocab-size 2048   # new model, new tokenizer
     python train.py --data input.txt --out out --init gpt2                     # fine-tune a checkpoint
-    python train.py --data input.txt --out out --resume                        # continue a stopped run
+    python train.py --out out --resume                                         # continue a stopped run
     torchrun --nproc-per-node 2 train.py --data input.txt --out out ...        # data parallel (DDP)
     python gpt2.py --model out                                                 # sample from the result
 
@@ -15,23 +15,35 @@ the file, never trained on), a sample, and a checkpoint in --out that gpt2.py / 
 transformers, and --resume all read:
 
     out/config.json, model.safetensors     save_pretrained: the Hub's layout
-    out/vocab.json, merges.txt             the tokenizer (bpe.py's format)
-    out/train_state.pt                     step, optimizer state (for --resume)
+    out/vocab.json, merges.txt             the tokenizer, in the form it came in (or tokenizer.json)
+    out/train_state.pt                     step, optimizer state, the run's settings, the files' digests
     out/loss.csv, loss.png                 the loss curve (the PNG if matplotlib is installed)
+
+A checkpoint is one unit: its files are written into a temporary directory inside --out and moved into
+place only once all are written, so a kill or a full disk leaves the previous checkpoint whole, and
+--resume checks every file against the digests in train_state.pt. --resume takes the run's settings from
+there; a flag given again must agree (the few that may change, such as --max-steps, are printed).
 
 Under torchrun each process takes its share of every batch and DistributedDataParallel averages the
 gradients, so N processes with --batch-size B take the same steps as one process with N * B.
 """
 import argparse
 import csv
+import errno
+import hashlib
 import math
+import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bpe
@@ -43,70 +55,134 @@ import tp
 
 ARCHS = {"gpt2": gpt2, "gpt_neo": gpt_neo, "gpt_neox": gpt_neox}  # config.json's model_type -> model file
 CONFIGS = {"gpt2": gpt2.GPT2Config, "gpt_neo": gpt_neo.GPTNeoConfig, "gpt_neox": gpt_neox.GPTNeoXConfig}
-DROPOUT = {"gpt2": ["embd_pdrop", "attn_pdrop", "resid_pdrop"],  # each file's names for its dropout rates
-           "gpt_neo": ["embed_dropout", "attention_dropout", "resid_dropout"],
-           "gpt_neox": ["attention_dropout", "hidden_dropout"]}
 STATE = "train_state.pt"
+TOKENIZER_FILES = [name for names, _ in bpe.FORMATS for name in names]  # tokenizer.json, vocab.json, ...
+# The flags that belong to this invocation, not to the run (never saved), and those a resumed run may
+# change (printed when they do); every other flag is the run's, fixed at its start.
+NOT_SAVED = {"out", "resume", "stop_after", "device"}
+MAY_CHANGE = {"max_steps", "eval_every", "eval_batches", "log_every", "prompt", "sample_tokens", "dtype"}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="a UTF-8 text file")
+    """(the arguments, {flag: value} of those given on the command line: --resume compares them with the
+    run's)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", help="a UTF-8 text file (--resume: the run's)")
     p.add_argument("--out", required=True, help="the directory for checkpoints and the loss curve")
     what = p.add_argument_group("the model: --init or --arch; add --resume to continue the run in --out")
     what.add_argument("--init", help="fine-tune this checkpoint: a Hub name/id or a directory")
     what.add_argument("--arch", choices=ARCHS, help="train a new model of this architecture")
-    what.add_argument("--resume", action="store_true", help="continue the run saved in --out (the model and tokenizer come from there)")
+    what.add_argument("--resume", action="store_true",
+                      help="continue the run saved in --out, with its settings (model, tokenizer, flags)")
     new = p.add_argument_group("a new model (--arch)")
-    new.add_argument("--n-layer", type=int, default=4)
-    new.add_argument("--n-head", type=int, default=4)
-    new.add_argument("--n-embd", type=int, default=128)
-    new.add_argument("--block-size", type=int, default=128, help="the context length, in tokens")
+    new.add_argument("--n-layer", type=int, default=4, help="transformer blocks")
+    new.add_argument("--n-head", type=int, default=4, help="attention heads")
+    new.add_argument("--n-embd", type=int, default=128, help="the width of the residual stream")
+    new.add_argument("--block-size", type=int, default=128,
+                     help="the context length, in tokens (--init: at most the model's)")
     new.add_argument("--dropout", type=float, default=0.0, help="every dropout rate of the new model")
     new.add_argument("--vocab-size", type=int, help="train a bpe.py tokenizer of this size on --data")
     new.add_argument("--tokenizer", help="or use this tokenizer (a directory or Hub id)")
+    new.add_argument("--window-size", type=int, help="gpt_neo: how far back its local layers look (default 256)")
     loop = p.add_argument_group("training")
-    loop.add_argument("--max-steps", type=int, default=1000)
+    loop.add_argument("--max-steps", type=int, default=1000, help="the run's length: the schedule ends there")
     loop.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step; --resume goes on")
     loop.add_argument("--batch-size", type=int, default=16, help="windows per micro-batch, per process")
     loop.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    loop.add_argument("--lr", type=float, default=1e-3)
-    loop.add_argument("--min-lr", type=float, default=1e-4)
+    loop.add_argument("--lr", type=float, default=1e-3, help="the peak learning rate")
+    loop.add_argument("--min-lr", type=float, default=1e-4, help="the learning rate at --max-steps")
     loop.add_argument("--warmup", type=int, default=100, help="steps of linear warmup")
-    loop.add_argument("--weight-decay", type=float, default=0.1)
+    loop.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's, on the matrices only")
     loop.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0: none")
-    loop.add_argument("--val-fraction", type=float, default=0.1)
-    loop.add_argument("--eval-every", type=int, default=100)
-    loop.add_argument("--eval-batches", type=int, default=20)
-    loop.add_argument("--log-every", type=int, default=10)
+    loop.add_argument("--val-fraction", type=float, default=0.1, help="the end of --data, held out")
+    loop.add_argument("--eval-every", type=int, default=100, help="steps between evals and checkpoints")
+    loop.add_argument("--eval-batches", type=int, default=20, help="batches per held-out loss")
+    loop.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     loop.add_argument("--prompt", default="", help="the start of the sample printed at each eval")
-    loop.add_argument("--sample-tokens", type=int, default=64)
-    loop.add_argument("--seed", type=int, default=1337)
-    loop.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    loop.add_argument("--sample-tokens", type=int, default=64, help="the length of the sample at each eval")
+    loop.add_argument("--seed", type=int, default=1337, help="the weights, batches and dropout follow from it")
+    loop.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, ...")
     loop.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                       help="autocast dtype; auto: bfloat16 where the device supports it (CUDA), else float32")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)  # --help (with the defaults) and argparse's own errors happen here
+    p.set_defaults(**dict.fromkeys(vars(args), None))  # parsed again without defaults: what was given
+    given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+    return args, given
 
 
-def check_args(args):
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def check_args(args, given):
+    """Every number and choice, before any work."""
     if not args.resume and (args.init is None) == (args.arch is None):
         raise ValueError("give one of --init (fine-tune a checkpoint) or --arch (a new model), or --resume")
-    if args.arch and not args.resume and (args.vocab_size is None) == (args.tokenizer is None):
+    if args.arch and (args.vocab_size is None) == (args.tokenizer is None):
         raise ValueError("a new model (--arch) needs --vocab-size (train a tokenizer on --data) or --tokenizer")
+    new_model = [flag(k) for k in ("n_layer", "n_head", "n_embd", "dropout", "vocab_size", "tokenizer") if k in given]
+    if args.init and new_model:  # (they would be ignored: the checkpoint has its sizes and tokenizer)
+        raise ValueError(f"{new_model[0]} is for a new model (--arch); --init takes the checkpoint's")
+    if args.data is None:
+        raise ValueError("--data is required (a UTF-8 text file)")
     for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every",
-                 "n_layer", "n_head", "n_embd", "block_size", "sample_tokens"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0 < args.val_fraction < 1 or not 0 <= args.dropout < 1 or args.warmup < 0 or args.lr <= 0:
-        raise ValueError("--val-fraction must be in (0, 1), --dropout in [0, 1), --warmup >= 0, --lr > 0")
+                 "n_layer", "n_head", "n_embd", "block_size", "sample_tokens", "stop_after", "vocab_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"{flag(name)} must be >= 1, got {getattr(args, name)}")
+    if args.window_size is not None and (args.arch != "gpt_neo" or args.window_size < 1):
+        raise ValueError("--window-size is for a new gpt_neo model (--arch gpt_neo) and must be >= 1")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    if not 0 <= args.seed < 2**32:  # (a seed per step is derived from it: keep it far from int64's end)
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
+    ranges = {"lr": (lambda v: v > 0, "> 0"), "min_lr": (lambda v: 0 <= v <= args.lr, "in [0, --lr]"),
+              "weight_decay": (lambda v: v >= 0, ">= 0"), "grad_clip": (lambda v: v >= 0, ">= 0 (0: none)"),
+              "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"), "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)")}
+    for name, (ok, bounds) in ranges.items():
+        if not (math.isfinite(getattr(args, name)) and ok(getattr(args, name))):
+            raise ValueError(f"{flag(name)} must be a finite number {bounds}, got {getattr(args, name)}")
     if not Path(args.data).is_file():
-        raise FileNotFoundError(f"--data {args.data}: no such file")
-    if not args.resume and (Path(args.out) / STATE).exists():
-        raise ValueError(f"--out {args.out} holds a run already: pass --resume to continue it, or another --out")
-    if args.resume and not (Path(args.out) / STATE).exists():
-        raise FileNotFoundError(f"--resume: no {STATE} in {args.out}")
+        hint = "" if "data" in given else " (the run's --data: pass --data, the same text, where it is now)"
+        raise FileNotFoundError(f"--data {args.data}: no such file{hint}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    if not args.resume and ((out / STATE).exists() or (out / gpt2.COMMITTED).exists()):
+        raise ValueError(f"--out {out} holds a run already: pass --resume to continue it, or another --out")
+    entries = sorted(f.name for f in out.iterdir() if not f.name.startswith(".tmp-")) if out.is_dir() else []
+    if not args.resume and entries:  # (.tmp-*: a first save that was killed, never whole)
+        example = entries[0]
+        raise ValueError(f"--out {out} is not empty (it holds {example}, ...): a new run writes into an empty "
+                         "or new directory only, so that nothing of yours is overwritten or mixed with it")
+
+
+def resumed_args(args, given, state):
+    """--resume: the run's saved settings, with the flags given now. A flag that would change the run is
+    refused; the few that may change (MAY_CHANGE) are printed."""
+    saved, path = state["args"], Path(args.out) / STATE
+    merged = vars(args) | {k: v for k, v in saved.items() if k in vars(args) and k not in NOT_SAVED}
+    for name, value in given.items():
+        if name in NOT_SAVED or name not in saved or value == saved[name]:
+            continue
+        if name in MAY_CHANGE:
+            print(f"{flag(name)} {value} (the run had {saved[name]})", file=sys.stderr)
+        elif name != "data":  # (--data is compared by its content, once it is read)
+            raise ValueError(f"{flag(name)} {value} differs from the run's {saved[name]} ({path}): a resumed "
+                             f"run keeps its settings; leave {flag(name)} out, or start a new run")
+        merged[name] = value
+    return argparse.Namespace(**merged)
 
 # ----------------------------------------------------------------------------- model and data
+
+
+def read_data(path):
+    """(the text, the sha256 of the file: --resume goes on only with the text the run trained on)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8"), hashlib.sha256(raw).hexdigest()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--data {path} is not UTF-8 text ({e})") from None
 
 
 def model_type(directory):
@@ -127,32 +203,94 @@ def new_config(args, tokenizer):
     d = dict(vocab_size=tokenizer.vocab_size, hidden_size=args.n_embd, num_hidden_layers=args.n_layer,
              num_attention_heads=args.n_head, max_position_embeddings=args.block_size,
              bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    d.update(dict.fromkeys(DROPOUT[args.arch], args.dropout))
+    d.update(dict.fromkeys(CONFIGS[args.arch].DROPOUT, args.dropout))  # each file's names for its rates
     if args.arch == "gpt_neo":  # global and local layers in turn, as in GPT-Neo-125M
         d["attention_types"] = [[["global", "local"], args.n_layer // 2]] + [[["global"], 1]] * (args.n_layer % 2)
+        if args.window_size is not None:
+            d["window_size"] = args.window_size
     if args.arch == "gpt_neox":
         d["intermediate_size"] = 4 * args.n_embd
     return CONFIGS[args.arch].from_dict(d)
 
 
-def load(args, text, device):
-    """(model file, model in train() mode, tokenizer) for --resume, --init or --arch."""
-    if args.resume or args.init:
-        directory = Path(args.out) if args.resume else heads.checkpoint_dir(args.init)
-        kind = model_type(directory)
-        model = ARCHS[kind].from_pretrained(directory, device=device).train()
-        return ARCHS[kind], model, bpe.Tokenizer.from_pretrained(directory)
-    if args.vocab_size is not None:
+def load_tokenizer(args, text, checkpoint):
+    """(tokenizer, its files {name: bytes}) from the checkpoint (--resume, --init), --tokenizer, or trained
+    on the text (--vocab-size). Each checkpoint carries these bytes: the tokenizer in the form it came in
+    (a tokenizer.json copied as it is: vocab.json + merges.txt cannot hold NeoX's), and a file left in
+    --out is never taken for it."""
+    source = checkpoint or args.tokenizer
+    if source is None:
         print(f"training a {args.vocab_size}-token BPE tokenizer on {args.data} ...", file=sys.stderr)
         tokenizer = bpe.train(text, args.vocab_size, special_tokens=["<|endoftext|>"])
-    else:
-        tokenizer = bpe.Tokenizer.from_pretrained(args.tokenizer)
-    torch.manual_seed(args.seed)  # the same initial weights in every process
-    return ARCHS[args.arch], ARCHS[args.arch].from_config(new_config(args, tokenizer), device=device), tokenizer
+        with tempfile.TemporaryDirectory() as directory:
+            tokenizer.save(directory)  # bpe.py's writer: vocab.json + merges.txt
+            return tokenizer, {f.name: f.read_bytes() for f in sorted(Path(directory).iterdir())}
+    tokenizer = bpe.Tokenizer.from_pretrained(source)
+    return tokenizer, tokenizer_files(source)
 
 
-def context_length(config):
-    return getattr(config, "n_positions", None) or config.max_position_embeddings
+def tokenizer_files(source):
+    """The files bpe.Tokenizer.from_pretrained(source) read, {name: bytes}: the first of bpe.FORMATS
+    present, as its reader takes them (a Hub id's are in the Hugging Face cache by now)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return {"tokenizer.json": path.read_bytes()}
+    for names, _ in bpe.FORMATS:
+        if path.is_dir():
+            files = [path / name for name in names]
+        else:
+            from huggingface_hub import hf_hub_download
+            try:
+                files = [Path(hf_hub_download(str(source), name, local_files_only=True)) for name in names]
+            except Exception:  # not this format
+                continue
+        if all(f.is_file() for f in files):
+            return {name: f.read_bytes() for name, f in zip(names, files)}
+    raise FileNotFoundError(f"no tokenizer files in {source}")
+
+
+def check_sizes(args, given, config, tokenizer):
+    """The context and the vocabulary against the model, before any weight exists. Returns the block size:
+    --block-size, or the model's context if that is shorter."""
+    context = config.context_length
+    if "block_size" in given and args.block_size > context:
+        raise ValueError(f"--block-size {args.block_size} is beyond the model's context of {context} tokens")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"the tokenizer has ids up to {tokenizer.vocab_size - 1}, beyond the model's "
+                         f"vocab_size {config.vocab_size}")
+    if args.arch and not args.init:  # a new model: an embedding row for every id of the tokenizer
+        n_ids = len(set(tokenizer.vocab.values()) | {t.id for t in tokenizer.added_tokens})
+        if tokenizer.vocab_size > 2 * n_ids:
+            raise ValueError(f"--tokenizer {args.tokenizer}: its highest id is {tokenizer.vocab_size - 1} for "
+                             f"{n_ids} tokens; a new model would need an embedding row for every id up to it")
+    return min(args.block_size, context)
+
+
+def check_memory(args, config, device):
+    """A new model's training state must fit in the device's memory: refuse a size that cannot, before
+    allocating. AdamW keeps 4 fp32 numbers a parameter (weight, gradient, two moments); ~12 n_embd^2 a
+    layer, and the embeddings (twice: NeoX's head is untied)."""
+    params = (2 * config.vocab_size + args.block_size) * args.n_embd + 12 * args.n_layer * args.n_embd**2
+    memory = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda"
+              else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if 16 * params > memory:
+        raise ValueError(f"a model of --n-layer {args.n_layer} --n-embd {args.n_embd} --block-size "
+                         f"{args.block_size} and {config.vocab_size} tokens has ~{params / 1e9:.1f}B parameters: "
+                         f"training it needs ~{16 * params / 2**30:.0f} GiB, more than {device}'s "
+                         f"{memory / 2**30:.0f} GiB")
+
+
+def load_model(module, checkpoint, config, device, world):
+    """The checkpoint's model. Under torchrun, not from_pretrained, which loads this process's share of a
+    tensor-parallel model (tp.py): DDP keeps the whole model in every process."""
+    if world == 1:
+        return module.from_pretrained(checkpoint, device=device)
+    state_dict = module.convert_hub_state_dict(module.read_state_dict(checkpoint), config)
+    model = module.from_config(config, device=device)
+    module.check_state_dict(model, state_dict)
+    module.check_finite(state_dict, torch.float32)
+    model.load_state_dict(state_dict, strict=False)  # (strict=False: a tied lm_head is wte, not in the file)
+    return model
 
 
 def split(ids, val_fraction, block_size):
@@ -216,7 +354,7 @@ def eval_loss(model, data, args, block_size, autocast, rank, world, device):
 
 def sample(module, model, tokenizer, args, device):
     prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_token_id or 0]
-    n = min(args.sample_tokens, context_length(model.config) - len(prompt))
+    n = min(args.sample_tokens, model.config.context_length - len(prompt))
     if n < 1:
         return args.prompt
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -227,18 +365,133 @@ def sample(module, model, tokenizer, args, device):
 # ----------------------------------------------------------------------------- checkpoints and the curve
 
 CSV_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens", "seconds"]
+STATE_KEYS = {"step", "optimizer", "args", "data_sha256", "files"}
 
 
-def save(out, module, model, tokenizer, optimizer, step, rows):
-    """A checkpoint: the model in the Hub's layout, the tokenizer, the optimizer state, the curve."""
-    module.save_pretrained(model, out)
-    tokenizer.save(out)
-    torch.save({"step": step, "optimizer": optimizer.state_dict()}, out / STATE)
-    with open(out / "loss.csv", "w", newline="") as f:
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def save(out, module, model, tokenizer_files, optimizer, step, rows, settings, previous):
+    """A checkpoint, as one unit: the model in the Hub's layout, the tokenizer's files, the loss curve, and
+    train_state.pt (the step, the optimizer state, the run's settings and the sha256 of every other file,
+    which --resume checks). gpt2.write_files writes them into a temporary directory inside --out and moves
+    them into place only once all are written: a kill or a full disk leaves the previous checkpoint whole."""
+    def write(directory):
+        module.save_pretrained(model, directory)
+        for name, data in tokenizer_files.items():
+            (directory / name).write_bytes(data)
+        write_rows(rows, directory / "loss.csv")
+        plot(rows, directory / "loss.png")
+        files = {f.name: sha256(f) for f in sorted(directory.iterdir()) if f.is_file()}
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), **settings, "files": files},
+                   directory / STATE)
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        # (torch.save and safetensors meet a full disk with "unexpected pos ..." or worse: check first)
+        if checkpoint_bytes(model, optimizer, tokenizer_files) > shutil.disk_usage(out).free:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        with interrupt_after():  # Ctrl-C during a save: the save finishes first
+            gpt2.write_files(out, write)  # (the model files' atomic writer: save_pretrained's)
+    except (OSError, RuntimeError, SafetensorError) as e:  # a disk error, and what torch makes of one
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().split("\n")[0]
+        before = f"the checkpoint of step {previous} there is as it was" if previous else "no checkpoint is there"
+        raise OSError(f"could not write the checkpoint of step {step} into {out} ({reason}); {before}") from None
+
+
+def checkpoint_bytes(model, optimizer, tokenizer_files):
+    """At least what a checkpoint takes on disk: the weights, the optimizer's tensors, the tokenizer."""
+    tensors = [*model.state_dict().values(), *(t for s in optimizer.state.values() for t in s.values()
+                                               if isinstance(t, torch.Tensor))]
+    unique = {t.data_ptr(): t.numel() * t.element_size() for t in tensors}  # a tied matrix once
+    return sum(unique.values()) + sum(map(len, tokenizer_files.values()))
+
+
+@contextmanager
+def interrupt_after():
+    """Ctrl-C inside the block is raised when the block is done."""
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def read_state(out):
+    """--resume: train_state.pt, checked, with every file it lists present and unchanged (its sha256). A
+    checkpoint is one unit: a file from another step, a truncated or foreign one is refused by name."""
+    path = out / STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no {STATE} in {out}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and numbers only
+    except Exception as e:  # truncated or foreign: zipfile, pickle and torch errors alike
+        raise ValueError(f"{path} is not a train.py state file ({type(e).__name__}: {e})") from None
+    if not (isinstance(state, dict) and STATE_KEYS <= state.keys() and type(state["step"]) is int
+            and isinstance(state["args"], dict) and isinstance(state["files"], dict)):
+        raise ValueError(f"{path} is not a train.py state file of this version: it lacks the step, the run's "
+                         "settings or the files' digests")
+    step = state["step"]
+    if step < 0:
+        raise ValueError(f"{path}: step {step} is negative")
+    for name, digest in state["files"].items():
+        file = out / str(name)
+        if Path(str(name)).name != name:  # never read outside the checkpoint
+            raise ValueError(f"{path} lists {name!r}, which is not a file name")
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} is missing: the checkpoint of step {step} is incomplete")
+        if sha256(file) != digest:
+            raise ValueError(f"{file} is not the file of the step-{step} checkpoint that {STATE} describes "
+                             "(changed, truncated, or from another step)")
+    for name in TOKENIZER_FILES:
+        if (out / name).exists() and name not in state["files"]:
+            raise ValueError(f"{out / name} is not part of the run's checkpoint, but a reader could take it for "
+                             "its tokenizer: move it away")
+    return state
+
+
+def recover(out):
+    """A save that was killed: finished if it had committed (its files are whole), else removed (the
+    previous checkpoint stands)."""
+    gpt2.finish_write(out)
+    for leftover in out.glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def check_saved_args(saved, defaults, path):
+    """The settings in train_state.pt: known flags with values of their types (a foreign file is named)."""
+    types = {"data": str, "init": str, "arch": str, "tokenizer": str, "vocab_size": int}
+    for name, value in saved.items():
+        expected = types.get(name) or type(defaults.get(name))
+        if name not in defaults or name in NOT_SAVED or not (
+                value is None and name in types or isinstance(value, expected)
+                or expected is float and type(value) is int):
+            raise ValueError(f"{path}: setting {name}={value!r} is not one of train.py's")
+
+
+def write_rows(rows, path):
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, out / "loss.png")
+
+
+def read_rows(path, up_to):
+    """The curve so far, from loss.csv, up to the checkpoint's step."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        rows = [{k: (v if v == "" else int(v) if k == "step" else float(v)) for k, v in r.items()} for r in rows]
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path} is not train.py's loss curve ({e})") from None
+    if any(r.keys() != set(CSV_FIELDS) for r in rows):
+        raise ValueError(f"{path} is not train.py's loss curve: its columns are not {', '.join(CSV_FIELDS)}")
+    return [r for r in rows if r["step"] <= up_to]
 
 
 def plot(rows, path):
@@ -260,37 +513,52 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def read_rows(path, up_to):
-    """The curve so far, from loss.csv, up to the checkpoint's step."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (v if v == "" else float(v) if k != "step" else int(v)) for k, v in r.items()}
-            for r in rows if int(r["step"]) <= up_to]
-
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(args):
-    # Under torchrun: one process per device, joined through gloo (CPU) or NCCL (GPU) by tp.py's init;
-    # without it, rank 0 of 1.
-    device = torch.device(tp.init(args.device))
+def train(args, given, device, state=None):
     rank, world = tp.rank(), tp.world_size()
     master = rank == 0
     out = Path(args.out)
-    text = Path(args.data).read_text(encoding="utf-8")
-    module, model, tokenizer = load(args, text, device)
-    block_size = min(args.block_size, context_length(model.config))
+    text, data_sha256 = read_data(args.data)
+    if state and state["data_sha256"] != data_sha256:
+        raise ValueError(f"--data {args.data} is not the text this run trained on (its sha256 differs from "
+                         f"the one in {out / STATE})")
+    checkpoint = out if args.resume else heads.checkpoint_dir(args.init) if args.init else None
+    tokenizer, tokenizer_bytes = load_tokenizer(args, text, checkpoint)
+    if checkpoint is None:
+        module, config = ARCHS[args.arch], new_config(args, tokenizer)
+    else:
+        module = ARCHS[model_type(checkpoint)]
+        config = module.load_config(checkpoint)
+    block_size = check_sizes(args, given, config, tokenizer)
     ids = torch.tensor(tokenizer.encode_ordinary(text), dtype=torch.long)
     train_data, val_data = split(ids, args.val_fraction, block_size)
+    if checkpoint is None:
+        check_memory(args, config, device)
 
+    start, rows = (state["step"], read_rows(out / "loss.csv", state["step"])) if state else (0, [])
+    stop = min(args.max_steps, args.stop_after or args.max_steps)
+    if start >= args.max_steps:
+        raise ValueError(f"the run in {out} is at step {start} of --max-steps {args.max_steps}: nothing to do "
+                         "(pass a larger --max-steps to train on)")
+    if start >= stop:
+        raise ValueError(f"--stop-after {args.stop_after}: the run in {out} is at step {start} already")
+
+    if checkpoint is None:
+        torch.manual_seed(args.seed)  # the same initial weights in every process
+        model = module.from_config(config, device=device)
+    else:
+        model = load_model(module, checkpoint, config, device, world)
+    model.train()
     optimizer = make_optimizer(model, args, device)
-    start, rows = 0, []
-    if args.resume:
-        state = torch.load(out / STATE, map_location=device, weights_only=True)  # tensors and numbers only
-        optimizer.load_state_dict(state["optimizer"])
-        start, rows = state["step"], read_rows(out / "loss.csv", state["step"])
+    if state:
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{out / STATE}: its optimizer state does not fit the model ({e})") from None
+    settings = {"args": {k: v for k, v in vars(args).items() if k not in NOT_SAVED}, "data_sha256": data_sha256}
+    settings["args"]["data"] = str(Path(args.data).resolve())  # (--resume from another directory finds it)
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device.type == "cuda"
                                         and torch.cuda.is_bf16_supported())
     # bf16 autocast: matmuls in bfloat16, the weights and the optimizer in fp32 (no loss scaling needed).
@@ -299,16 +567,14 @@ def train(args):
     tokens_per_step = args.batch_size * block_size * args.grad_accum * world
     if master:
         n_params = sum(p.numel() for p in model.parameters())
-        out.mkdir(parents=True, exist_ok=True)
         print(f"{model.config.MODEL_TYPE}: {n_params / 1e6:.2f}M parameters, {len(train_data):,} training and "
               f"{len(val_data):,} held-out tokens, {tokens_per_step:,} tokens per step, {world} process(es), "
               f"{'bfloat16' if bf16 else 'float32'} on {device}", file=sys.stderr)
 
-    stop = min(args.max_steps, args.stop_after or args.max_steps)
     if start == 0:  # where the curve starts: the untrained (or not yet fine-tuned) model
         rows.append(dict(step=0, train_loss="", val_loss=round(eval_loss(model, val_data, args, block_size,
                          autocast, rank, world, device), 6), lr=0.0, tokens=0, seconds=0.0))
-    t0, last_log = time.perf_counter(), start
+    t0, last_log, saved = time.perf_counter(), start, start
     for step in range(start, stop):
         lr = learning_rate(step, args)
         for group in optimizer.param_groups:
@@ -340,7 +606,7 @@ def train(args):
             left = (stop - done) * seconds / (done - last_log)
             if master:
                 print(f"step {done}/{args.max_steps} | loss {loss.item():.4f} | lr {lr:.2e} | "
-                      f"{rate:,.0f} tok/s | {left // 60:.0f}:{left % 60:02.0f} left", file=sys.stderr)
+                      f"{rate:,.0f} tok/s | {clock(left)} left", file=sys.stderr)
             rows.append(dict(step=done, train_loss=round(loss.item(), 6), val_loss="", lr=lr,
                              tokens=done * tokens_per_step, seconds=round(seconds, 3)))
             t0, last_log = time.perf_counter(), done
@@ -350,20 +616,43 @@ def train(args):
             if master:
                 print(f"step {done}: held-out loss {val:.4f}\n--- sample ---\n"
                       f"{sample(module, model, tokenizer, args, device)}\n---", file=sys.stderr)
-                save(out, module, model, tokenizer, optimizer, done, rows)
+                save(out, module, model, tokenizer_bytes, optimizer, done, rows, settings, saved)
+                saved = done
             t0 = time.perf_counter()  # the eval's time is not training time
     if world > 1:
         dist.barrier()  # every process leaves once rank 0's last checkpoint is written
     return rows
 
 
+def clock(seconds):
+    """119.7 -> "2:00" (rounded first: never "1:60")."""
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
 def main(argv=None):
-    args = parse_args(argv)
+    args, given = parse_args(argv)
     try:
-        check_args(args)
-        train(args)
+        # Under torchrun: one process per device, joined through gloo (CPU) or NCCL (GPU) by tp.py's init;
+        # without it, rank 0 of 1.
+        device, state = torch.device(tp.init(args.device)), None
+        if args.resume:
+            if tp.rank() == 0:  # (the process that saves)
+                recover(Path(args.out))
+            if tp.world_size() > 1:
+                dist.barrier()
+            state = read_state(Path(args.out))
+            defaults = vars(parse_args(["--out", args.out])[0])
+            check_saved_args(state["args"], defaults, Path(args.out) / STATE)
+            args = resumed_args(args, given, state)
+        check_args(args, given)
+        train(args, given, device, state)
+    except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (a save in progress finished first)
+        print(f"interrupted; --resume continues from the last checkpoint in {args.out}", file=sys.stderr)
+        sys.exit(130)
     except (ValueError, OSError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+        # Under torchrun every process meets the same error: rank 0 reports it.
+        sys.exit(f"error: {e}" if os.environ.get("RANK", "0") == "0" else 1)
     finally:
         tp.finish()  # once train() has returned: the DDP model and its pending work are gone first
 

@@ -104,4 +104,4 @@ def test_no_network_and_nothing_cached_says_how_to_pass_a_dir(tmp_path):
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf-home"))
     result = run("--model", "openai-community/gpt2", env=env)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "local directory" in result.stderr and "--model /path/to/dir" in result.stderr
+    assert "local directory holding config.json and the weights" in result.stderr

@@ -374,7 +374,7 @@ def test_cli_without_network_fails_fast_and_quietly(tmp_path):
     env.update(HF_HOME=str(tmp_path / "empty-hf-home"), HF_ENDPOINT="http://127.0.0.1:9")
     result = run(env=env)
     one_error_line(result, "could not get openai-community/gpt2 from the Hugging Face Hub")
-    assert "hf download openai-community/gpt2" in result.stderr and "--model /path/to/dir" in result.stderr
+    assert "hf download openai-community/gpt2" in result.stderr and "local directory holding config.json" in result.stderr
 
 
 def test_cli_help_shows_the_defaults():

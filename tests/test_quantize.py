@@ -389,3 +389,16 @@ def test_a_damaged_saved_checkpoint_is_refused_by_name(damage, tmp_path):
     match = "config_groups.group_0" if damage == "config" else key
     with pytest.raises(ValueError, match=match):
         gpt_neox.from_pretrained(tmp_path)
+
+
+def test_a_quantized_model_is_saved_over_the_checkpoint_it_was_read_from(tmp_path):
+    """Issue 21: saving into the source directory once wrote a broken checkpoint over the source. Now the
+    integers replace the fp32 files whole (save_pretrained writes beside them, then renames)."""
+    module, ref = tiny("gpt_neox", 83, 64)
+    save_checkpoint(ref, tmp_path)
+    model = gpt_neox.from_pretrained(tmp_path, quantize="int8")
+    ids = torch.randint(0, 83, (2, 9))
+    with torch.no_grad():
+        expected = model(ids)
+        gpt_neox.save_pretrained(model, tmp_path)
+        assert torch.equal(gpt_neox.from_pretrained(tmp_path)(ids), expected)

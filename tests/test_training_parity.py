@@ -109,6 +109,19 @@ def test_dropout_sites_match_reference(arch, data):
     our_loss, ref_loss, our_g, ref_g = loss_and_grads(arch, ours, ref, ids, mask, seed=data.draw(st.integers(0, 99)))
     check_same(arch, our_loss, ref_loss, our_g, ref_g)
 
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_config_names_its_dropout_rates_and_context(arch):
+    """What train.py reads from any config: DROPOUT, the reference's dropout-rate fields (--dropout sets
+    them), and context_length, the reference's max_position_embeddings."""
+    _, _, _, config_cls, fields = ARCHS[arch]
+    assert OUR_CONFIGS[arch].DROPOUT == tuple(fields)
+    reference = config_cls(max_position_embeddings=77, **dict.fromkeys(fields, 0.25))
+    ours = OUR_CONFIGS[arch].from_dict(reference.to_dict())
+    assert ours.context_length == reference.max_position_embeddings == 77
+    rates = [getattr(ours, f) for f in ours.DROPOUT]
+    assert rates == [getattr(reference, f) for f in fields] == [0.25] * len(fields)
+
 # ----------------------------------------------------------------------------- dropout
 
 
