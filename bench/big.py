@@ -15,7 +15,8 @@ benchmark's own directory), then measures, each in a fresh process:
   save      save_pretrained of that model (compressed-tensors' pack-quantized safetensors): seconds
   reload    from_pretrained(saved dir), no quantize=: seconds, peak resident memory
   ceiling   the time to read every quantized weight once (a sum over each tensor but the input embedding,
-            its bytes viewed as float32): 1 / that bounds batch-1 decoding on this machine, now
+            its bytes viewed as float32): 1 / that bounds batch-1 decoding on this machine, now (timed in
+            turn with the decode runs, medians of 3, so that both see the same load)
   decode    greedy batch-1 tokens/s after an 8-token prompt (the prompt step excluded; the median step, so a
             compiled run's first steps do not count), per torch thread
             count, and its ratio to the ceiling; and where a decode step's time goes (torch.profiler)
@@ -165,17 +166,18 @@ if {decode}:
     prompt = torch.arange(100, 108)[None]
     for threads in {thread_counts}:
         torch.set_num_threads(threads)
-        times = []
+        module.generate(model, prompt, 2, temperature=0, compile={compile})  # warm-up (and compile)
+        ceilings, steps = [], []
         with torch.no_grad():
-            for _ in range(4):
+            for _ in range(3):  # in turn, so that both see the machine's load alike
                 t0 = time.perf_counter()
                 [v.sum() for v in views]
-                times.append(time.perf_counter() - t0)
-        stamps = []
-        module.generate(model, prompt, {tokens}, temperature=0, compile={compile},
-                        on_token=lambda t: stamps.append(time.perf_counter()))
-        steps = [b - a for a, b in zip(stamps, stamps[1:])]  # decode steps only: the prompt's is before stamps[0]
-        out[f"threads{{threads}}"] = dict(ceiling_s=statistics.median(times[1:]), step_s=statistics.median(steps))
+                ceilings.append(time.perf_counter() - t0)
+                stamps = []
+                module.generate(model, prompt, {tokens}, temperature=0, compile={compile},
+                                on_token=lambda t: stamps.append(time.perf_counter()))
+                steps.append(statistics.median(b - a for a, b in zip(stamps, stamps[1:])))  # decode steps only
+        out[f"threads{{threads}}"] = dict(ceiling_s=statistics.median(ceilings), step_s=statistics.median(steps))
     from torch.profiler import profile
     torch.set_num_threads({thread_counts}[0])
     with profile() as prof:
