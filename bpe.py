@@ -35,6 +35,7 @@ import argparse
 import codecs
 import json
 import numbers
+import os
 import re
 import sys
 import unicodedata
@@ -177,22 +178,42 @@ def bpe(word: str, ranks: dict[tuple[str, str], int], trace: list | None = None)
 # ------------------------------------------------------------------------------------------------------
 # 4. Training: learn merges from a text
 # ------------------------------------------------------------------------------------------------------
-def train(text: str, vocab_size: int, *, special_tokens=()) -> "Tokenizer":
+def train(text: str, vocab_size: int, *, special_tokens=(), fast: bool = True) -> "Tokenizer":
     """Learn a byte-level BPE of `vocab_size` ids from `text`: ids 0-255 are the bytes, then one id per
     merge, then the `special_tokens`. Save it with `.save(dir)` (vocab.json + merges.txt).
 
     Training is the mirror image of encoding: split the text into words with the same pattern, start
     with every word as single bytes, and repeatedly merge the most frequent adjacent pair (counted over
     all words, weighted by how often each word occurs). The merges, in the order learned, are the ranks.
-    Pair counts are updated only for the words that contain the merged pair, not recounted from scratch;
-    finding the most frequent pair is still a scan of all pairs per merge: fine for the few thousand
-    merges of an experiment, a heap would be the next step for GPT-2's 50,000 on a large corpus.
+    `fast`: learn them with bpe_fast.learn_merges (the same merges in n log n; False runs learn_merges).
     """
     n_merges = vocab_size - 256 - len(special_tokens)
     if n_merges < 0:
         raise ValueError(f"vocab_size {vocab_size} < 256 bytes + {len(special_tokens)} special tokens")
-    word_counts = Counter(split_words(text))
-    words = [list(to_printable(w)) for w in word_counts]      # each distinct word as its list of symbols
+    text = check_text(text)                                        # (part 8: surrogates as encode has them)
+    fast_train = fast_module() if fast else None                   # part 8: None where bpe_fast is absent
+    words = fast_train.split_words(text) if fast_train else split_words(text)
+    word_counts = {to_printable(w): n for w, n in Counter(words).items()}      # "Ġworld": 12, ...
+    merges = (fast_train.learn_merges if fast_train else learn_merges)(word_counts, n_merges)
+    vocab = {BYTE_TO_CHAR[b]: b for b in range(256)}
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))      # (two merges may make one token: (a, bc), (ab, c))
+    for special in special_tokens:
+        if special in vocab:
+            raise ValueError(f"special token {special!r} is already a token of the vocabulary")
+        vocab[special] = len(vocab)
+    return Tokenizer(vocab, merges, [AddedToken(s, vocab[s]) for s in special_tokens], fast=fast)
+
+
+def learn_merges(word_counts: dict[str, int], n_merges: int) -> list[tuple[str, str]]:
+    """Up to `n_merges` merges learned from {word (printable bytes): how often it occurs}.
+
+    Pair counts are updated only for the words that contain the merged pair, not recounted from scratch.
+    Still, each merge rescans every word that holds the pair and every pair for the most frequent one:
+    fine for the words of prose (short, repeating), quadratic for a long line without spaces (a word of
+    100 kB is rescanned at every merge). bpe_fast.learn_merges makes the same merges in n log n.
+    """
+    words = [list(w) for w in word_counts]                    # each distinct word as its list of symbols
     counts = list(word_counts.values())
     pair_counts: Counter = Counter()                          # (left, right) -> occurrences in the text
     where: dict[tuple[str, str], set[int]] = {}               # (left, right) -> the words that contain it
@@ -201,12 +222,12 @@ def train(text: str, vocab_size: int, *, special_tokens=()) -> "Tokenizer":
             pair_counts[pair] += n
             where.setdefault(pair, set()).add(w)
 
-    vocab = {BYTE_TO_CHAR[b]: b for b in range(256)}
     merges = []
     while len(merges) < n_merges and pair_counts:
-        best = max(pair_counts, key=pair_counts.__getitem__)    # ties: the pair seen first in the text
+        # the most frequent pair; of equal counts the smallest (a rule that does not depend on the order
+        # in which words or pairs were seen, so that bpe_fast's heap can follow it exactly)
+        best = min(pair_counts, key=lambda pair: (-pair_counts[pair], pair))
         merges.append(best)
-        vocab.setdefault(best[0] + best[1], len(vocab))
         for w in where.pop(best):
             symbols, n = words[w], counts[w]
             for pair in pairwise(symbols):               # forget the word's old pairs ...
@@ -216,9 +237,7 @@ def train(text: str, vocab_size: int, *, special_tokens=()) -> "Tokenizer":
                 pair_counts[pair] += n
                 where.setdefault(pair, set()).add(w)
         pair_counts = +pair_counts                                # drop pairs whose count fell to zero
-    for special in special_tokens:
-        vocab[special] = len(vocab)
-    return Tokenizer(vocab, merges, [AddedToken(s, vocab[s]) for s in special_tokens])
+    return merges
 
 
 def _merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
@@ -266,6 +285,7 @@ def _longest_first_pattern(contents) -> re.Pattern | None:
 CACHE_MAX_WORDS = 100_000
 
 NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")   # the tokenizer.json normalizers this file implements
+ENDOFTEXT = "<|endoftext|>"                    # GPT-2's and NeoX's end of a document
 
 
 class Tokenizer:
@@ -293,7 +313,7 @@ class Tokenizer:
         self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.added_tokens = list(added_tokens)
         self.special_tokens = {t.content: t.id for t in self.added_tokens if t.special}
-        self.eos_token_id = self.special_tokens.get("<|endoftext|>")
+        self.eos_token_id = self.special_tokens.get(ENDOFTEXT)
         self.normalizer = normalizer
         self.add_prefix_space = add_prefix_space
         self.use_regex = use_regex
@@ -343,7 +363,7 @@ class Tokenizer:
         Non-special added tokens (NeoX's runs of spaces) are always matched: they are ordinary vocabulary.
         With allowed_special="all" this gives the ids of HF's `encode(text, add_special_tokens=False)` (a
         post-processor that adds BOS/EOS tokens is not applied: GPT-2's and NeoX's add none)."""
-        check_text(text)
+        text = check_text(text)
         allowed = check_allowed(self, allowed_special)
         disallowed = frozenset(self.special_tokens.keys() - allowed)
         if disallowed and (found := self._special_pattern(disallowed).search(text)):
@@ -354,8 +374,7 @@ class Tokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Text -> ids, special token strings encoded as the plain text they are: "<|endoftext|>" -> 7 ids."""
-        check_text(text)
-        return self._encode(text, frozenset())
+        return self._encode(check_text(text), frozenset())
 
     def _encode(self, text: str, specials: frozenset) -> list[int]:
         ids = []
@@ -469,6 +488,7 @@ class StreamDecoder:
 # 7. Teaching mode: python bpe.py "some text"
 # ------------------------------------------------------------------------------------------------------
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "shared" / "tokenizers" / "gpt2"
+SHIPPED_TOKENIZER = Path(__file__).resolve().parent / "models" / "pydoc-gpt2"   # works offline
 
 
 def explain(tokenizer: Tokenizer, text: str, out=None) -> list[int]:
@@ -477,7 +497,7 @@ def explain(tokenizer: Tokenizer, text: str, out=None) -> list[int]:
         print(*parts, file=out or sys.stdout)
 
     show(f"text: {text!r}")
-    ids = []
+    text, ids = check_text(text), []
     for piece, token_id in tokenizer.pieces(text, frozenset(tokenizer.special_tokens)):
         if token_id is not None:
             show(f"\nadded token {piece!r} -> id {token_id}")
@@ -509,7 +529,9 @@ def main(argv=None):
     try:
         tokenizer = Tokenizer.from_pretrained(args.tokenizer)
     except (OSError, ValueError) as error:
-        sys.exit(f"error: {error}")
+        hint = f" (offline: --tokenizer {os.path.relpath(SHIPPED_TOKENIZER)} is the shipped model's)" if (
+            args.tokenizer == "gpt2" and SHIPPED_TOKENIZER.is_dir()) else ""
+        sys.exit(f"error: {error}{hint}")
     print(f"tokenizer: {args.tokenizer}: {tokenizer}")
     print("(bytes are shown as GPT-2's printable characters: Ġ is a space, Ċ a newline)")
     explain(tokenizer, text=args.text)
@@ -527,9 +549,16 @@ NEVER_IN_UTF8 = {0xC0, 0xC1, *range(0xF5, 0x100)}   # byte values that no UTF-8 
 def check_tokenizer(vocab: dict, merges: list, normalizer: str | None) -> None:
     """Refuse what Tokenizer cannot encode with: a merge of tokens not in the vocabulary, a byte without
     a token (HF would silently drop that byte; NeoX has none for 0xC0, 0xC1, 0xF5-0xFF, bytes that never
-    occur in UTF-8, which is fine), an unknown normalizer."""
+    occur in UTF-8, which is fine), an unknown normalizer, two tokens with one id (HF tokenizers decodes
+    that id to either token, whichever its hash table lists last: a different text from run to run)."""
     if normalizer is not None and normalizer not in NORMALIZERS:
         raise ValueError(f"unsupported normalizer {normalizer!r}: bpe.py has {NORMALIZERS} or none")
+    if len(set(vocab.values())) < len(vocab):
+        first = {}
+        for token, i in vocab.items():
+            if i in first:
+                raise ValueError(f"the tokens {first[i]!r} and {token!r} have the same id {i}")
+            first[i] = token
     for left, right in merges:
         for token in (left, right, left + right):
             if token not in vocab:
@@ -553,10 +582,20 @@ def check_allowed(tok: Tokenizer, allowed_special) -> frozenset:
     return frozenset(allowed_special)
 
 
-def check_text(text):
+def check_text(text) -> str:
+    """The text encode works on: a str that UTF-8 can encode. A Python str may hold surrogates, which
+    UTF-8 cannot (a pair left from UTF-16, "\\ud83e\\udd17", or a lone one from a file read with
+    errors="surrogateescape"); they are fixed as tiktoken does: pairs joined ("🤗"), lone ones "�"."""
     if not isinstance(text, str):
         raise TypeError(f"encode takes a str, got {type(text).__name__}"
                         + (" (decode bytes first: text.decode('utf-8'))" if isinstance(text, bytes) else ""))
+    if text.isascii():                              # (O(1): the common case pays nothing)
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def bad_ids_error(tok: Tokenizer, ids) -> Exception:
@@ -570,13 +609,19 @@ def bad_ids_error(tok: Tokenizer, ids) -> Exception:
     return AssertionError("unreachable")
 
 
-def fast_path(tok: Tokenizer):
-    """bpe_fast.py's speed-ups for `tok`; None where bpe.py was copied alone (this file's path: same ids)."""
+def fast_module():
+    """bpe_fast.py, the speed-ups (same results); None where bpe.py was copied alone (this file's path)."""
     try:
         import bpe_fast
     except ImportError:
         return None
-    return bpe_fast.FastPath(tok)
+    return bpe_fast
+
+
+def fast_path(tok: Tokenizer):
+    """bpe_fast.py's speed-ups for `tok`'s encoding, or None."""
+    fast = fast_module()
+    return fast.FastPath(tok) if fast else None
 
 
 # The formats, in the order a directory (or Hub repo) is searched: (file names, reader).
@@ -675,8 +720,9 @@ def read_vocab_merges(cls, vocab_json, merges_txt) -> Tokenizer:
     """The Hub's GPT-2 format: vocab.json ({token: id}) + merges.txt (a header, then "left right" lines);
     OpenAI's encoder.json + vocab.bpe are the same files by other names.
 
-    These files have no list of special tokens: a vocabulary entry that is neither a single byte nor
-    the result of a merge can only be a special token (GPT-2's only one is "<|endoftext|>", id 50256).
+    These files have no list of special tokens. "<|endoftext|>" (GPT-2's only one, id 50256) is special,
+    as transformers' GPT2Tokenizer makes it; any other entry is plain vocabulary, even one that no merge
+    makes: BPE never gives it, as in HF tokenizers (it decodes, it is never encoded).
     """
     vocab = check_vocab(read_json(vocab_json), str(vocab_json))
     try:
@@ -684,8 +730,7 @@ def read_vocab_merges(cls, vocab_json, merges_txt) -> Tokenizer:
     except UnicodeDecodeError as error:
         raise ValueError(f"{merges_txt}: not a UTF-8 text file ({error})") from None
     merges = read_merges(lines, str(merges_txt))
-    reachable = set(BYTE_TO_CHAR.values()) | {left + right for left, right in merges}
-    specials = [AddedToken(t, i) for t, i in vocab.items() if t not in reachable]
+    specials = [AddedToken(t, vocab[t]) for t in [ENDOFTEXT] if t in vocab]
     return _build(cls, f"{vocab_json} + {merges_txt}", vocab, merges, specials)
 
 
@@ -706,26 +751,26 @@ def load(cls, name_or_dir, revision: str | None = None) -> Tokenizer:
 
 
 def _from_hub(cls, repo_id: str, revision: str | None) -> Tokenizer:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    """The first format the Hub repo has. One quick request lists its files (no retries: without a
+    network the answer comes at once, as in the model files); when it fails, the local cache is asked."""
+    from huggingface_hub import hf_hub_download, model_info
 
-    offline = None
-    for files, constructor in FORMATS:
-        try:
-            paths = [hf_hub_download(repo_id, f, revision=revision) for f in files]
-        except LocalEntryNotFoundError as error:   # no network (or offline mode) and not in the cache
-            offline = offline or error
-            continue
-        except EntryNotFoundError:                  # the repo does not have this format: try the next
-            continue
-        except Exception as error:                  # no such repo or revision, gated repo, HTTP error
-            raise OSError(f"could not get the tokenizer of {repo_id!r} from the Hugging Face Hub: "
-                          f"{type(error).__name__}: {error}. Pass a local directory holding "
-                          f"{_FORMAT_NAMES}") from error
-        return getattr(cls, constructor)(*paths)
-    if offline:
-        raise OSError(f"could not download the tokenizer of {repo_id!r} (no network?) and it is not in "
-                      f"the Hugging Face cache. Pass a local directory with {_FORMAT_NAMES}") from offline
+    try:
+        files = {f.rfilename for f in model_info(repo_id, revision=revision).siblings}
+    except Exception as online_error:        # no network, no such repo or revision, a gated repo ...
+        for names, constructor in FORMATS:
+            try:
+                paths = [hf_hub_download(repo_id, f, revision=revision, local_files_only=True) for f in names]
+            except Exception:                # not in the cache
+                continue
+            return getattr(cls, constructor)(*paths)
+        reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
+        raise OSError(f"could not get the tokenizer of {repo_id!r} from the Hugging Face Hub ({reason}) "
+                      f"and it is not in the local cache; pass a local directory holding "
+                      f"{_FORMAT_NAMES}") from None
+    for names, constructor in FORMATS:
+        if all(f in files for f in names):
+            return getattr(cls, constructor)(*(hf_hub_download(repo_id, f, revision=revision) for f in names))
     raise FileNotFoundError(f"Hub repo {repo_id!r} has none of {_FORMAT_NAMES}")
 
 
@@ -817,6 +862,9 @@ def save_vocab_merges(tok: Tokenizer, directory) -> None:
             not t.special or t.lstrip or t.rstrip or t.single_word for t in tok.added_tokens):
         raise ValueError("vocab.json + merges.txt cannot hold this tokenizer's normalizer, ByteLevel "
                          "options or non-special added tokens (keep its tokenizer.json instead)")
+    if others := sorted(tok.special_tokens.keys() - {ENDOFTEXT}):
+        raise ValueError(f"vocab.json + merges.txt cannot mark {others} as special tokens (only "
+                         f"{ENDOFTEXT!r} is special when read back): keep a tokenizer.json instead")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab = dict(sorted({**tok.vocab, **tok.special_tokens}.items(), key=lambda item: item[1]))

@@ -10,12 +10,14 @@ the ids with fast=True and fast=False against each other, tiktoken and HF tokeni
 2. Long words: BPE in n log n (a heap over a linked list) instead of bpe.bpe's n² loop.
 3. Long non-ASCII words are cut where no merge can join two characters, and the pieces cached.
 4. A new word that is a token BPE gives whole skips BPE.
+And for bpe.train: 6. the same merges learned in n log n (bpe.learn_merges is quadratic on long words).
 What is left is the word cache (bpe.py) plus these: see bench/bpe.py and the README for figures.
 """
 import heapq
 import re
+from array import array
 from functools import cache
-from itertools import chain
+from itertools import chain, repeat
 
 import regex
 
@@ -330,3 +332,82 @@ class FastPath:
         if len(chars) >= HEAP_MIN_LENGTH:
             return tuple(map(tok.vocab.__getitem__, bpe_heap(chars, tok.merge_ranks)))
         return tuple(map(tok.vocab.__getitem__, simple_bpe(chars, tok.merge_ranks)))
+
+
+# ------------------------------------------------------------------------------------------------------
+# 6. Training in n log n: bpe.learn_merges with the occurrences of every pair indexed
+# ------------------------------------------------------------------------------------------------------
+# bpe.learn_merges rescans every word that holds the merged pair, and every pair for the most frequent:
+# a line of 100 kB without spaces is one word, rescanned at every merge (minutes for 2,000 merges).
+# This is the same training with bpe_heap's two ideas. The distinct words lie end to end in one linked
+# list of symbols (positions, next_start / prev_start as in bpe_heap, -1 at a word's ends), and `where`
+# lists, for every pair, the positions where it has started: a merge visits only those (the ones where
+# the pair no longer starts are skipped) and updates the two pairs beside each. The most frequent pair
+# comes from a heap keyed (-count, pair), bpe.learn_merges' rule (of equal counts the smallest pair); an
+# entry whose count has changed since it was pushed is stale and skipped, and each pair whose count a
+# merge changed is pushed once more. Each occurrence merged removes a symbol, so all the merges together
+# visit O(n) positions (n: the characters of the distinct words) and push O(n) entries: O(n log n) in
+# all. (Capping the length of a word, as some trainers do, would bound the work too, but learn other
+# merges from a long line.) Memory: O(n), at most ~130 bytes per character (a 1 MB line of random
+# letters; 470 kB of prose takes 13 MB, less than bpe.learn_merges: tracemalloc's peak).
+def learn_merges(word_counts: dict[str, int], n_merges: int) -> list[tuple[str, str]]:
+    """bpe.learn_merges(word_counts, n_merges): the same merges, in O(n log n)."""
+    symbols, weight = [], array("q")                          # per position: its symbol, its word's count
+    next_start, prev_start = array("q"), array("q")           # the linked list; -1: the word ends there
+    for word, n in word_counts.items():
+        start = len(symbols)
+        symbols += word
+        weight.extend(repeat(n, len(word)))
+        next_start.extend(range(start + 1, start + len(word)))
+        next_start.append(-1)
+        prev_start.append(-1)
+        prev_start.extend(range(start, start + len(word) - 1))
+    counts, where = {}, {}           # pair -> weighted count, pair -> array of the positions where it started
+    for i, j in enumerate(next_start):
+        if j >= 0:
+            pair = (symbols[i], symbols[j])
+            counts[pair] = counts.get(pair, 0) + weight[i]
+            where.setdefault(pair, array("q")).append(i)
+    heap = [(-count, pair) for pair, count in counts.items()]
+    heapq.heapify(heap)
+    changed = set()                                           # the pairs whose count this merge changed
+
+    def count(pair, i, n):                                    # n more (or fewer) of `pair`, at position i
+        counts[pair] = counts.get(pair, 0) + n
+        if n > 0:
+            where.setdefault(pair, array("q")).append(i)
+        changed.add(pair)
+
+    merges = []
+    while len(merges) < n_merges and heap:
+        minus_count, best = heapq.heappop(heap)
+        if counts.get(best) != -minus_count:
+            continue                          # stale: the count has changed since this entry was pushed
+        merges.append(best)
+        left, right = best
+        merged = left + right
+        changed.clear()
+        for i in sorted(where.pop(best)):     # left to right, as bpe._merge_pair: (a a a) -> (aa a)
+            j = next_start[i]
+            if symbols[i] != left or j < 0 or symbols[j] != right:
+                continue                      # no longer here, or (a a a): the second (a, a) went first
+            n, h, k = weight[i], prev_start[i], next_start[j]     # h i j k: the parts around the pair
+            count(best, i, -n)
+            if h >= 0:
+                count((symbols[h], left), h, -n)
+                count((symbols[h], merged), h, n)
+            if k >= 0:
+                count((right, symbols[k]), j, -n)
+                count((merged, symbols[k]), i, n)
+                prev_start[k] = i
+            symbols[i], symbols[j], next_start[i] = merged, None, k      # the part at j is gone
+        for pair in changed:
+            if counts[pair]:
+                heapq.heappush(heap, (-counts[pair], pair))
+            else:
+                del counts[pair]
+                where.pop(pair, None)              # (positions where it no longer starts)
+        if len(heap) > 2 * len(counts) + 1000:     # mostly stale entries: build it afresh (amortized O(1))
+            heap = [(-count, pair) for pair, count in counts.items()]
+            heapq.heapify(heap)
+    return merges

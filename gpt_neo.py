@@ -30,9 +30,11 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import typing
 import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -391,8 +393,10 @@ def check_field_types(config):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"config.json: {f.name} must be finite, got {value!r}")
         if f.name.endswith("token_id"):
-            if any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else [value or 0])):
-                raise ValueError(f"config.json: {f.name} must be token ids >= 0, got {value!r}")
+            if value == [] or any(type(i) is not int or i < 0 for i in (value if isinstance(value, list) else
+                                                                         [value or 0])):
+                raise ValueError(f"config.json: {f.name} must be token ids >= 0 (an id, a non-empty list of "
+                                 f"them, or null), got {value!r}")
         elif type(value) is int and int in types and value < 1:  # a size (a float field may be 0)
             raise ValueError(f"config.json: {f.name} must be >= 1, got {value}")
 
@@ -484,7 +488,8 @@ def download(repo_id, revision=None):
             fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
             raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in "
                           f"the local cache; download it while online ({fetch}), or give a local directory "
-                          "holding config.json and the weights instead") from None
+                          "holding config.json and the weights instead; models/pydoc-gpt2, the GPT-2 shipped "
+                          "here, is such a directory and works offline") from None
     weights = [f for f in WEIGHT_FILES if f in files][:1]
     if not weights:
         raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
@@ -830,13 +835,25 @@ def last_logits(model, x, attention_mask=None, kv_cache=None):
 
 
 # Copied from gpt2.py
-def check_generation(model, input_ids, max_new_tokens, attention_mask):
-    """What generate needs beyond what the model checks: room in the context, left padding, and ids and a
-    mask that are valid values (checked once here, not at every step)."""
+def check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size=None, eos_token_id=None):
+    """What generate needs beyond what the model checks: a prompt with room in the context, left padding,
+    ids and a mask that are valid values (checked once here, not at every step), a vocab_size and end ids
+    that are ids of the model."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids is empty, shape {tuple(input_ids.shape)}: every row needs at least one "
+                         "token (for a sample from nothing, start from the end-of-text id)")
+    V = model.config.vocab_size
+    if vocab_size is not None and not (type(vocab_size) is int and 1 <= vocab_size):
+        raise ValueError(f"vocab_size must be an integer >= 1 (the tokenizer's number of ids), got "
+                         f"{vocab_size!r}")
+    eos = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    if eos_token_id is not None and not (eos and all(type(i) is int and 0 <= i < V for i in eos)):
+        raise ValueError(f"eos_token_id must be an id in [0, {V}), a non-empty list of them, or None; got "
+                         f"{eos_token_id!r}")
     T, context = input_ids.size(1), model.config.context_length
     if T >= context:
         raise ValueError(f"prompt is {T} tokens, longer than the context of {context} tokens "
@@ -865,6 +882,12 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
     than its tokenizer has tokens, like Pythia's 50304 for 50277). on_token(ids (B,)) is called after
     each step. compile=True runs the fast path below, `generate_compiled`: the same tokens, faster once
     compiled.
+
+    The model samples in eval mode and is given its own mode back, also when on_token raises (eval_mode).
+    Threads: generate calls on one model from several threads are safe, in train mode as in eval mode
+    (each has its own KV cache, and they share the mode switch); a kv_cache or generator passed to two
+    calls at once is not, nor training the model while another thread samples from it (the step would run
+    in eval mode). compile=True from several threads at once is not tested.
     """
     if compile:  # (it checks its arguments as below)
         return generate_compiled(model, input_ids, max_new_tokens, attention_mask=attention_mask,
@@ -872,24 +895,51 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
                                  vocab_size=vocab_size, generator=generator, on_token=on_token,
                                  kv_cache=kv_cache)
     check_sampling(temperature, top_k, top_p)
-    check_generation(model, input_ids, max_new_tokens, attention_mask)
-    training = model.training
-    model.eval()  # sampling never drops out; the model's mode is given back at the end
+    check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size, eos_token_id)
     kv_cache = model.make_cache() if kv_cache is None else kv_cache
-    logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
     ids, done, eos = input_ids, None, eos_ids(eos_token_id, input_ids.device)
-    for _ in range(max_new_tokens):
-        next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
-        ids = torch.cat([ids, next_id[:, None]], dim=1)
-        if on_token is not None:
-            on_token(next_id)
-        if done.all() or ids.size(1) == input_ids.size(1) + max_new_tokens:
-            break
-        if attention_mask is not None:
-            attention_mask = F.pad(attention_mask, (0, 1), value=1)  # the new token is a real one
-        logits = last_logits(model, next_id[:, None], attention_mask, kv_cache)  # one token: (B, V)
-    model.train(training)
+    with eval_mode(model):  # sampling never drops out
+        logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
+        for _ in range(max_new_tokens):
+            next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
+            if on_token is not None:
+                on_token(next_id)
+            if done.all() or ids.size(1) == input_ids.size(1) + max_new_tokens:
+                break
+            if attention_mask is not None:
+                attention_mask = F.pad(attention_mask, (0, 1), value=1)  # the new token is a real one
+            logits = last_logits(model, next_id[:, None], attention_mask, kv_cache)  # one token: (B, V)
     return ids
+
+
+# Copied from gpt2.py
+_MODE_LOCK = threading.Lock()  # (eval_mode's)
+
+
+# Copied from gpt2.py
+_EVAL_USERS = {}  # id(model) -> [the generate calls using it now, the mode to give back]
+
+
+# Copied from gpt2.py
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode for the block, then in its own mode again, even when the block raises.
+    Calls on one model from several threads share the switch: the first sets eval mode, the last gives
+    the mode back (each saving and restoring it alone would race: one thread would put the model back in
+    train mode while another still samples, and the last would leave it in eval mode)."""
+    with _MODE_LOCK:
+        users = _EVAL_USERS.setdefault(id(model), [0, model.training])
+        users[0] += 1
+        model.eval()
+    try:
+        yield
+    finally:
+        with _MODE_LOCK:
+            users[0] -= 1
+            if users[0] == 0:
+                del _EVAL_USERS[id(model)]
+                model.train(users[1])
 
 
 # Copied from gpt2.py
@@ -924,32 +974,30 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     one torch.compile'd graph of `last_logits` serves every token. Same arguments and tokens as generate;
     the first call compiles, which takes a while."""
     check_sampling(temperature, top_k, top_p)
-    check_generation(model, input_ids, max_new_tokens, attention_mask)
+    check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size, eos_token_id)
     B, T = input_ids.shape
-    training = model.training
-    model.eval()  # sampling never drops out; the model's mode is given back at the end
     kv_cache = model.make_cache(static_len=T + max_new_tokens) if kv_cache is None else kv_cache
     if not isinstance(kv_cache, StaticCache) or kv_cache.max_len < T + max_new_tokens:
         raise ValueError("compile=True needs a StaticCache of at least prompt + max_new_tokens positions "
                          "(model.make_cache(static_len=...)), or none")
-    logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the prompt, eagerly: (B, V)
-    buffer = FullBuffer(kv_cache)
     # The mask spans the whole buffer: 1 on the real tokens so far, 0 on padding and on unwritten slots.
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     mask = F.pad(mask, (0, kv_cache.max_len - T))  # (B, max_len)
     # On CUDA, "reduce-overhead" also records the step's kernels as a CUDA graph: one launch per token.
     step = torch.compile(last_logits, fullgraph=True, mode="reduce-overhead" if input_ids.is_cuda else None)
     ids, done, eos = input_ids, None, eos_ids(eos_token_id, input_ids.device)
-    for i in range(max_new_tokens):
-        next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
-        ids = torch.cat([ids, next_id[:, None]], dim=1)
-        if on_token is not None:
-            on_token(next_id)
-        if done.all() or i == max_new_tokens - 1:
-            break
-        mask[:, T + i] = 1  # the slot next_id is written to
-        logits = step(model, next_id[:, None], mask, buffer)  # (B, V)
-    model.train(training)
+    with eval_mode(model):  # sampling never drops out
+        logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the prompt, eagerly: (B, V)
+        buffer = FullBuffer(kv_cache)
+        for i in range(max_new_tokens):
+            next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
+            if on_token is not None:
+                on_token(next_id)
+            if done.all() or i == max_new_tokens - 1:
+                break
+            mask[:, T + i] = 1  # the slot next_id is written to
+            logits = step(model, next_id[:, None], mask, buffer)  # (B, V)
     return ids
 
 
@@ -997,7 +1045,11 @@ def encode_prompt(tokenizer, text, context, max_new_tokens):
     if len(text.encode()) > context * longest:
         raise ValueError(f"--prompt ({len(text.encode())} bytes) is longer than the context of {context} "
                          "tokens")
-    ids = tokenizer.encode(text, allowed_special="all") or [tokenizer.eos_token_id]
+    ids = tokenizer.encode(text, allowed_special="all")
+    if not ids:  # an empty prompt: a sample from nothing starts where a document does
+        if tokenizer.eos_token_id is None:
+            raise ValueError("--prompt is empty and the tokenizer has no <|endoftext|> token to start from")
+        ids = [tokenizer.eos_token_id]
     if len(ids) >= context:
         raise ValueError(f"--prompt is {len(ids)} tokens, longer than the context of {context} tokens "
                          "(it needs room for at least one new token)")
@@ -1005,6 +1057,19 @@ def encode_prompt(tokenizer, text, context, max_new_tokens):
         raise ValueError(f"--prompt ({len(ids)} tokens) + --max-new-tokens ({max_new_tokens}) exceeds the "
                          f"context of {context} tokens")
     return ids
+
+
+# Copied from gpt2.py
+def speed_line(times, compiled):
+    """The CLI's report from the start time and each token's arrival: "[n tokens in s: r tokens/s]". With
+    --compile the first decode step (the second token) compiles, which takes seconds to minutes: it is
+    reported apart and the rate counts the compiled steps after it."""
+    n, seconds = len(times) - 1, times[-1] - times[0]
+    if compiled and n > 2:
+        rate = (n - 2) / max(times[-1] - times[2], 1e-9)
+        return (f"[{n} tokens in {seconds:.2f}s, of which {times[2] - times[1]:.2f}s the first compiled step "
+                f"(compiling): {rate:.1f} tokens/s after it]")
+    return f"[{n} tokens in {seconds:.2f}s: {n / max(seconds, 1e-9):.1f} tokens/s]"
 
 
 # Copied from gpt2.py
@@ -1045,17 +1110,19 @@ def main(argv=None):
             return
         generator = torch.Generator(args.device).manual_seed(args.seed)
         for i in range(args.num_samples):
-            stream = StreamDecoder(tokenizer)
+            stream, times = StreamDecoder(tokenizer), [time.perf_counter()]  # the start, then each token's
+
+            def on_token(t):
+                times.append(time.perf_counter())
+                print(stream.push(int(t[0])), end="", flush=True)
             print(("-" * 40 + "\n") * (i > 0) + args.prompt, end="", flush=True)
-            t0 = time.perf_counter()
-            out = generate(model, input_ids, args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, eos_token_id=model.config.eos_token_id,
-                           vocab_size=tokenizer.vocab_size, generator=generator, compile=args.compile,
-                           on_token=lambda t: print(stream.push(int(t[0])), end="", flush=True))
+            generate(model, input_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, eos_token_id=model.config.eos_token_id,
+                     vocab_size=tokenizer.vocab_size, generator=generator, compile=args.compile,
+                     on_token=on_token)
             print(stream.flush(), flush=True)
-            n, seconds = out.size(1) - input_ids.size(1), time.perf_counter() - t0
             if not tp or tp.rank() == 0:
-                print(f"[{n} tokens in {seconds:.2f}s: {n / seconds:.1f} tokens/s]", file=sys.stderr)
+                print(speed_line(times, args.compile), file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as e:
         sys.exit(f"error: {e}" if not tp or tp.rank() == 0 else 1)  # under torchrun: one line, not N
     except KeyboardInterrupt:  # Ctrl-C: stop quietly, with the shell's usual status for it

@@ -4,6 +4,7 @@
     python bench/bpe.py --file some.txt     # any UTF-8 file as an extra corpus
     python bench/bpe.py --neox              # also bpe.py (NeoX) against HF tokenizers on the same texts
     python bench/bpe.py --long              # only the long words: 1 MB single words and 1 MB of base64
+    python bench/bpe.py --train             # only training: bpe.train fast and plain, prose and a long line
 
 The texts come from this machine, no download: real text matters because the word cache's hit rate
 depends on how often words repeat (Zipf's law), which generated text gets wrong.
@@ -135,13 +136,40 @@ def bench_long_words(ours, reference) -> None:
         print(f"| {name} | {mine:.2f} | {time.process_time() - start:.2f} |")
 
 
+def bench_train(vocab_size: int = 2048) -> None:
+    """train() with bpe_fast.learn_merges and with bpe.learn_merges (fast=False) on prose and on one long
+    line without spaces (one word: the plain trainer rescans it at every merge). CPU seconds, one run
+    each; the merges are checked equal. The plain trainer is skipped where it would take minutes."""
+    import random
+    rng = random.Random(0)
+    texts = {"english 100 kB": english()[:100_000], "english 470 kB": english(),
+             "a line of 10 kB letters": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=10_000)),
+             "a line of 100 kB letters": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=100_000))}
+    bpe.train("é", 256)                                # warm-up: bpe_fast's one-off tables (0.5 s)
+    print(f"| text | train(..., {vocab_size}) fast s | fast=False s |")
+    print("|---|---|---|")
+    for name, text in texts.items():
+        start = time.process_time()
+        fast = bpe.train(text, vocab_size)
+        seconds = time.process_time() - start
+        plain = "(minutes: skipped)"
+        if not name.startswith("a line of 100"):
+            start = time.process_time()
+            assert bpe.train(text, vocab_size, fast=False).merges == fast.merges, name
+            plain = f"{time.process_time() - start:.2f}"
+        print(f"| {name} | {seconds:.2f} | {plain} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--file", action="append", default=[], help="an extra UTF-8 text file to encode")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--neox", action="store_true", help="also NeoX: bpe.py against HF tokenizers")
     parser.add_argument("--long", action="store_true", help="only the long words (1 MB single words, base64)")
+    parser.add_argument("--train", action="store_true", help="only training: bpe.train, fast and plain")
     args = parser.parse_args()
+    if args.train:
+        return bench_train()
 
     if not (GPT2_DIR / "vocab.bpe").exists():
         sys.exit(f"the benchmark needs GPT-2's files in {GPT2_DIR} (see ../shared/README.md)")

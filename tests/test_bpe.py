@@ -12,6 +12,7 @@ The references are built offline from the same files. Which of our calls matches
 """
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -565,6 +566,7 @@ def test_from_pretrained_errors(tmp_path, monkeypatch):
 
     def offline(*args, **kwargs):
         raise LocalEntryNotFoundError("no network")
+    monkeypatch.setattr(huggingface_hub, "model_info", offline)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(OSError, match="local directory"):
         Tokenizer.from_pretrained("someone/some-model")
@@ -773,3 +775,192 @@ def test_malformed_files_are_refused_by_name(tmp_path, gpt2_dir):
         (directory / "merges.txt").write_text(merges_text, encoding="utf-8")
         with pytest.raises(ValueError, match=message):
             Tokenizer.from_pretrained(directory)
+
+
+# --- issue 21: tokenizer files that lie, strings tiktoken takes, training on a long line, offline ------
+def write_vocab_merges(directory, vocab, merges):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                          encoding="utf-8")
+
+
+def write_tokenizer_json(path, vocab, merges, added_tokens=()):
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    added = [{"id": vocab[t], "content": t, "special": True, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False} for t in added_tokens]
+    config = {"version": "1.0", "added_tokens": added, "pre_tokenizer": byte_level, "decoder": byte_level,
+              "model": {"type": "BPE", "vocab": vocab, "merges": [list(m) for m in merges]}}
+    path.write_text(json.dumps(config), encoding="utf-8")
+
+
+TINY_MERGES = [("a", "b"), ("ab", "c"), ("Ġ", "ab")]
+
+
+def tiny_vocab(*extra):
+    """The 256 bytes, the tokens of TINY_MERGES, then `extra` entries that no merge makes."""
+    vocab = {c: i for i, c in enumerate(bpe.BYTE_TO_CHAR.values())}
+    for token in [a + b for a, b in TINY_MERGES] + list(extra):
+        vocab[token] = len(vocab)
+    return vocab
+
+
+def test_two_tokens_with_one_id_are_refused(tmp_path):
+    """HF tokenizers loads such a file and decodes the id to either token, whichever its hash table
+    lists last (a different text from one run to the next): bpe.py refuses it, naming the file."""
+    vocab = {**tiny_vocab(), "zzz": 257}                      # 257 is "abc" too
+    write_vocab_merges(tmp_path / "pair", vocab, TINY_MERGES)
+    write_tokenizer_json(tmp_path / "tokenizer.json", vocab, TINY_MERGES)
+    for where in (tmp_path / "pair", tmp_path / "tokenizer.json"):
+        with pytest.raises(ValueError, match="the tokens 'abc' and 'zzz' have the same id 257") as error:
+            Tokenizer.from_pretrained(where)
+        assert str(where) in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def unreachable_files(tmp_path_factory):
+    """The same vocabulary with entries that no merge makes ("zzz", "<pad>", and "<|endoftext|>"), as
+    vocab.json + merges.txt and as tokenizer.json (where "<|endoftext|>" is an added special token)."""
+    directory = tmp_path_factory.mktemp("unreachable")
+    vocab = tiny_vocab("zzz", "<pad>", "<|endoftext|>")
+    write_vocab_merges(directory / "pair", vocab, TINY_MERGES)
+    write_tokenizer_json(directory / "tokenizer.json", vocab, TINY_MERGES, ["<|endoftext|>"])
+    return directory, vocab
+
+
+@settings(max_examples=200)
+@given(text=st.lists(st.sampled_from(["zzz", "zz", "<pad>", "<|endoftext|>", "abc", "ab", " ab", " ", "z", "é"]),
+                     max_size=10).map("".join))
+def test_entries_no_merge_makes_are_plain_vocabulary_like_hf(unreachable_files, text):
+    """A vocabulary entry that no merge makes is never encoded (BPE cannot reach it) and decodes to its
+    bytes, as in HF tokenizers; only "<|endoftext|>" is special in vocab.json + merges.txt, as
+    transformers' GPT2Tokenizer makes it (the raw tokenizers library adds no special tokens itself)."""
+    from tokenizers import AddedToken as HFAddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+    directory, vocab = unreachable_files
+    hf_pair = hf_from_vocab_merges(directory / "pair")
+    hf_pair_special = hf_from_vocab_merges(directory / "pair")
+    hf_pair_special.add_special_tokens([HFAddedToken("<|endoftext|>", special=True)])
+    hf_json = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+    for ours, hf_plain, hf_special in ((Tokenizer.from_pretrained(directory / "pair"), hf_pair, hf_pair_special),
+                                       (Tokenizer.from_pretrained(directory / "tokenizer.json"), None, hf_json)):
+        assert ours.special_tokens == {"<|endoftext|>": vocab["<|endoftext|>"]}
+        if hf_plain:
+            assert ours.encode_ordinary(text) == hf_ids(hf_plain, text)
+        ids = ours.encode(text, allowed_special="all")
+        assert ids == hf_ids(hf_special, text)
+        if "<|endoftext|>" not in text:
+            assert ours.encode(text) == ids                   # no special token in it: nothing to refuse
+        every = ids + [vocab["zzz"], vocab["<pad>"], vocab["<|endoftext|>"]]
+        assert ours.decode(every) == hf_special.decode(every, skip_special_tokens=False)
+
+
+def hf_from_vocab_merges(directory):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+    hf = HFTokenizer(models.BPE.from_file(str(directory / "vocab.json"), str(directory / "merges.txt")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    return hf
+
+
+def test_save_refuses_special_tokens_the_files_cannot_mark(tmp_path):
+    tok = train("abc abc", 256 + 2, special_tokens=["<|endoftext|>", "<pad>"])
+    with pytest.raises(ValueError, match=r"cannot mark \['<pad>'\] as special"):
+        tok.save(tmp_path)
+    with pytest.raises(ValueError, match="'a' is already a token"):
+        train("abc", 256 + 2, special_tokens=["a"])
+
+
+SURROGATES = ["\ud83e\udd17", "\ud83e", "\udd17", "\udd17\ud83e", "\ud800", "\udfff", "\udcff", "\ud800\ud800"]
+
+
+@settings(max_examples=300)
+@given(text=st.lists(st.one_of(st.sampled_from(PIECES + SURROGATES), st.characters(),
+                               st.characters(categories=["Cs"])), max_size=20).map("".join))
+def test_surrogates_encode_like_tiktoken(gpt2, tiktoken_gpt2, neox, text):
+    """A str may hold surrogates, which UTF-8 cannot encode: a pair left from UTF-16 is joined into its
+    character, a lone one becomes U+FFFD, as tiktoken does (for every tokenizer: HF's raises instead)."""
+    assert gpt2.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
+    assert gpt2.encode(text, allowed_special="all") == tiktoken_gpt2.encode(text, allowed_special="all")
+    fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    assert neox.encode(text, allowed_special="all") == neox.encode(fixed, allowed_special="all")
+
+
+def test_known_surrogate_cases(gpt2):
+    assert gpt2.encode("a\ud83e\udd17") == gpt2.encode("a🤗")
+    assert gpt2.encode("\ud800x") == gpt2.encode("\ufffdx")
+    assert "\ud800" in "".join(gpt2.words("\ud800"))       # the split itself is not where it is fixed
+    assert train("ab\ud800 ab\ud800", 256 + 1).merges == train("ab\ufffd ab\ufffd", 256 + 1).merges   # training too
+
+
+# Training: bpe_fast.learn_merges must make bpe.learn_merges' merges, with work in proportion to the text.
+@settings(max_examples=400)
+@given(words=st.dictionaries(st.text(alphabet="abcĠ", min_size=1, max_size=40), st.integers(1, 5),
+                             min_size=1, max_size=6),
+       n_merges=st.integers(0, 60))
+def test_fast_training_learns_the_same_merges(words, n_merges):
+    assert bpe_fast.learn_merges(words, n_merges) == bpe.learn_merges(words, n_merges)
+
+
+def test_training_ties_and_a_known_case():
+    # "ab", " ba": the three pairs occur once each; of equal counts the smallest pair goes first
+    expected = [("a", "b"), ("b", "a"), ("Ġ", "ba")]
+    for fast in (True, False):
+        assert train("ab ba", 256 + 3, fast=fast).merges == expected
+        # "aaaa" twice: a a a a -> aa aa (left to right), so (aa, aa) occurs twice, more than (Ġ, aa), (aa, a)
+        assert train("aaaa aaaa aaa", 256 + 2, fast=fast).merges == [("a", "a"), ("aa", "aa")]
+
+
+def lines_run(fn, *args, **kwargs) -> int:
+    """How many lines of bpe.py and bpe_fast.py fn(*args, **kwargs) runs: its work, counted, not timed.
+    (Loops in C count as one line, so this measures the Python loops, which is where rescans would be.)"""
+    files = {bpe.__file__, bpe_fast.__file__}
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        count += event == "line"
+        return local
+    before = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: local if frame.f_code.co_filename in files else None)
+    try:
+        fn(*args, **kwargs)
+    finally:
+        sys.settrace(before)
+    return count
+
+
+def test_training_a_long_line_does_work_in_proportion_to_it():
+    """A line without spaces is one word: bpe.learn_merges rescans all of it at every merge (100 kB and
+    2,000 merges: minutes). bpe_fast.learn_merges visits only the occurrences of the merged pair: the
+    lines it runs stay within a constant per character and per merge, however many merges."""
+    rng = random.Random(0)
+    line = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(4000))
+    per_unit = 60                                       # measured: 6-45 lines per character + merge
+    assert lines_run(train, line, 256 + 1000) <= per_unit * (len(line) + 1000)
+    assert lines_run(train, line[:400], 256 + 100, fast=False) > per_unit * (400 + 100)   # the counter sees it
+    assert train(line[:1500], 256 + 150).merges == train(line[:1500], 256 + 150, fast=False).merges
+
+
+def test_cli_without_the_hub_fails_at_once(monkeypatch, capsys):
+    """Offline and without ../shared, `python bpe.py` asks the Hub once, then only the local cache (it
+    took 71 s of retries), and says in one line where a tokenizer that works offline is."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    calls = []
+
+    def no_network(*args, **kwargs):
+        calls.append(kwargs)
+        raise (ConnectionError if "local_files_only" not in kwargs else LocalEntryNotFoundError)("no network")
+    monkeypatch.setattr(huggingface_hub, "model_info", no_network)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(bpe, "DEFAULT_TOKENIZER", Path("/nonexistent"))
+    with pytest.raises(SystemExit) as exit_:
+        bpe.main(["Hello"])
+    message = str(exit_.value.code)
+    assert message.startswith("error: could not get the tokenizer of 'gpt2'") and "\n" not in message
+    assert "models/pydoc-gpt2" in message
+    assert "local_files_only" not in calls[0] and all(c.get("local_files_only") for c in calls[1:])  # 1 request
+    bpe.main(["Hello", "--tokenizer", str(bpe.SHIPPED_TOKENIZER)])                 # ... which works offline
+    assert "decoded: 'Hello'" in capsys.readouterr().out

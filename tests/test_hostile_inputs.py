@@ -382,3 +382,232 @@ def test_cli_help_shows_the_defaults():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "(default: 50)" in text and "(default: gpt2)" in text and "(default: 1.0)" in text
+
+
+# ----------------------------------------------------------------------------- issue 21: the first run, generation edges
+# (the `input` helper's section: the requirements, bpe.py offline, generate's edges)
+
+
+def requirement_names(path):
+    """The distribution names a requirements file lists (not following -r)."""
+    import re
+    names = set()
+    for line in (ROOT / path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[<>=!~\[; ]", line)[0].lower().replace("-", "_"))
+    return names
+
+
+def product_imports():
+    """The top-level modules that the project's own files (not tests/, bench/) import, outside the
+    standard library and the project, and not optional (an import in a `try` that catches ImportError:
+    flash_attn, matplotlib)."""
+    import ast
+    ours = {path.stem for path in ROOT.glob("*.py")}
+    found = set()
+    for path in ROOT.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        optional = {id(node) for t in ast.walk(tree) if isinstance(t, ast.Try)
+                    and any(ast.unparse(h.type or ast.Name("")) in ("ImportError", "ModuleNotFoundError")
+                            for h in t.handlers) for stmt in t.body for node in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found - ours - set(sys.stdlib_module_names)
+
+
+def test_requirements_hold_what_the_files_import_and_no_test_package():
+    """requirements.txt: what the project imports, plus numpy (torch warns on every command without it);
+    the test runner and the references only in requirements-dev.txt (which .ci/run installs as well)."""
+    product, dev = requirement_names("requirements.txt"), requirement_names("requirements-dev.txt")
+    assert product_imports() | {"numpy"} == product
+    assert {"pytest", "hypothesis", "transformers", "tokenizers", "tiktoken"} <= dev and not dev & product
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -r requirements.txt" in ci and "pip install -r requirements-dev.txt" in ci
+
+
+def test_bpe_cli_without_the_hub_is_one_line_at_once(tmp_path):
+    """Without ../shared and without a network, `python bpe.py` said so after 71 s of retries: now one
+    request, the local cache, and one line that names the tokenizer that works offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(HF_HOME=str(tmp_path / "empty-hf-home"), HF_ENDPOINT="http://127.0.0.1:9")
+    result = subprocess.run([sys.executable, str(ROOT / "bpe.py"), "Hello", "--tokenizer", "gpt2"],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    one_error_line(result, "could not get the tokenizer of 'gpt2' from the Hugging Face Hub")
+    assert "--tokenizer models/pydoc-gpt2" in result.stderr
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generate_arguments_that_name_no_token(arch, tmp_path):
+    """An empty prompt, a vocab_size of no ids and end ids that are none of the model's: a ValueError,
+    on both paths (they met an IndexError or sampled from nothing)."""
+    tiny_checkpoint(arch, tmp_path)
+    module = importlib.import_module(arch)
+    model = module.from_pretrained(tmp_path)
+    ids = torch.tensor([[1, 2]])
+    cases = [(dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), "input_ids is empty"),
+             (dict(input_ids=torch.zeros(0, 3, dtype=torch.long)), "input_ids is empty"),
+             (dict(vocab_size=0), "vocab_size must be an integer >= 1"),
+             (dict(vocab_size=-5), "vocab_size must be an integer >= 1"),
+             (dict(vocab_size=2.5), "vocab_size must be an integer >= 1"),
+             (dict(eos_token_id=[]), r"eos_token_id must be an id in \[0, 64\), a non-empty list"),
+             (dict(eos_token_id=64), r"eos_token_id must be an id in \[0, 64\)"),
+             (dict(eos_token_id=[1, -1]), r"eos_token_id must be an id in \[0, 64\)"),
+             (dict(eos_token_id="1"), r"eos_token_id must be an id")]
+    for compile in (False, True):
+        for kwargs, message in cases:
+            args = dict(input_ids=ids) | kwargs
+            with pytest.raises(ValueError, match=message):
+                module.generate(model, args.pop("input_ids"), 2, compile=compile, **args)
+    out = module.generate(model, ids, 2, eos_token_id=(1, 2), vocab_size=10)                    # still fine
+    assert out.shape[1] in (3, 4) and out[0, 2:].max() < 10
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_an_empty_eos_list_in_config_json_is_one_line(arch, tmp_path):
+    tiny_checkpoint(arch, tmp_path)
+    edit_config(tmp_path, eos_token_id=[])
+    with pytest.raises(ValueError, match=r"eos_token_id must be token ids >= 0 \(an id, a non-empty list"):
+        importlib.import_module(arch).from_pretrained(tmp_path)
+    result = subprocess.run([sys.executable, str(ROOT / f"{arch}.py"), "--model", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    one_error_line(result, "eos_token_id must be token ids >= 0 (an id, a non-empty list of them, or null), got []")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_an_empty_prompt_needs_an_end_of_text_token(arch):
+    from bpe import train
+    module = importlib.import_module(arch)
+    with_eos = train("abc abc", 256 + 2, special_tokens=["<|endoftext|>"])
+    assert module.encode_prompt(with_eos, "", 32, 4) == [with_eos.eos_token_id]
+    with pytest.raises(ValueError, match="--prompt is empty and the tokenizer has no <|endoftext|>"):
+        module.encode_prompt(train("abc abc", 256 + 2), "", 32, 4)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def with_dropout(request, tmp_path_factory):
+    """A tiny model with dropout 0.5 everywhere, loaded: train mode would change every logit."""
+    arch = request.param
+    directory = tmp_path_factory.mktemp(f"dropout-{arch}")
+    rates = {"gpt2": ["resid_pdrop", "embd_pdrop", "attn_pdrop"],
+             "gpt_neo": ["resid_dropout", "embed_dropout", "attention_dropout"],
+             "gpt_neox": ["attention_dropout", "hidden_dropout"]}[arch]
+    tiny_checkpoint(arch, directory, **dict.fromkeys(rates, 0.5))
+    module = importlib.import_module(arch)
+    return module, module.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_generate_gives_the_mode_back_when_on_token_raises(with_dropout, compile, training):
+    module, model = with_dropout
+    model.train(training)
+
+    def stop(ids):
+        raise KeyError("the caller's own error")
+    with pytest.raises(KeyError, match="the caller's own error"):
+        module.generate(model, torch.tensor([[1, 2]]), 3, on_token=stop, compile=compile)
+    assert model.training == training and all(m.training == training for m in model.modules())
+    model.eval()
+
+
+def test_generate_from_two_threads_on_a_model_in_train_mode(with_dropout):
+    """Thread A samples from a model in train mode; thread B starts while A is sampling, and A ends first.
+    Before, A gave the model back its train mode while B was still sampling (B's next tokens with
+    dropout), and B, which had found the model in eval mode, left it in eval mode at its end."""
+    import threading
+    module, model = with_dropout
+    model.train()
+    ids = torch.tensor([[1, 2, 3]])
+    expected = module.generate(model, ids, 6, temperature=0)     # greedy in eval mode: what B must give
+    a_in, b_in, a_done = threading.Event(), threading.Event(), threading.Event()
+    seen, out = [], {}
+
+    def a_step(token):                        # A is inside generate: B may start; A ends once B is inside
+        a_in.set()
+        assert b_in.wait(timeout=60)
+
+    def b_step(token):
+        if not seen:
+            b_in.set()
+            assert a_done.wait(timeout=60)
+        seen.append(model.training)
+
+    def run(name, n, on_token, done=None):
+        out[name] = module.generate(model, ids, n, temperature=0, on_token=on_token)
+        if done:
+            done.set()
+    a = threading.Thread(target=run, args=("a", 1, a_step, a_done))
+    b = threading.Thread(target=run, args=("b", 6, b_step))
+    a.start()
+    assert a_in.wait(timeout=60)
+    b.start()
+    a.join(timeout=120)
+    b.join(timeout=120)
+    assert a_done.is_set() and seen == [False] * 6       # B sampled in eval mode after A had finished
+    assert torch.equal(out["b"], expected) and model.training and all(m.training for m in model.modules())
+    model.eval()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_speed_line_leaves_compiling_out(arch):
+    """--compile: the first decode step compiles (here 20 s), so it is named and the rate counts the steps
+    after it; without --compile every token counts."""
+    module = importlib.import_module(arch)
+    times = [0.0, 0.5, 20.5, 20.6, 20.7, 20.8]                   # start, then 5 tokens
+    assert module.speed_line(times, compiled=False) == "[5 tokens in 20.80s: 0.2 tokens/s]"
+    line = module.speed_line(times, compiled=True)
+    assert line == "[5 tokens in 20.80s, of which 20.00s the first compiled step (compiling): 10.0 tokens/s after it]"
+    assert module.speed_line(times[:3], compiled=True) == "[2 tokens in 20.50s: 0.1 tokens/s]"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_offline_error_keeps_the_revision_and_names_the_shipped_model(arch, monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(huggingface_hub, "model_info", offline)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    module = importlib.import_module(arch)
+    with pytest.raises(OSError) as error:
+        module.download("EleutherAI/pythia-70m", revision="step3000")
+    message = str(error.value)
+    assert "(hf download EleutherAI/pythia-70m --revision step3000)" in message
+    assert "models/pydoc-gpt2, the GPT-2 shipped here, is such a directory and works offline" in message
+    with pytest.raises(OSError, match=r"\(hf download EleutherAI/pythia-70m\)"):
+        module.download("EleutherAI/pythia-70m")
+
+
+def test_the_readmes_first_command_samples_offline(tmp_path):
+    """The README's first command works on any machine: the shipped model, no network, no Hub cache."""
+    import shlex
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = next(line for line in readme.splitlines() if line.startswith("pip install -r requirements.txt"))
+    command = shlex.split(first.split("&&", 1)[1])
+    assert command[:2] == ["python", "gpt2.py"] and "models/pydoc-gpt2" in command
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(HF_HOME=str(tmp_path / "empty-hf-home"), HF_ENDPOINT="http://127.0.0.1:9")
+    result = subprocess.run([sys.executable, *command[1:], "--max-new-tokens", "8"], capture_output=True,
+                            text=True, cwd=ROOT, env=env, timeout=120)
+    prompt = command[command.index("--prompt") + 1]
+    assert result.returncode == 0 and result.stdout.startswith(prompt), result.stderr
+    assert len(result.stdout) > len(prompt) + 1 and "tokens/s" in result.stderr
+
+
+def test_the_readme_lists_every_file_and_the_docs_name_the_current_hub_cli():
+    """The README's file list names every file a user meets (bpe_fast.py and models/ were missing), and
+    no page says `huggingface-cli`, which huggingface_hub has replaced with `hf`."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("## The files", 1)[1].split("```")[1]
+    names = {line.split()[0] for line in listed.strip().splitlines()}
+    expected = {p.name for p in ROOT.glob("*.py")} | {f"{d}/" for d in ("models", "tests", "bench", "docs")}
+    assert expected <= names, expected - names
+    for page in [ROOT / "README.md", *ROOT.glob("docs/*.md")]:
+        assert "huggingface-cli" not in page.read_text(encoding="utf-8"), page
