@@ -711,18 +711,20 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
                     config=None, build=build_lm):
     """The model from a Hub name/id or a local directory with config.json and weights; `dtype` is a
     torch.dtype or its name ("bfloat16"), float32 by default. quantize="int8" | "int4" stores the weight
-    matrices as integers (quantize.py), and then the default dtype is bfloat16. config: the directory's
-    GPTNeoXConfig if the caller has read it already (the CLI has). build(config, state_dict, attn) -> (model on
-    the meta device, its state dict) puts another model on the checkpoint (heads.py's task heads)."""
+    matrices as integers (quantize.py), and then the default dtype is bfloat16; a checkpoint saved quantized
+    (config.json's quantization_config) is read as it is. config: the directory's GPTNeoXConfig if the caller
+    has read it already (the CLI has). build(config, state_dict, attn) -> (model on the meta device, its state
+    dict) puts another model on the checkpoint (heads.py's task heads)."""
     if attn not in BACKENDS:
         raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
     if quantize is not None:
-        from quantize import check_scheme, load_quantized  # weight-only int8/int4, in its own file
+        from quantize import check_scheme  # weight-only int8/int4, in its own file
         check_scheme(quantize)
-    dtype = torch_dtype(dtype or (torch.bfloat16 if quantize else None))
-    check_device(device)
     directory = checkpoint_dir(name_or_path, revision)
     config = config or load_config(directory)
+    saved = read_json(directory / "config.json").get("quantization_config")  # saved quantized (quantize.py)
+    dtype = torch_dtype(dtype or (torch.bfloat16 if quantize or saved else None))
+    check_device(device)
     tp = tensor_parallel()
     if tp:
         tp.check_heads(config.num_attention_heads)  # N processes must share the heads evenly: known before any reading
@@ -731,12 +733,15 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
         raise ValueError(f"config.json says num_hidden_layers={config.num_hidden_layers}, but the checkpoint holds "
                          f"only {len(state_dict)} tensors")
     model, state_dict = build(config, state_dict, attn)
+    if saved:  # integers and scales as save_pretrained wrote them: read, not quantized again
+        from quantize import load_saved
+        return load_saved(model, state_dict, saved, dtype, device, quantize).eval()
     check_state_dict(model, state_dict)
-    if quantize is not None:  # every weight matrix quantized as it is read: no full-precision copy
-        load_quantized(model, state_dict, quantize, dtype, device, check=check_finite)
-        return model.eval()
     if tp:
         state_dict = tp.shard(model, TP_PLAN, state_dict)  # this process's share, read by slices
+    if quantize is not None:  # every weight matrix quantized as it is read: no full-precision copy
+        from quantize import load_quantized
+        return load_quantized(model, state_dict, quantize, dtype, device).eval()
     state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
     check_finite(state_dict, dtype)
     model.load_state_dict(state_dict, strict=False, assign=True)
@@ -773,9 +778,13 @@ def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
     saved into the directory it was loaded (or memory-mapped) from."""
     from huggingface_hub import save_torch_state_dict
 
+    state_dict, config = hub_state_dict(model), config or hub_config(model)
+    if hasattr(model, "quantization_config"):  # integers and scales, compressed-tensors' layout (quantize.py)
+        state_dict, config = __import__("quantize").quantized_state_dict(model, config)
+
     def write(tmp):
-        (tmp / "config.json").write_text(json.dumps(config or hub_config(model), indent=2) + "\n")
-        save_torch_state_dict(hub_state_dict(model), tmp, max_shard_size=max_shard_size)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_torch_state_dict(state_dict, tmp, max_shard_size=max_shard_size)
     written = write_files(directory, write)
     weights = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")  # (huggingface_hub's)
     for f in Path(directory).iterdir():  # the shards (or index) of an earlier save, not of this one

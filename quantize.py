@@ -22,12 +22,16 @@ matmul. Symmetric (no offset): weights are centred on zero.
 
 Group-wise (int4). Four bits hold only 16 values, too coarse for a whole row of 768 or 3072 weights: one
 outlier would set the step for all of them. So each row is cut into groups of `group_size` consecutive input
-weights (32, 64 or 128), each with its own scale s and offset (zero point) z: q = round((w - min) / s) in
-0..15, with s = (max - min) / 15 and w ≈ (q - 8) * s + z where z = min + 8 s (the layout PyTorch's int4
-kernels read). The error is again at most s / 2, and s is small because a group spans a narrow range. The
-group size trades accuracy (smaller groups, smaller steps) against the bytes of the scales (2 x 16 bits per
-group: 1 bit per weight at group 32, 0.25 at 128). GROUP_SIZE below was chosen by measuring perplexity
-(bench/quantize.py; README, "Quantization").
+weights (32, 64 or 128), each with its own scale s: q = round(w / s) in -8..7 with s = max|w| / 7.5 over the
+group (stored as q + 8 in 0..15, the layout PyTorch's int4 kernels read; symmetric, as compressed-tensors
+saves int4 and vLLM reads it). The error is again at most s / 2, and s is small because a group spans a
+narrow range. The group size trades accuracy (smaller groups, smaller steps) against the bytes of the scales
+(16 bits per group: 0.5 bit per weight at group 32, 0.125 at 128). GROUP_SIZE below was chosen by measuring
+perplexity (bench/quantize.py; docs/quantization.md).
+
+Saving. save_pretrained of a quantized model writes the integers and scales in compressed-tensors'
+"pack-quantized" format (below, "saving and reloading"), which transformers and vLLM load; from_pretrained
+reads them back without quantizing again.
 
 Why the activations stay in bf16 (or fp32). Only the weights are stored in integers; inputs and outputs of a
 layer keep the model's dtype. Activations change with every token and have outliers (a few features far
@@ -52,6 +56,7 @@ Kernels (a plain dequantize-then-matmul where none exists, e.g. int4 with fp16 a
 """
 import ctypes
 import mmap
+import re
 import sys
 
 import torch
@@ -60,8 +65,10 @@ import torch.nn.functional as F
 
 SCHEMES = ("int8", "int4")
 GROUP_SIZES = (32, 64, 128, 256)
-GROUP_SIZE = 32  # int4: input weights per scale, chosen by perplexity (README, "Quantization")
-ROWS = 1024  # rows quantized at a time, so the temporaries stay small even for a 50257-row LM head
+GROUP_SIZE = 32  # int4: input weights per scale, chosen by perplexity (docs/quantization.md)
+# Rows quantized at a time: the fp32 copy of a block of a 6144-wide weight (1.5 MB) stays in the CPU's cache
+# while the pass works on it, and 64 is a whole number of the CPU int4 packer's blocks of rows (16, 32, 64).
+BLOCK = 64
 
 
 def check_scheme(scheme):
@@ -71,39 +78,76 @@ def check_scheme(scheme):
 # ----------------------------------------------------------------------------- the two schemes
 
 
+def levels_int8(w, f, absmax=None):
+    """w (N, K) -> f (N, K) fp32 buffer given: the levels q in -127..127 (as floats), and scales fp32 (N,),
+    absmax fp32 (N,): symmetric, one scale per output row; w ≈ q * scales[:, None]. absmax is NaN or inf
+    where a row holds one (the caller checks it); given, it is the max |w| of rows longer than w's."""
+    f.copy_(w)
+    if absmax is None:
+        absmax = row_absmax(f)
+    scales = absmax.clamp(min=1e-12) / 127  # a row of zeros still gets a valid scale
+    f.div_(scales[:, None]).round_().clamp_(-127, 127)
+    return scales, absmax
+
+
+def row_absmax(w):
+    """max |w| per row of w (N, K): two passes, no |w| copy."""
+    return torch.maximum(w.amax(dim=1), -w.amin(dim=1)).float()
+
+
 def quantize_int8(w):
-    """w (N, K) -> q int8 (N, K), scales fp32 (N,): symmetric, one scale per output row; w ≈ q * scales[:, None]."""
-    scales = w.float().abs().amax(dim=1).clamp(min=1e-12) / 127  # a row of zeros still gets a valid scale
-    q = (w.float() / scales[:, None]).round_().clamp_(-127, 127).to(torch.int8)  # in place: one temporary
-    return q, scales
+    """w (N, K) -> q int8 (N, K), scales fp32 (N,), absmax fp32 (N,) (levels_int8 in a buffer of its own)."""
+    f = torch.empty(w.shape)
+    scales, absmax = levels_int8(w, f)
+    return f.to(torch.int8), scales, absmax
 
 
 def dequantize_int8(q, scales):
     return q.float() * scales[:, None].float()
 
 
-def quantize_int4(w, group_size):
-    """w (N, K) -> q uint8 (N, K) in 0..15, scales and zeros fp32 (N, K / group_size): each run of group_size
-    weights of a row has its own scale and zero point; w ≈ (q - 8) * scale + zero."""
+def levels_int4(w, group_size, f):
+    """w (N, K) -> f (N, K) fp32 buffer given: the levels q in 0..15 (as floats), and scales fp32 and absmax
+    fp32 (N, K / group_size): each run of group_size weights of a row has its own scale; w ≈ (q - 8) * scale,
+    symmetric (compressed-tensors' int4 and the one vLLM's kernels read): scale = max|w| / 7.5, so that both
+    ends of the group round to within half a step (+max|w| -> 7.5 -> 7, -max|w| -> -7.5 -> -8)."""
     N, K = w.shape
-    groups = w.float().reshape(N, K // group_size, group_size)  # (N, K/G, G)
-    lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)  # (N, K/G)
-    scales = (hi - lo).clamp(min=1e-12) / 15  # 16 levels span [lo, hi]
-    zeros = lo + 8 * scales  # the value of q = 8, the middle level
-    q = (groups - lo[..., None]).div_(scales[..., None]).round_().clamp_(0, 15).to(torch.uint8)
-    return q.reshape(N, K), scales, zeros
+    groups = f.copy_(w).view(N, K // group_size, group_size)  # (N, K/G, G)
+    absmax = torch.maximum(groups.amax(dim=-1), -groups.amin(dim=-1))  # (N, K/G); NaN and inf carry through
+    scales = absmax.clamp(min=1e-12) / 7.5
+    groups.div_(scales[..., None]).round_().clamp_(-8, 7).add_(8)
+    return scales, absmax
 
 
-def dequantize_int4(q, scales, zeros, group_size):
+def quantize_int4(w, group_size):
+    """w (N, K) -> q uint8 (N, K) in 0..15, scales, absmax (levels_int4 in a buffer of its own)."""
+    f = torch.empty(w.shape)
+    scales, absmax = levels_int4(w, group_size, f)
+    return f.to(torch.uint8), scales, absmax
+
+
+def dequantize_int4(q, scales, group_size):
     N, K = q.shape
     groups = q.float().reshape(N, K // group_size, group_size) - 8
-    return (groups * scales[..., None].float() + zeros[..., None].float()).reshape(N, K)
+    return (groups * scales[..., None].float()).reshape(N, K)
 
 
-def by_rows(quantize_fn, w, *args):
-    """quantize_fn on ROWS rows of w at a time (each row is quantized on its own): temporaries stay small."""
-    parts = [quantize_fn(rows, *args) for rows in w.split(ROWS)]
-    return [torch.cat(outputs) for outputs in zip(*parts)]
+def check_values(absmax, dtype, key):
+    """Weights holding NaN or inf would generate garbage without a word: refuse them, and values beyond what
+    `dtype` holds (above 65504 in float16), as loading without quantizing does. absmax: the pass's own."""
+    peak = absmax.max()  # NaN when any is NaN
+    if not peak <= torch.finfo(dtype).max:
+        raise ValueError(f"weights hold NaN or inf in {dtype}: {key}")
+
+
+def to_dtype(tensor, dtype, device, key):
+    """A tensor that is not quantized (embedding, LayerNorm, bias) in `dtype`, checked like a weight: one pass
+    for the conversion, two for its max |x| (amax and amin make no temporary; a sum in fp32 of a bf16 tensor
+    would convert all of it first: 1.2 GB for the 20B's embedding)."""
+    converted = tensor.to(device, dtype)
+    if converted.is_floating_point() and converted.numel():
+        check_values(torch.maximum(converted.amax(), -converted.amin()).float(), dtype, key)
+    return converted
 
 # ----------------------------------------------------------------------------- the quantized layers
 
@@ -111,51 +155,102 @@ def by_rows(quantize_fn, w, *args):
 class Int8Linear(nn.Module):
     """y = (x @ q.T) * scales + bias, with q int8 (out, in) and one scale per output feature."""
 
-    def __init__(self, weight, bias, dtype):
+    def __init__(self, q, scales, bias, dtype):
         super().__init__()
-        q, scales = by_rows(quantize_int8, weight)
-        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self.register_buffer("weight", q.to(weight.device))  # (out, in) int8
-        self.register_buffer("scales", scales.to(weight.device, dtype))  # (out,)
-        self.register_buffer("bias", None if bias is None else bias.to(weight.device, dtype))
+        self.out_features, self.in_features = q.shape
+        self.register_buffer("weight", q)  # (out, in) int8
+        self.register_buffer("scales", scales.to(q.device, dtype))  # (out,)
+        self.register_buffer("bias", None if bias is None else bias.to(q.device, dtype))
+        self.reduce = None  # tensor parallel's all-reduce for a layer split by its inputs (tp.py)
+
+    @classmethod
+    def quantize(cls, weight, bias, dtype, key="weight", row_max=None):
+        """One pass over weight (N, K), BLOCK rows at a time, into the int8 layer; NaN, inf and values beyond
+        `dtype` refused. row_max: tensor parallel's, for a layer split by its inputs: weight holds a slice of
+        each row, and row_max(absmax) turns its max |w| into the whole row's (a second pass), so that every
+        process scales as the unsplit layer does."""
+        N, K = weight.shape
+        whole = None
+        if row_max is not None:
+            whole = torch.cat([row_absmax(rows) for rows in weight.split(BLOCK)])
+            row_max(whole)
+        q = torch.empty(N, K, dtype=torch.int8, device=weight.device)
+        scales, absmax = torch.empty(N, device=weight.device), torch.empty(N, device=weight.device)
+        f = torch.empty(BLOCK, K, device=weight.device)  # one buffer for every block: allocating is slow
+        for start in range(0, N, BLOCK):
+            rows, n = slice(start, start + BLOCK), min(BLOCK, N - start)
+            scales[rows], absmax[rows] = levels_int8(weight[rows], f[:n], None if whole is None else whole[rows])
+            q[rows] = f[:n]
+        check_values(absmax, dtype, key)
+        return cls(q, scales, bias, dtype)
 
     def forward(self, x):
         x2 = x.reshape(-1, self.in_features).contiguous()  # (B*T, K): the kernels want it contiguous
-        if x.is_cpu:  # PyTorch's int8 kernel (fast with bf16 activations)
+        if x.is_cpu and (x.dtype != torch.bfloat16 or self.in_features % 16 == 0):
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)
-        else:  # the plain form: integers converted to x's dtype, matmul, then one scale per output column
+        else:  # the plain form: integers converted to x's dtype, matmul, then one scale per output column.
+            # PyTorch's CPU kernel with bf16 activations and an input width not a multiple of 16 returns wrong
+            # values and, for more than one row, crashes (torch 2.13; tests/test_quantize.py keeps watching).
             y = F.linear(x2, self.weight.to(x.dtype)) * self.scales
         return outputs(self, y, x.shape)
 
 
 class Int4Linear(nn.Module):
-    """y = x @ W.T + bias, W stored as 4-bit integers with a scale and a zero point per group of inputs.
+    """y = x @ W.T + bias, W stored as 4-bit integers with a scale per group of inputs.
 
     Where PyTorch has an int4 kernel for the device and dtype, q is packed into its layout (two weights per
     byte, tiled) and the kernel dequantizes on the fly; otherwise q stays one uint8 per weight and the layer
     dequantizes then multiplies (the plain path). The CPU packer wants out_features divisible by 16: GPT-2's
     50257-row LM head is padded with zero rows, whose outputs are cut off."""
 
-    def __init__(self, weight, bias, dtype, group_size=GROUP_SIZE):
+    def __init__(self, q_blocks, N, K, scales, bias, dtype, group_size=GROUP_SIZE, device="cpu"):
+        """q_blocks: (N, K) levels 0..15 in blocks of BLOCK rows (an iterator, consumed once); scales (N, K/G)."""
         super().__init__()
-        device = weight.device
-        self.in_features, self.out_features, self.group_size = weight.shape[1], weight.shape[0], group_size
-        self.kernel = int4_kernel(device, dtype)
-        padded = -self.out_features % 16
-
-        def quantize_block(rows):  # ROWS rows at a time, so no temporary is as large as the weight
-            q, scales, zeros = quantize_int4(F.pad(rows, (0, 0, 0, -len(rows) % 16)), group_size)
-            if self.kernel == "cpu":  # the CPU layout packs each block of 16 rows on its own: (n, K/2) uint8
-                q = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.int(), 1)
-            return q, scales, zeros
-        packed, scales, zeros = by_rows(quantize_block, weight)
+        self.in_features, self.out_features, self.group_size = K, N, group_size
+        self.kernel = int4_kernel(torch.device(device), dtype)
+        self.reduce = None  # as Int8Linear's
+        padded = N + -N % 16
+        if self.kernel == "cpu":  # the CPU layout packs each block of up to 64 rows on its own: (N, K/2) uint8
+            weight = torch.empty(padded, K // 2, dtype=torch.uint8, device=device)
+        else:
+            weight = torch.zeros(padded, K, dtype=torch.uint8, device=device)
+        start = 0
+        for q in q_blocks:  # (n, K) levels 0..15, as floats or uint8
+            n = len(q) + -len(q) % 16
+            if self.kernel == "cpu":
+                pack_cpu_int4(F.pad(q, (0, 0, 0, n - len(q))), weight[start:start + n])
+            else:
+                weight[start:start + len(q)] = q
+            start += n
         if self.kernel == "cuda":  # two weights per byte (high nibble first), then the kernel's tiling
-            packed = torch.ops.aten._convert_weight_to_int4pack((packed[:, ::2] << 4 | packed[:, 1::2]), 8)
-        self.register_buffer("weight", packed.to(device))
-        # The kernels' layout for the groups' parameters: (K/G, N, 2), [..., 0] scale, [..., 1] zero point.
+            weight = torch.ops.aten._convert_weight_to_int4pack((weight[:, ::2] << 4 | weight[:, 1::2]), 8)
+        self.register_buffer("weight", weight)
+        # The kernels' layout for the groups' parameters: (K/G, N, 2), [..., 0] scale, [..., 1] the value of
+        # level 8 (the kernels compute (q - 8) * scale + zero): 0, symmetric.
+        scales = F.pad(scales, (0, 0, 0, padded - N), value=1)
+        zeros = torch.zeros_like(scales)
         self.register_buffer("scales_and_zeros", torch.stack([scales, zeros], dim=-1).transpose(0, 1)
                              .contiguous().to(device, dtype))
-        self.register_buffer("bias", None if bias is None else F.pad(bias, (0, padded)).to(device, dtype))
+        self.register_buffer("bias", None if bias is None else F.pad(bias, (0, padded - N)).to(device, dtype))
+
+    @classmethod
+    def quantize(cls, weight, bias, dtype, group_size=GROUP_SIZE, key="weight"):
+        """One pass over weight (N, K), BLOCK rows at a time, into the int4 layer; NaN, inf and values beyond
+        `dtype` refused."""
+        N, K = weight.shape
+        scales = torch.empty(N, K // group_size, device=weight.device)
+        absmax = torch.empty(N, K // group_size, device=weight.device)
+
+        f = torch.empty(BLOCK, K, device=weight.device)  # one buffer for every block: allocating is slow
+
+        def blocks():
+            for start in range(0, N, BLOCK):
+                rows, n = slice(start, start + BLOCK), min(BLOCK, N - start)
+                scales[rows], absmax[rows] = levels_int4(weight[rows], group_size, f[:n])
+                yield f[:n]
+        layer = cls(blocks(), N, K, scales, bias, dtype, group_size, weight.device)
+        check_values(absmax, dtype, key)
+        return layer
 
     def forward(self, x):
         x2 = x.reshape(-1, self.in_features).contiguous()  # (B*T, K): the kernels want it contiguous
@@ -164,15 +259,31 @@ class Int4Linear(nn.Module):
         elif self.kernel == "cuda":
             y = torch.ops.aten._weight_int4pack_mm(x2, self.weight, self.group_size, self.scales_and_zeros)
         else:
-            sz = self.scales_and_zeros.transpose(0, 1)  # (N, K/G, 2)
-            w = dequantize_int4(self.weight, sz[..., 0], sz[..., 1], self.group_size)  # (N, K) fp32
+            sz = self.scales_and_zeros.transpose(0, 1).float()  # (N, K/G, 2)
+            groups = self.weight.float().reshape(len(sz), -1, self.group_size) - 8  # (N, K/G, G)
+            w = (groups * sz[..., :1] + sz[..., 1:]).reshape(len(sz), -1)  # (N, K) fp32
             y = x2 @ w.to(x.dtype).T
         return outputs(self, y, x.shape)
+
+    def levels(self):
+        """(q uint8 (N, K) in 0..15, scales (N, K/G)): the layer's integers back in the plain layout, for
+        saving."""
+        N = self.out_features
+        if self.kernel == "cpu":
+            q = unpack_cpu_int4(self.weight, self.in_features)
+        elif self.kernel is None:
+            q = self.weight
+        else:
+            raise ValueError("saving an int4 model quantized on CUDA is not supported: load it with device='cpu'")
+        return q[:N], self.scales_and_zeros.transpose(0, 1)[:N, :, 0]
 
 
 def outputs(layer, y, shape):
     """y (B*T, rows) + bias -> (B, T, out_features): rows past out_features (an int4 layer's padding, or rows
-    cut off with `layer.out_features = n` after loading) are dropped."""
+    cut off with `layer.out_features = n` after loading) are dropped. A layer of tensor parallel split by its
+    inputs sums its partial results over the processes first (layer.reduce, set by tp.py)."""
+    if layer.reduce is not None:
+        layer.reduce(y)
     y = y if layer.bias is None else y + layer.bias
     return y[:, :layer.out_features].reshape(*shape[:-1], layer.out_features)
 
@@ -186,59 +297,122 @@ def int4_kernel(device, dtype):
     return None
 
 
-def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE):
+def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE, key="weight", row_max=None):
     """An Int8Linear or Int4Linear holding weight (out, in). int4 needs in_features divisible by group_size;
-    a layer whose inputs are not a whole number of groups stays int8."""
+    a layer whose inputs are not a whole number of groups stays int8. row_max: Int8Linear.quantize's."""
     check_scheme(scheme)
     if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {GROUP_SIZES} (what PyTorch's int4 kernels take), "
                          f"got {group_size}")
     if scheme == "int4" and weight.shape[1] % group_size == 0:
-        return Int4Linear(weight, bias, dtype, group_size)
-    return Int8Linear(weight, bias, dtype)
+        return Int4Linear.quantize(weight, bias, dtype, group_size, key)
+    return Int8Linear.quantize(weight, bias, dtype, key, row_max)
+
+# ----------------------------------------------------------------------------- PyTorch's CPU int4 layout
+
+
+def unpack_cpu_int4(packed, K):
+    """_convert_weight_to_int4pack_for_cpu undone: (N, K/2) uint8 in the kernel's layout -> (N, K) uint8.
+
+    The packer (aten/src/ATen/native/cpu/int4mm_kernel.cpp) cuts the rows into blocks of BLOCK_N (64 with
+    AVX-512, 32 otherwise) and stores each block k-major, BLOCK_N/2 bytes per input k. In a full block the low
+    nibbles hold the first half of its rows and the high nibbles the second half (AVX-512 and AVX2); a shorter
+    last block, and every block without AVX, holds neighbouring rows in one byte. Which of the three this
+    build uses is found by packing a probe (cpu_int4_layout)."""
+    block, halves = cpu_int4_layout()
+    N = len(packed)
+    out = torch.empty(N, K, dtype=torch.uint8)
+    for start in range(0, N, block):
+        n = min(block, N - start)
+        b = packed[start:start + n].reshape(K, n // 2)  # this block's bytes: (K, n/2)
+        lo, hi = b & 15, b >> 4
+        q = torch.cat([lo, hi], dim=1) if n == block and halves else torch.stack([lo, hi], dim=2).reshape(K, n)
+        out[start:start + n] = q.T
+    return out
+
+
+def pack_cpu_int4(levels, out):
+    """(n, K) levels 0..15 (floats or uint8, n a multiple of 16) -> out (n, K/2) uint8 in PyTorch's CPU int4
+    layout (unpack_cpu_int4's inverse). A full block in the halves layout is packed here, in two passes
+    (PyTorch's packer wants int32 and is slower); the rest by PyTorch's packer."""
+    block, halves = cpu_int4_layout()
+    n, K = levels.shape
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        if m == block and halves:
+            low, high = levels[start:start + m // 2], levels[start + m // 2:start + m]  # (m/2, K) each
+            out[start:start + m].view(K, m // 2).copy_(torch.add(low, high, alpha=16).T)  # (K, m/2) bytes
+        else:
+            block_levels = levels[start:start + m].int()  # PyTorch's packer reads int32
+            out[start:start + m] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(block_levels, 1)
+
+
+LAYOUT = []  # the CPU int4 packer's (BLOCK_N, halves), found once
+
+
+def cpu_int4_layout():
+    if not LAYOUT:
+        q = torch.randint(0, 16, (112, 4), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        for candidate in [(64, True), (32, True), (32, False)]:
+            LAYOUT[:] = candidate
+            if torch.equal(unpack_cpu_int4(packed, 4), q.to(torch.uint8)):
+                return candidate
+        LAYOUT.clear()
+        raise ValueError("this PyTorch build packs int4 weights in a layout quantize.py cannot read back; "
+                         "an int4 model cannot be saved here (int8 can)")
+    return tuple(LAYOUT)
 
 # ----------------------------------------------------------------------------- quantizing while loading
 
 
-def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GROUP_SIZE, check=None):
+def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GROUP_SIZE):
     """Give `model` (built on the meta device, with `state_dict` already checked against it) the checkpoint's
     tensors, every nn.Linear replaced by its quantized form. The state dict is consumed one tensor at a time:
     a weight is read, quantized and dropped before the next is read, so memory holds the quantized model plus
     one full-precision tensor. A linear layer whose weight is tied to an embedding (GPT-2's lm_head and wte)
-    gets its own quantized copy; the embedding stays in `dtype`. check({key: tensor}, dtype), if given, sees
-    each tensor before it is converted (the model files pass check_finite: NaN or inf is refused)."""
+    gets its own quantized copy; the embedding stays in `dtype`. NaN, inf, and values beyond `dtype` are
+    refused, found by the pass that reads each tensor anyway."""
     check_scheme(scheme)
-    if not all(isinstance(t, torch.Tensor) for t in state_dict.values()):  # tp.py's lazily read tensors
-        raise ValueError("quantize= and tensor parallel (torchrun, tp.py) do not combine yet")
     device = torch.device(device)
     owner = {}  # parameter -> the first name it has in the state dict (a tied lm_head reads wte's tensor)
     for name, p in model.named_parameters(remove_duplicate=False):
         if name in state_dict:
             owner.setdefault(p, name)
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for name, linear in linears:
+    for name, linear in [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]:
         key = owner[linear.weight]
         tied = key != f"{name}.weight"
         weight = state_dict[key] if tied else state_dict.pop(key)
         bias = state_dict.pop(f"{name}.bias", None)
-        if check is not None:
-            check({key: weight} | ({} if bias is None else {f"{name}.bias": bias}), dtype)
-        layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size)
+        reduce = getattr(linear, "reduce", None)  # tensor parallel, split by inputs (tp.RowwiseLinear)
+        whole = getattr(linear, "whole_in_features", weight.shape[1])
+        if scheme == "int4" and whole % group_size == 0 and weight.shape[1] % group_size:
+            raise ValueError(f"tensor parallel: {name}'s share of {weight.shape[1]} inputs is not a whole number "
+                             f"of int4 groups of {group_size}, so it would not be the unsplit model's int4 "
+                             "layer; use fewer processes or int8")
+        bias = None if bias is None else to_dtype(bias, dtype, device, f"{name}.bias")
+        row_max = getattr(linear, "row_max", None)  # the same: int8 scales are the whole row's
+        layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size, key, row_max)
+        layer.reduce = reduce
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
         if not tied:
             release(weight)
         del weight
-    for key in list(state_dict):  # embeddings, layer norms: in dtype, one at a time
+    load_the_rest(model, state_dict, dtype, device)
+    model.quantization_config = quantization_config(model)
+    return model
+
+
+def load_the_rest(model, state_dict, dtype, device):
+    """Embeddings, LayerNorms: in dtype, one at a time."""
+    for key in list(state_dict):
         tensor = state_dict.pop(key)
-        converted = tensor.to(device, dtype)
-        if check is not None:
-            check({key: converted}, dtype)
+        converted = to_dtype(tensor, dtype, device, key)
         model.load_state_dict({key: converted}, strict=False, assign=True)
         if converted.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
             release(tensor)
         del tensor, converted
-    return model
 
 
 def release(tensor):
@@ -255,3 +429,188 @@ def release(tensor):
     length = storage.data_ptr() + storage.nbytes() - start
     MADV_PAGEOUT = 21
     ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), MADV_PAGEOUT)
+
+# ----------------------------------------------------------------------------- saving and reloading
+#
+# A quantized model is saved in compressed-tensors' "pack-quantized" format, which transformers (with the
+# compressed-tensors package) and vLLM load. For each quantized layer `name`:
+#
+#   name.weight_packed      int32 (N, ceil(K * bits / 32)): the levels + 2**(bits-1) (unsigned), 32 / bits to
+#                           a word, the first in the lowest bits (on a little-endian machine: the bytes, or
+#                           nibbles low first, in row order)
+#   name.weight_scale       dtype (N, 1) for int8 (per channel), (N, K / G) for int4 (per group)
+#   name.weight_shape       int64 (2,): N, K
+#
+# and w = level * scale, symmetric (no zero point: compressed-tensors' asymmetric int4 does not load in
+# transformers 5.24 + compressed-tensors 0.20, whose empty model expects its zero points unpacked).
+# config.json's "quantization_config" says which layers hold which.
+
+
+def quantization_config(model):
+    """The "quantization_config" of config.json: which layers are int8 (per channel, symmetric) and which int4
+    (per group, symmetric), in compressed-tensors' terms."""
+    int8 = [n for n, m in model.named_modules() if isinstance(m, Int8Linear)]
+    int4 = [n for n, m in model.named_modules() if isinstance(m, Int4Linear)]
+    groups = {}
+    if int4:
+        group_size = next(m.group_size for m in model.modules() if isinstance(m, Int4Linear))
+        groups["group_0"] = scheme_config(int4, 4, "group", group_size, symmetric=True)
+    if int8:
+        groups[f"group_{len(groups)}"] = scheme_config(int8, 8, "channel", None, symmetric=True)
+    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+            "config_groups": groups, "ignore": [], "kv_cache_scheme": None}
+
+
+# transformers 5 calls GPT-NeoX's LM head lm_head (its checkpoints, and vLLM, keep embed_out): a target that
+# compressed-tensors matches under either name.
+TARGETS = {"embed_out": "re:^(embed_out|lm_head)$"}
+
+
+def scheme_config(targets, bits, strategy, group_size, symmetric):
+    targets = [TARGETS.get(name, name) for name in targets]
+    weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": strategy,
+               "group_size": group_size, "dynamic": False, "actorder": None, "observer": "minmax"}
+    return {"targets": targets, "weights": weights, "input_activations": None, "output_activations": None}
+
+
+def pack_int32(levels, bits):
+    """(R, C) uint8 unsigned levels -> (R, ceil(C * bits / 32)) int32, 32 / bits to a word, lowest bits first."""
+    assert sys.byteorder == "little", "the packed layout is written byte by byte, for little-endian machines"
+    R, C = levels.shape
+    levels = F.pad(levels, (0, -C % (32 // bits)))
+    if bits == 4:
+        levels = levels[:, ::2] | levels[:, 1::2] << 4  # two to a byte, the first in the low nibble
+    return levels.contiguous().view(torch.int32)
+
+
+def unpack_int32(packed, bits, C):
+    """pack_int32 undone: (R, words) int32 -> (R, C) uint8 levels."""
+    assert sys.byteorder == "little", "the packed layout is read byte by byte, for little-endian machines"
+    b = packed.contiguous().view(torch.uint8)  # (R, 4 * words)
+    if bits == 4:
+        b = torch.stack([b & 15, b >> 4], dim=-1).reshape(len(b), -1)
+    return b[:, :C]
+
+
+def quantized_state_dict(model, config):
+    """(state dict, config.json dict) of a quantized model for save_pretrained: the integers and scales in
+    compressed-tensors' layout, every other tensor as it is; the LM head is its own matrix (tied no more)."""
+    state_dict = {}
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, (Int8Linear, Int4Linear))}
+    for name, layer in quantized.items():
+        N, K = layer.out_features, layer.in_features
+        if isinstance(layer, Int8Linear):
+            levels = (layer.weight.view(torch.uint8) ^ 128)  # q + 128, two's complement
+            state_dict[f"{name}.weight_packed"] = pack_int32(levels, 8)
+            state_dict[f"{name}.weight_scale"] = layer.scales[:, None].clone()
+        else:
+            q, scales = layer.levels()
+            state_dict[f"{name}.weight_packed"] = pack_int32(q, 4)
+            state_dict[f"{name}.weight_scale"] = scales.contiguous()
+        state_dict[f"{name}.weight_shape"] = torch.tensor([N, K])
+        if layer.bias is not None:
+            state_dict[f"{name}.bias"] = layer.bias[:N].clone()  # safetensors saves whole storages only
+    for key, tensor in model.state_dict().items():
+        if key.rpartition(".")[0] not in quantized:
+            state_dict[key] = tensor
+    config = dict(config, tie_word_embeddings=False, quantization_config=model.quantization_config)
+    return state_dict, config
+
+
+def saved_schemes(config):
+    """{layer name: (bits, group_size)} from a config.json's "quantization_config"; anything this file does not
+    read is refused, naming the field."""
+    if not (isinstance(config, dict) and config.get("quant_method") == "compressed-tensors"
+            and config.get("format") == "pack-quantized"):
+        raise ValueError('quantization_config: only compressed-tensors\' "pack-quantized" format is read '
+                         f'(quant_method {config.get("quant_method")!r}, format {config.get("format")!r})')
+    schemes = {}
+    groups = config.get("config_groups")
+    for group_name, group in (groups.items() if isinstance(groups, dict) else ()):
+        weights, targets = group.get("weights") or {}, group.get("targets")
+        bits, group_size = weights.get("num_bits"), weights.get("group_size")
+        int8 = bits == 8 and weights.get("strategy") == "channel" and weights.get("symmetric") is True
+        int4 = (bits == 4 and weights.get("strategy") == "group" and weights.get("symmetric") is True
+                and group_size in GROUP_SIZES)
+        if not (int8 or int4) or weights.get("type") != "int" or group.get("input_activations") or \
+                not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise ValueError(f"quantization_config.config_groups.{group_name}: only int8 per channel (symmetric)"
+                             f" and int4 per group of {GROUP_SIZES} (symmetric) weights, with layer names as"
+                             " targets, are read")
+        schemes.update({t: (bits, group_size) for t in targets})
+    if not schemes:
+        raise ValueError("quantization_config has no config_groups")
+    return schemes
+
+
+def scheme_of(schemes, name):
+    """The (bits, group_size) whose target is `name`, or a "re:" pattern matching it (compressed-tensors'
+    re.match); None if none."""
+    if name in schemes:
+        return schemes[name]
+    return next((s for t, s in schemes.items() if t.startswith("re:") and re.match(t[3:], name)), None)
+
+
+def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
+    """Give `model` (built on the meta device) a saved quantized checkpoint's tensors: the integers are read
+    from the (memory-mapped) file into the layers' layouts, nothing is quantized again. `config` is
+    config.json's "quantization_config". Every key and shape is checked against the model."""
+    if quantize is not None:
+        raise ValueError(f"the checkpoint is saved quantized already (config.json's quantization_config): "
+                         f"load it without quantize={quantize!r}")
+    if not all(isinstance(t, torch.Tensor) for t in state_dict.values()):  # tp.py's lazily read tensors
+        raise ValueError("a checkpoint saved quantized does not load under tensor parallel (torchrun) yet: "
+                         "load its full-precision checkpoint with quantize=")
+    schemes = saved_schemes(config)
+    device = torch.device(device)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    unknown = sorted(t for t in schemes if not t.startswith("re:") and t not in linears)
+    if unknown:
+        raise ValueError(f"quantization_config names layers the model does not have: {', '.join(unknown[:8])}")
+    for name, linear in linears.items():
+        if scheme_of(schemes, name) is None:
+            raise ValueError(f"quantization_config does not say how {name} is quantized")
+        bits, group_size = scheme_of(schemes, name)
+        N, K = linear.out_features, linear.in_features
+        expected = {"weight_packed": ((N, -(-K * bits // 32)), torch.int32),
+                    "weight_scale": ((N, 1) if bits == 8 else (N, K // group_size), None),
+                    "weight_shape": ((2,), torch.int64)}
+        if linear.bias is not None:
+            expected["bias"] = ((N,), None)
+        t = {}
+        for part, (shape, want) in expected.items():
+            key = f"{name}.{part}"
+            if key not in state_dict:
+                raise ValueError(f"the checkpoint has no {key}")
+            t[part] = state_dict.pop(key)
+            if tuple(t[part].shape) != shape or (want is not None and t[part].dtype != want) or \
+                    (want is None and not t[part].is_floating_point()):
+                raise ValueError(f"{key}: {t[part].dtype} {tuple(t[part].shape)} in the file, expected "
+                                 f"{want or 'floating point'} {shape}")
+        if t["weight_shape"].tolist() != [N, K]:
+            raise ValueError(f"{name}.weight_shape is {t['weight_shape'].tolist()}, the config says {[N, K]}")
+        if bits == 4 and K % group_size:
+            raise ValueError(f"{name}: {K} inputs are not a whole number of groups of {group_size}")
+        bias = None if linear.bias is None else to_dtype(t["bias"], dtype, device, f"{name}.bias")
+        scales = to_dtype(t["weight_scale"], torch.float32, device, f"{name}.weight_scale")
+        packed = t["weight_packed"]
+        if bits == 8:
+            q = (unpack_int32(packed, 8, K) ^ 128).view(torch.int8).to(device)  # one pass: a new tensor
+            layer = Int8Linear(q, scales[:, 0], bias, dtype)
+        else:
+            blocks = (unpack_int32(packed[s:s + BLOCK], 4, K) for s in range(0, N, BLOCK))
+            layer = Int4Linear(blocks, N, K, scales, bias, dtype, group_size, device)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer)
+        release(packed)
+    expected = {k for k, v in model.state_dict().items() if v.is_meta}
+    if missing := sorted(expected - state_dict.keys()):
+        raise ValueError(f"the checkpoint has no {', '.join(missing[:8])}")
+    if unexpected := sorted(state_dict.keys() - expected):
+        raise ValueError(f"the checkpoint holds tensors the model does not: {', '.join(unexpected[:8])}")
+    for key, tensor in state_dict.items():
+        if tuple(tensor.shape) != tuple(model.state_dict()[key].shape):
+            raise ValueError(f"{key}: file {tuple(tensor.shape)} vs config {tuple(model.state_dict()[key].shape)}")
+    load_the_rest(model, state_dict, dtype, device)
+    model.quantization_config = quantization_config(model)
+    return model

@@ -77,11 +77,21 @@ def finish():
 
 
 class RowwiseLinear(nn.Linear):
-    """An nn.Linear holding a slice of the input features: partial results summed over the processes."""
+    """An nn.Linear holding a slice of the input features: partial results summed over the processes.
+    Quantized (quantize.py), it becomes a quantized layer that calls the same `reduce` before its bias, and
+    int8 scales each row by its whole max |w| (row_max), as the unsplit layer does."""
+
+    @staticmethod
+    def reduce(y):
+        dist.all_reduce(y)  # in place, the sum over all processes, the same on each
+
+    @staticmethod
+    def row_max(absmax):
+        dist.all_reduce(absmax, op=dist.ReduceOp.MAX)  # quantize.py: the max |w| of whole rows, not slices
 
     def forward(self, x):
         y = F.linear(x, self.weight)  # (..., out): this process's share of the sum over the inputs
-        dist.all_reduce(y)  # in place, the sum over all processes, the same on each
+        self.reduce(y)
         return y if self.bias is None else y + self.bias  # the bias once, not once per process
 
 
@@ -106,6 +116,7 @@ def shard(model, plan, state_dict):
         if style == "rowwise":  # the input features are split; the bias stays whole
             start, n = share(old.in_features)
             new = RowwiseLinear(n, old.out_features, bias=has_bias, device="meta")
+            new.whole_in_features = old.in_features  # (quantize.py: int4 groups must not straddle the cut)
             out[name + ".weight"] = take(state_dict.pop(name + ".weight"), 1, [(start, n)])
         else:  # the output features are split, and the bias with them
             blocks = 3 if style == "colwise_qkv" else 1  # [all q | all k | all v]: a share of each third

@@ -2,6 +2,7 @@
 
     python bench/quantize.py                 # trains the model once (~3 min on 2 idle cores), cached in bench/.cache/
     python bench/quantize.py --retrain
+    python bench/quantize.py --speed         # the quantizer's speed against an fp16 -> fp32 conversion
 
 Random weights hide quantization error (their rows have no outliers, their logits are near-flat), so this
 trains a small GPT-2-shaped model on real text first: the Python reference manual that ships with Python
@@ -18,6 +19,7 @@ row below loads that checkpoint with gpt2.py and is evaluated on the last 10%, i
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,6 +86,38 @@ def with_group_size(model, scheme, dtype, group_size):
     return model.to(dtype)
 
 
+def speed(threads, repeats=5):
+    """Building each quantized layer from a 6144 x 6144 fp16 weight (the 20B's attention.dense) against a plain
+    fp16 -> fp32 conversion of the same weight, best of `repeats`, per torch thread count: a ratio, because
+    this machine's speed drifts with its load."""
+    torch.manual_seed(0)
+    w = (torch.randn(6144, 6144) * 0.02).half()
+
+    def best(fn):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    print(f"`python bench/quantize.py --speed`: a 6144 x 6144 fp16 weight, best of {repeats}; load average {load} "
+          f"on {os.cpu_count()} cores; torch {torch.__version__}\n")
+    print("| torch threads | fp16 -> fp32 | int8 layer | ratio | int4 layer | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n in threads:
+        torch.set_num_threads(n)
+        rates = {}
+        for name, fn in [("convert", lambda: w.float()),
+                         ("int8", lambda: quantize.quantized_linear(w, None, "int8", torch.bfloat16)),
+                         ("int4", lambda: quantize.quantized_linear(w, None, "int4", torch.bfloat16))]:
+            rates[name] = w.numel() / best(fn)
+        c = rates["convert"]
+        print(f"| {n} | {c / 1e6:,.0f} M/s | {rates['int8'] / 1e6:,.0f} M/s | {rates['int8'] / c:.2f} "
+              f"| {rates['int4'] / 1e6:,.0f} M/s | {rates['int4'] / c:.2f} |")
+
+
 @torch.no_grad()
 def logprobs(model, windows):
     return torch.cat([F.log_softmax(model(w[None]).float(), dim=-1)[0, :-1] for w in windows])  # (N, V)
@@ -93,7 +127,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=160)
     p.add_argument("--retrain", action="store_true")
+    p.add_argument("--speed", action="store_true", help="time the quantizer instead (see speed())")
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="with --speed: torch thread counts")
     args = p.parse_args(argv)
+    if args.speed:
+        return speed(args.threads)
     ids = corpus_ids()
     split = int(0.9 * ids.numel())
     if args.retrain or not (CACHE / "model.safetensors").exists():

@@ -4,6 +4,7 @@ architecture, loaded from a transformers reference saved as a Hub checkpoint, gi
 tokens of the same model holding the dequantized weights in plain nn.Linear layers.
 
 How accurate quantization is (perplexity on trained weights) is measured in bench/quantize.py, not here."""
+import json
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,7 @@ def weights(draw, multiple_of=1):
 
 @given(w=weights())
 def test_int8_error_is_at_most_half_a_step(w):
-    q, scales = quantize.quantize_int8(w)
+    q, scales, _ = quantize.quantize_int8(w)
     assert q.dtype == torch.int8 and q.abs().max() <= 127
     error = (w - quantize.dequantize_int8(q, scales)).abs()
     assert (error <= scales[:, None] / 2 * (1 + 1e-5) + 1e-30).all()
@@ -52,9 +53,9 @@ def test_int8_error_is_at_most_half_a_step(w):
 @given(group_size=st.sampled_from(GROUP_SIZES), data=st.data())
 def test_int4_error_is_at_most_half_a_step_of_its_group(group_size, data):
     w = data.draw(weights(multiple_of=group_size))
-    q, scales, zeros = quantize.quantize_int4(w, group_size)
+    q, scales, _ = quantize.quantize_int4(w, group_size)
     assert q.dtype == torch.uint8 and q.max() <= 15
-    error = (w - quantize.dequantize_int4(q, scales, zeros, group_size)).abs()
+    error = (w - quantize.dequantize_int4(q, scales, group_size)).abs()
     bound = scales.repeat_interleave(group_size, dim=1) / 2  # (N, K): the step of each weight's group
     assert (error <= bound * (1 + 1e-5) + 1e-6 * w.abs().max()).all()
 
@@ -63,22 +64,26 @@ def test_int4_error_is_at_most_half_a_step_of_its_group(group_size, data):
 
 def dequantized(w, scheme, dtype, group_size=quantize.GROUP_SIZE):
     """The weight a quantized layer stands for, computed from the scheme alone (no kernel, no packing): the
-    scales and zero points rounded to `dtype` as the layer stores them. int8 where int4 does not apply."""
+    scales rounded to `dtype` as the layer stores them. int8 where int4 does not apply."""
     if scheme == "int4" and w.shape[1] % group_size == 0:
-        q, scales, zeros = quantize.quantize_int4(w, group_size)
-        return quantize.dequantize_int4(q, scales.to(dtype), zeros.to(dtype), group_size)
-    q, scales = quantize.quantize_int8(w)
+        q, scales, _ = quantize.quantize_int4(w, group_size)
+        return quantize.dequantize_int4(q, scales.to(dtype), group_size)
+    q, scales, _ = quantize.quantize_int8(w)
     return quantize.dequantize_int8(q, scales.to(dtype))
 
 
 @given(scheme=st.sampled_from(quantize.SCHEMES), group_size=st.sampled_from(GROUP_SIZES),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), bias=st.booleans(),
-       lead=st.sampled_from([(1,), (3,), (2, 5)]), data=st.data())
-def test_layer_equals_matmul_with_its_dequantized_weight(scheme, group_size, dtype, bias, lead, data):
-    w = data.draw(weights(multiple_of=group_size))
+       lead=st.sampled_from([(1,), (3,), (2, 5)]), whole_groups=st.booleans(), data=st.data())
+def test_layer_equals_matmul_with_its_dequantized_weight(scheme, group_size, dtype, bias, lead, whole_groups,
+                                                          data):
+    """Widths drawn from 1..80 too (not multiples of 16 or 32): PyTorch's int8 kernel is wrong there with bf16
+    activations, so the layer must not use it (more than one token crashes it: see the subprocess test)."""
+    w = data.draw(weights(multiple_of=group_size if whole_groups else 1))
     b = torch.randn(w.shape[0]) if bias else None
     layer = quantize.quantized_linear(w, b, scheme, dtype, group_size)
-    assert isinstance(layer, quantize.Int4Linear if scheme == "int4" else quantize.Int8Linear)
+    int4 = scheme == "int4" and w.shape[1] % group_size == 0
+    assert isinstance(layer, quantize.Int4Linear if int4 else quantize.Int8Linear)
     x = torch.randn(*lead, w.shape[1]).to(dtype)
     with torch.no_grad():
         y = layer(x)
@@ -94,13 +99,36 @@ def test_layer_equals_matmul_with_its_dequantized_weight(scheme, group_size, dty
 
 def test_int4_pads_rows_and_falls_back_to_int8_on_odd_widths():
     torch.manual_seed(0)
-    w = torch.randn(quantize.ROWS + 37, 64)  # more than one block of rows, not divisible by 16: padded
+    w = torch.randn(quantize.BLOCK * 2 + 37, 64)  # more than one block of rows, not divisible by 16: padded
     layer = quantize.quantized_linear(w, None, "int4", torch.float32, 32)
     assert isinstance(layer, quantize.Int4Linear) and layer.weight.shape[0] % 16 == 0
     x = torch.randn(2, 64)
     assert_close(layer(x), x @ dequantized(w, "int4", torch.float32, 32).T, "int4 padded rows", tol=1e-4)
     assert isinstance(quantize.quantized_linear(torch.randn(8, 40), None, "int4", torch.float32, 32),
                       quantize.Int8Linear)  # 40 inputs: not a whole number of groups
+
+
+ODD_WIDTH_MODEL = """
+import sys, torch, quantize
+torch.manual_seed(0)
+w, x = torch.randn(48, 40), torch.randn(2, 7, 40).bfloat16()  # 40 inputs: not a multiple of 16
+layer = quantize.quantized_linear(w, None, sys.argv[1], torch.bfloat16)
+q, scales, _ = quantize.quantize_int8(w)
+expected = x.float() @ quantize.dequantize_int8(q, scales.bfloat16()).T
+error = (layer(x).float() - expected).abs().max().item()
+print(error / expected.abs().max().item())
+"""
+
+
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_odd_width_with_bf16_and_many_tokens_neither_crashes_nor_errs(scheme):
+    """PyTorch's CPU int8 kernel (torch 2.13) with bf16 activations segfaults on inputs of several rows when the
+    width is not a multiple of 16 (rc -11, no message) and returns wrong values for one row. Run in a process
+    of its own, so that a crash fails this test instead of killing pytest. int4 falls back to int8 here."""
+    result = subprocess.run([sys.executable, "-c", ODD_WIDTH_MODEL, scheme], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, f"rc {result.returncode}: {result.stderr[-500:]}"
+    assert float(result.stdout.split()[-1]) < 2**-7
 
 
 def test_unknown_scheme_is_a_clear_error():
@@ -256,3 +284,121 @@ def test_nan_weights_are_refused_while_quantizing():
         save_checkpoint(ref, d)
         with pytest.raises(ValueError, match="NaN or inf .*transformer.h.1.mlp.c_fc.weight"):
             gpt2.from_pretrained(d, quantize="int4")
+
+
+@pytest.mark.parametrize("where", ["transformer.h.1.mlp.c_fc.weight", "transformer.ln_f.weight"])
+def test_values_beyond_float16_are_refused_with_quantize_and_float16(where):
+    """70000 is finite in fp32 but inf in float16: refused as loading in float16 without quantize refuses it
+    (a quantized weight's scale would hold it, but its products would overflow the fp16 activations)."""
+    module, ref = tiny("gpt2", 83, 64)
+    with torch.no_grad():
+        ref.get_parameter(where).view(-1)[3] = 7e4
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(ref, d)
+        with pytest.raises(ValueError, match=f"NaN or inf in torch.float16: .*{where}"):
+            gpt2.from_pretrained(d, dtype=torch.float16)
+        for scheme in quantize.SCHEMES:
+            with pytest.raises(ValueError, match=f"NaN or inf in torch.float16: .*{where}"):
+                gpt2.from_pretrained(d, quantize=scheme, dtype=torch.float16)
+            gpt2.from_pretrained(d, quantize=scheme, dtype=torch.bfloat16)  # bf16 holds it
+
+# ----------------------------------------------------------------------------- saving and reloading
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_saved_model_reloads_bit_for_bit_without_quantizing(arch, scheme, tmp_path, monkeypatch):
+    """save_pretrained writes the integers; from_pretrained reads them back (no quantize=, bf16 by default)
+    into the same buffers, and quantizes nothing again. GPT-2's vocabulary of 83 rows pads the int4 LM head."""
+    module, ref = tiny(arch, 83, 64)
+    save_checkpoint(ref, tmp_path / "fp32")
+    model = module.from_pretrained(tmp_path / "fp32", quantize=scheme)
+    module.save_pretrained(model, tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "pack-quantized"
+    monkeypatch.setattr(quantize, "levels_int8", None)  # reloading must not quantize
+    monkeypatch.setattr(quantize, "levels_int4", None)
+    reloaded = module.from_pretrained(tmp_path / "saved")
+    mine, theirs = dict(model.named_buffers()), dict(reloaded.named_buffers())
+    assert mine.keys() == theirs.keys()
+    assert dict(model.named_parameters()).keys() == dict(reloaded.named_parameters()).keys()
+    for key, tensor in list(mine.items()) + list(model.named_parameters()):
+        other = theirs[key] if key in theirs else reloaded.get_parameter(key)
+        assert tensor.dtype == other.dtype and torch.equal(tensor, other), key
+    ids = torch.randint(0, 83, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids), reloaded(ids))
+
+
+@pytest.mark.parametrize("arch", ["gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_transformers_with_compressed_tensors_loads_what_we_save(arch, scheme, tmp_path):
+    """Our saved checkpoint in compressed-tensors' pack-quantized format, loaded by transformers (which
+    decompresses it): its logits are those of our quantized model (fp32 activations, so the kernels' rounding
+    stays below the tolerance). GPT-2's Conv1D layers are not what compressed-tensors quantizes: ours only."""
+    pytest.importorskip("compressed_tensors")
+    module, ref = tiny(arch, 83, 64)
+    save_checkpoint(ref, tmp_path / "fp32")
+    model = module.from_pretrained(tmp_path / "fp32", quantize=scheme, dtype=torch.float32)
+    module.save_pretrained(model, tmp_path / "saved")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32).eval()
+    ids = torch.randint(0, 83, (2, 9))
+    with torch.no_grad():
+        assert_close(model(ids), theirs(ids).logits, f"{arch} {scheme} saved, transformers + compressed-tensors",
+                     tol=1e-4)
+
+
+def test_cli_samples_a_saved_model_without_the_flag(tmp_path):
+    module, ref = tiny("gpt_neox", 300, 64)
+    save_checkpoint(ref, tmp_path / "fp32")
+    gpt_neox.save_pretrained(gpt_neox.from_pretrained(tmp_path / "fp32", quantize="int4"), tmp_path / "int4")
+    from bpe import train
+    train("hello world, hello quantized world " * 20, vocab_size=256 + 20).save(tmp_path / "int4")
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "gpt_neox.py"), "--model", str(tmp_path / "int4"),
+                               "--prompt", "hello", "--max-new-tokens", "4", "--temperature", "0", *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = run()
+    assert result.returncode == 0 and result.stdout.startswith("hello"), result.stderr
+    result = run("--quantize", "int8")
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [
+        "error: the checkpoint is saved quantized already (config.json's quantization_config): load it without "
+        "quantize='int8'"], result.stderr
+
+
+@pytest.mark.parametrize("damage", ["shape", "dtype", "missing", "config"])
+def test_a_damaged_saved_checkpoint_is_refused_by_name(damage, tmp_path):
+    from safetensors.torch import load_file, save_file
+    module, ref = tiny("gpt_neox", 83, 64)
+    save_checkpoint(ref, tmp_path / "fp32")
+    gpt_neox.save_pretrained(gpt_neox.from_pretrained(tmp_path / "fp32", quantize="int4"), tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    key = "gpt_neox.layers.1.mlp.dense_h_to_4h.weight_packed"
+    config = json.loads((tmp_path / "config.json").read_text())
+    if damage == "shape":
+        tensors[key] = tensors[key][:, :3].contiguous()
+    elif damage == "dtype":
+        tensors[key] = tensors[key].float()
+    elif damage == "missing":
+        del tensors[key]
+    else:
+        config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 3
+    save_file(tensors, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    match = "config_groups.group_0" if damage == "config" else key
+    with pytest.raises(ValueError, match=match):
+        gpt_neox.from_pretrained(tmp_path)
+
+
+def test_a_quantized_model_is_saved_over_the_checkpoint_it_was_read_from(tmp_path):
+    """Issue 21: saving into the source directory once wrote a broken checkpoint over the source. Now the
+    integers replace the fp32 files whole (save_pretrained writes beside them, then renames)."""
+    module, ref = tiny("gpt_neox", 83, 64)
+    save_checkpoint(ref, tmp_path)
+    model = gpt_neox.from_pretrained(tmp_path, quantize="int8")
+    ids = torch.randint(0, 83, (2, 9))
+    with torch.no_grad():
+        expected = model(ids)
+        gpt_neox.save_pretrained(model, tmp_path)
+        assert torch.equal(gpt_neox.from_pretrained(tmp_path)(ids), expected)

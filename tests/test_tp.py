@@ -25,6 +25,7 @@ WORLD = 2
 TIMEOUT = 240  # seconds for a spawn or a torchrun to finish; a process group waits 60 s for a peer
 TOL = 1e-5  # fp32 logits, split vs unsplit
 ARCHS = ("gpt2", "gpt_neo", "gpt_neox")
+QUANTIZED = ("gpt2", "gpt_neox")  # GPT-2's Conv1D (transposed) and NeoX's fused qkv under quantize=
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -72,6 +73,9 @@ def checkpoints(tmp_path_factory):
         save_checkpoint(reference_model(arch), root / arch, LAYOUTS[arch],
                         transform=strip_prefix if arch == "gpt2" else None)
     save_checkpoint(reference_model("gpt_neox", n_head=3), root / "three_heads")
+    for arch in QUANTIZED:  # wide enough that each process's share of a rowwise layer is whole int4 groups
+        save_checkpoint(reference_model(arch, n_head=16), root / f"{arch}-wide", LAYOUTS[arch],
+                        transform=strip_prefix if arch == "gpt2" else None)
     return root
 
 # ----------------------------------------------------------------------------- what both sides run
@@ -114,6 +118,35 @@ def checks(module, model):
     return out
 
 
+def quantized_checks(module, model):
+    """The logits and continuations of `checks` for a quantized model (fp32 activations)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, model.config.vocab_size, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    out = {"logits": model(ids, mask)}
+    out["greedy"] = module.generate(model, ids, 6, attention_mask=mask, temperature=0).tolist()
+    out["sampled"] = module.generate(model, ids, 6, attention_mask=mask, temperature=0.9, top_k=40,
+                                     generator=torch.Generator().manual_seed(1)).tolist()
+    out["kinds"] = sorted({type(m).__name__ for m in model.modules() if "Linear" in type(m).__name__})
+    return out
+
+
+def load_quantized_models(root):
+    """{(arch, scheme): quantized_checks} for the wide checkpoints, and the int4 refusal's message."""
+    out = {}
+    for arch in QUANTIZED:
+        module = importlib.import_module(arch)
+        for scheme in ("int8", "int4"):
+            model = module.from_pretrained(root / f"{arch}-wide", quantize=scheme, dtype=torch.float32)
+            out[arch, scheme] = quantized_checks(module, model)
+    try:  # NeoX with 4 heads: attention.dense has 32 inputs, 16 per process: half an int4 group
+        importlib.import_module("gpt_neox").from_pretrained(root / "gpt_neox", quantize="int4")
+    except ValueError as e:
+        out["int4_groups"] = str(e)
+    return out
+
+
 def parameter_bytes(module, model):
     """Bytes of the parameters of the layers TP_PLAN splits, and of all the others."""
     split = whole = 0
@@ -146,6 +179,8 @@ def worker(rank, store, root, results):
             importlib.import_module("gpt_neox").from_pretrained(root / "three_heads")
         except ValueError as e:
             out["three_heads"] = str(e)
+        with torch.no_grad():
+            out["quantized"] = load_quantized_models(root)
     except BaseException:
         out["error"] = traceback.format_exc()
     torch.save(out, Path(results) / f"rank{rank}.pt")
@@ -166,6 +201,8 @@ def split_results(checkpoints, tmp_path_factory):
     for arch in ARCHS:
         module = importlib.import_module(arch)
         single[arch] = checks(module, module.from_pretrained(checkpoints / arch))
+    with torch.no_grad():
+        single["quantized"] = load_quantized_models(checkpoints)
     for p in procs:
         p.join(TIMEOUT)
     for p in procs:
@@ -233,6 +270,29 @@ def test_a_number_of_processes_that_does_not_divide_the_heads_is_refused(split_r
     _, ranks = split_results
     for out in ranks:
         assert "the 3 attention heads do not split evenly" in out.get("three_heads", "no error")
+
+@pytest.mark.parametrize("arch", QUANTIZED)
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_split_equals_the_single_process_quantized_model(split_results, arch, scheme):
+    """quantize= under tensor parallel: each process quantizes its own slices (int4 groups whole within a
+    share), and the logits, greedy and seeded sampled tokens are the one-process quantized model's."""
+    from reference import assert_close
+    single, ranks = split_results
+    expected = single["quantized"][arch, scheme]
+    assert ("Int4Linear" in expected["kinds"]) == (scheme == "int4")
+    for rank, out in enumerate(ranks):
+        got = out["quantized"][arch, scheme]
+        assert got["kinds"] == expected["kinds"]
+        assert_close(got["logits"], expected["logits"], f"tp: {arch} {scheme} logits, rank {rank}", tol=1e-4)
+        assert got["greedy"] == expected["greedy"] and got["sampled"] == expected["sampled"], f"rank {rank}"
+
+
+def test_int4_groups_cut_by_the_split_are_refused(split_results):
+    single, ranks = split_results
+    assert "int4_groups" not in single["quantized"]  # unsplit, the same model loads
+    for out in ranks:
+        assert "attention.dense's share of 16 inputs is not a whole number of int4 groups of 32" in \
+            out["quantized"].get("int4_groups", "no error")
 
 # ----------------------------------------------------------------------------- the CLI under torchrun
 
