@@ -67,6 +67,7 @@ class GPT2Config:
 
     MODEL_TYPE = "gpt2"  # config.json's model_type
     DROPOUT = ("embd_pdrop", "attn_pdrop", "resid_pdrop")  # the dropout rates' fields
+    quantization_config = None  # config.json's, in a checkpoint saved quantized (quantize.py)
 
     @property
     def context_length(self):
@@ -303,6 +304,7 @@ def read_config(d):
             raise ValueError(f"config.json sets {key}={d[key]!r}, which gpt2.py does not implement")
     d = {ALIASES.get(k, k): v for k, v in d.items()}
     config = GPT2Config(**{f.name: d[f.name] for f in fields(GPT2Config) if f.name in d})  # unknown: ignored
+    config.quantization_config = d.get("quantization_config")  # (not a field: asdict leaves it out)
     check_field_types(config)
     if config.n_embd % config.n_head:
         raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
@@ -658,7 +660,7 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
         check_scheme(quantize)
     directory = checkpoint_dir(name_or_path, revision)
     config = config or load_config(directory)
-    saved = read_json(directory / "config.json").get("quantization_config")  # saved quantized (quantize.py)
+    saved = config.quantization_config  # a checkpoint saved quantized: integers and scales (quantize.py)
     dtype = torch_dtype(dtype or (torch.bfloat16 if quantize or saved else None))
     check_device(device)
     tp = tensor_parallel()
@@ -716,7 +718,8 @@ def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
 
     state_dict, config = hub_state_dict(model), config or hub_config(model)
     if hasattr(model, "quantization_config"):  # integers and scales, compressed-tensors' layout (quantize.py)
-        state_dict, config = __import__("quantize").quantized_state_dict(model, config)
+        from quantize import quantized_state_dict
+        state_dict, config = quantized_state_dict(model, config)
 
     def write(tmp):
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

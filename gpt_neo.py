@@ -74,6 +74,7 @@ class GPTNeoConfig:
 
     MODEL_TYPE = "gpt_neo"  # config.json's model_type
     DROPOUT = ("embed_dropout", "attention_dropout", "resid_dropout")  # the dropout rates' fields
+    quantization_config = None  # config.json's, in a checkpoint saved quantized (quantize.py)
 
     @property
     def attention_layers(self):
@@ -311,6 +312,7 @@ def read_config(d):
     check_model_type(d, GPTNeoConfig.MODEL_TYPE)
     d = {ALIASES.get(k, k): v for k, v in d.items()}
     config = GPTNeoConfig(**{f.name: d[f.name] for f in fields(GPTNeoConfig) if f.name in d})  # unknown: ignored
+    config.quantization_config = d.get("quantization_config")  # (not a field: asdict leaves it out)
     check_field_types(config)
     if config.hidden_size % config.num_heads:
         raise ValueError(f"hidden_size={config.hidden_size} is not divisible by "
@@ -673,7 +675,7 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
         check_scheme(quantize)
     directory = checkpoint_dir(name_or_path, revision)
     config = config or load_config(directory)
-    saved = read_json(directory / "config.json").get("quantization_config")  # saved quantized (quantize.py)
+    saved = config.quantization_config  # a checkpoint saved quantized: integers and scales (quantize.py)
     dtype = torch_dtype(dtype or (torch.bfloat16 if quantize or saved else None))
     check_device(device)
     tp = tensor_parallel()
@@ -731,7 +733,8 @@ def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
 
     state_dict, config = hub_state_dict(model), config or hub_config(model)
     if hasattr(model, "quantization_config"):  # integers and scales, compressed-tensors' layout (quantize.py)
-        state_dict, config = __import__("quantize").quantized_state_dict(model, config)
+        from quantize import quantized_state_dict
+        state_dict, config = quantized_state_dict(model, config)
 
     def write(tmp):
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
