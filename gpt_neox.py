@@ -780,14 +780,17 @@ def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
     saved into the directory it was loaded (or memory-mapped) from."""
     from huggingface_hub import save_torch_state_dict
 
-    state_dict, config = hub_state_dict(model), config or hub_config(model)
-    if hasattr(model, "quantization_config"):  # integers and scales, compressed-tensors' layout (quantize.py)
-        from quantize import quantized_state_dict
-        state_dict, config = quantized_state_dict(model, config)
+    config = config or hub_config(model)
+    if hasattr(model, "quantization_config"):  # integers and scales in compressed-tensors' layout, made and
+        from quantize import quantized_config, save_quantized  # written a shard at a time (quantize.py)
+        config = quantized_config(model, config)
 
     def write(tmp):
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_torch_state_dict(state_dict, tmp, max_shard_size=max_shard_size)
+        if hasattr(model, "quantization_config"):
+            save_quantized(model, tmp, max_shard_size)
+        else:
+            save_torch_state_dict(hub_state_dict(model), tmp, max_shard_size=max_shard_size)
     written = write_files(directory, write)
     weights = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")  # (huggingface_hub's)
     for f in Path(directory).iterdir():  # the shards (or index) of an earlier save, not of this one

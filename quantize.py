@@ -55,9 +55,11 @@ Kernels (a plain dequantize-then-matmul where none exists, e.g. int4 with fp16 a
     int8 on CUDA    F.linear with the int8 weight cast to x's dtype, then * scale (torch.compile fuses it)
 """
 import ctypes
+import json
 import mmap
 import re
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -492,29 +494,67 @@ def unpack_int32(packed, bits, C):
     return b[:, :C]
 
 
-def quantized_state_dict(model, config):
-    """(state dict, config.json dict) of a quantized model for save_pretrained: the integers and scales in
-    compressed-tensors' layout, every other tensor as it is; the LM head is its own matrix (tied no more)."""
-    state_dict = {}
+def quantized_tensors(model):
+    """What save_pretrained writes for a quantized model, a layer at a time ({key: tensor} per quantized layer,
+    then the other tensors one by one): the integers and scales in compressed-tensors' layout, each made only
+    when it is written, so that memory holds the model and one shard's copies (all at once would double a
+    20B's 11 GB). The LM head is its own matrix (tied no more)."""
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, (Int8Linear, Int4Linear))}
     for name, layer in quantized.items():
         N, K = layer.out_features, layer.in_features
         if isinstance(layer, Int8Linear):
             levels = (layer.weight.view(torch.uint8) ^ 128)  # q + 128, two's complement
-            state_dict[f"{name}.weight_packed"] = pack_int32(levels, 8)
-            state_dict[f"{name}.weight_scale"] = layer.scales[:, None].clone()
+            group = {f"{name}.weight_packed": pack_int32(levels, 8), f"{name}.weight_scale": layer.scales[:, None].clone()}
         else:
             q, scales = layer.levels()
-            state_dict[f"{name}.weight_packed"] = pack_int32(q, 4)
-            state_dict[f"{name}.weight_scale"] = scales.contiguous()
-        state_dict[f"{name}.weight_shape"] = torch.tensor([N, K])
+            group = {f"{name}.weight_packed": pack_int32(q, 4), f"{name}.weight_scale": scales.contiguous()}
+        group[f"{name}.weight_shape"] = torch.tensor([N, K])
         if layer.bias is not None:
-            state_dict[f"{name}.bias"] = layer.bias[:N].clone()  # safetensors saves whole storages only
+            group[f"{name}.bias"] = layer.bias[:N].clone()  # safetensors saves whole storages only
+        yield group
     for key, tensor in model.state_dict().items():
         if key.rpartition(".")[0] not in quantized:
-            state_dict[key] = tensor
-    config = dict(config, tie_word_embeddings=False, quantization_config=model.quantization_config)
-    return state_dict, config
+            yield {key: tensor}
+
+
+def quantized_config(model, config):
+    """config.json of a saved quantized model: its quantization_config, and an untied LM head."""
+    return dict(config, tie_word_embeddings=False, quantization_config=model.quantization_config)
+
+
+def save_quantized(model, directory, max_shard_size):
+    """Write quantized_tensors into `directory` as the Hub's safetensors: model.safetensors, or shards of at
+    most max_shard_size (bytes, or "5GB") named model-0000k-of-0000n.safetensors with an index, as
+    huggingface_hub writes them. (Its writer takes every tensor at once: here a shard is written and freed
+    before the next is made.)"""
+    from safetensors.torch import save_file
+    limit = max_shard_size
+    if isinstance(limit, str):  # "5GB", "500MB"
+        units = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
+        limit = int(float(limit[:-2]) * units[limit[-2:].upper()])
+    directory, shards, current, size, total = Path(directory), [], {}, 0, 0
+
+    def flush():
+        save_file(current, directory / f"part-{len(shards)}", metadata={"format": "pt"})
+        shards.append(list(current))
+    for group in quantized_tensors(model):
+        nbytes = sum(t.numel() * t.element_size() for t in group.values())
+        if current and size + nbytes > limit:
+            flush()
+            current, size = {}, 0
+        current.update(group)
+        size, total = size + nbytes, total + nbytes
+    flush()
+    if len(shards) == 1:
+        (directory / "part-0").rename(directory / "model.safetensors")
+        return
+    weight_map = {}
+    for i, keys in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        (directory / f"part-{i}").rename(directory / name)
+        weight_map |= dict.fromkeys(keys, name)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def saved_schemes(config):

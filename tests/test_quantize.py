@@ -348,6 +348,32 @@ def test_transformers_with_compressed_tensors_loads_what_we_save(arch, scheme, t
                      tol=1e-4)
 
 
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_a_sharded_quantized_save_is_the_hubs_layout(scheme, tmp_path):
+    """Above max_shard_size the integers go into shards written one at a time (a 20B's packed copies all at
+    once would double its memory), with huggingface_hub's names and index: we reload the same model, and
+    transformers + compressed-tensors loads it with our logits."""
+    pytest.importorskip("compressed_tensors")
+    module, ref = tiny("gpt_neox", 83, 64)
+    save_checkpoint(ref, tmp_path / "fp32")
+    model = module.from_pretrained(tmp_path / "fp32", quantize=scheme, dtype=torch.float32)
+    module.save_pretrained(model, tmp_path / "saved", max_shard_size=20_000)
+    index = json.loads((tmp_path / "saved" / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    n = len(files)
+    assert n >= 3 and files == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    assert sorted(f.name for f in (tmp_path / "saved").iterdir()) == sorted(
+        files + ["config.json", "model.safetensors.index.json"])
+    sizes = {f: (tmp_path / "saved" / f).stat().st_size for f in files}
+    assert index["metadata"]["total_size"] <= sum(sizes.values())
+    reloaded = module.from_pretrained(tmp_path / "saved", dtype=torch.float32)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32).eval()
+    ids = torch.randint(0, 83, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids), reloaded(ids))
+        assert_close(model(ids), theirs(ids).logits, f"gpt_neox {scheme} sharded save, transformers", tol=1e-4)
+
+
 def test_cli_samples_a_saved_model_without_the_flag(tmp_path):
     module, ref = tiny("gpt_neox", 300, 64)
     save_checkpoint(ref, tmp_path / "fp32")
