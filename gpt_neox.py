@@ -506,6 +506,8 @@ def checkpoint_dir(name_or_path, revision=None):
         if revision is not None:  # a directory is one revision already: refuse rather than ignore
             raise ValueError(f"revision {revision!r} names a Hub revision, but {name_or_path} is a local "
                              "directory; pass a Hub id to download that revision")
+        if (path / COMMITTED).is_dir():  # a save was killed while moving its new files into place: they are
+            finish_write(path)  # whole (write_files), so complete the move rather than read old and new mixed
         return path
     repo_id = HUB_MODELS.get(name_or_path, name_or_path)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or name_or_path.startswith((".", "/", "~")):
@@ -681,8 +683,6 @@ def check_device(device):
 # Copied from gpt2.py
 def load_config(directory):
     """The checkpoint directory's config.json, read and checked."""
-    if (Path(directory) / COMMITTED).is_dir():  # a save was killed while moving its new files into place:
-        finish_write(directory)  # they are whole (write_files), so complete the move rather than mix old and new
     if not (Path(directory) / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
     return GPTNeoXConfig.from_json(Path(directory) / "config.json")
