@@ -144,11 +144,12 @@ def check_values(absmax, dtype, key):
 
 def to_dtype(tensor, dtype, device, key):
     """A tensor that is not quantized (embedding, LayerNorm, bias) in `dtype`, checked like a weight: one pass
-    for the conversion, two for its max |x| (amax and amin make no temporary; a sum in fp32 of a bf16 tensor
-    would convert all of it first: 1.2 GB for the 20B's embedding)."""
+    for the conversion, one for its max |x| (aminmax makes no temporary, and is 4x faster than amax and amin
+    in bf16; a sum in fp32 of a bf16 tensor would convert all of it first: 1.2 GB for the 20B's embedding)."""
     converted = tensor.to(device, dtype)
     if converted.is_floating_point() and converted.numel():
-        check_values(torch.maximum(converted.amax(), -converted.amin()).float(), dtype, key)
+        low, high = torch.aminmax(converted)
+        check_values(torch.maximum(high, -low).float(), dtype, key)
     return converted
 
 # ----------------------------------------------------------------------------- the quantized layers
@@ -205,8 +206,9 @@ class Int4Linear(nn.Module):
     dequantizes then multiplies (the plain path). The CPU packer wants out_features divisible by 16: GPT-2's
     50257-row LM head is padded with zero rows, whose outputs are cut off."""
 
-    def __init__(self, q_blocks, N, K, scales, bias, dtype, group_size=GROUP_SIZE, device="cpu"):
-        """q_blocks: (N, K) levels 0..15 in blocks of BLOCK rows (an iterator, consumed once); scales (N, K/G)."""
+    def __init__(self, q_blocks, N, K, scales, bias, dtype, group_size=GROUP_SIZE, device="cpu", pairs=None):
+        """q_blocks: (N, K) levels 0..15 in blocks of BLOCK rows (an iterator, consumed once), or pairs: (N, K/2)
+        uint8, two levels to a byte, the first low (a saved checkpoint's); scales (N, K/G)."""
         super().__init__()
         self.in_features, self.out_features, self.group_size = K, N, group_size
         self.kernel = int4_kernel(torch.device(device), dtype)
@@ -214,8 +216,13 @@ class Int4Linear(nn.Module):
         padded = N + -N % 16
         if self.kernel == "cpu":  # the CPU layout packs each block of up to 64 rows on its own: (N, K/2) uint8
             weight = torch.empty(padded, K // 2, dtype=torch.uint8, device=device)
+            if pairs is not None:
+                pairs_to_cpu_int4(pairs, weight)
+                q_blocks = ()
         else:
             weight = torch.zeros(padded, K, dtype=torch.uint8, device=device)
+            if pairs is not None:
+                q_blocks = (pairs_to_levels(pairs[s:s + BLOCK]) for s in range(0, N, BLOCK))
         start = 0
         for q in q_blocks:  # (n, K) levels 0..15, as floats or uint8
             n = len(q) + -len(q) % 16
@@ -228,11 +235,11 @@ class Int4Linear(nn.Module):
             weight = torch.ops.aten._convert_weight_to_int4pack((weight[:, ::2] << 4 | weight[:, 1::2]), 8)
         self.register_buffer("weight", weight)
         # The kernels' layout for the groups' parameters: (K/G, N, 2), [..., 0] scale, [..., 1] the value of
-        # level 8 (the kernels compute (q - 8) * scale + zero): 0, symmetric.
-        scales = F.pad(scales, (0, 0, 0, padded - N), value=1)
-        zeros = torch.zeros_like(scales)
-        self.register_buffer("scales_and_zeros", torch.stack([scales, zeros], dim=-1).transpose(0, 1)
-                             .contiguous().to(device, dtype))
+        # level 8 (the kernels compute (q - 8) * scale + zero): 0, symmetric. Padding rows: scale 1.
+        scales_and_zeros = torch.zeros(K // group_size, padded, 2, dtype=dtype, device=device)
+        scales_and_zeros[:, N:, 0] = 1
+        scales_and_zeros[:, :N, 0] = scales.T
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("bias", None if bias is None else F.pad(bias, (0, padded - N)).to(device, dtype))
 
     @classmethod
@@ -267,17 +274,17 @@ class Int4Linear(nn.Module):
             y = x2 @ w.to(x.dtype).T
         return outputs(self, y, x.shape)
 
-    def levels(self):
-        """(q uint8 (N, K) in 0..15, scales (N, K/G)): the layer's integers back in the plain layout, for
-        saving."""
+    def pairs(self):
+        """(pairs (N, K/2) uint8, two levels 0..15 to a byte, the first low; scales (N, K/G)): the layer's
+        integers in a saved checkpoint's layout."""
         N = self.out_features
         if self.kernel == "cpu":
-            q = unpack_cpu_int4(self.weight, self.in_features)
+            pairs = cpu_int4_to_pairs(self.weight, N)
         elif self.kernel is None:
-            q = self.weight
+            pairs = levels_to_pairs(self.weight[:N])
         else:
             raise ValueError("saving an int4 model quantized on CUDA is not supported: load it with device='cpu'")
-        return q[:N], self.scales_and_zeros.transpose(0, 1)[:N, :, 0]
+        return pairs, self.scales_and_zeros.transpose(0, 1)[:N, :, 0]
 
 
 def outputs(layer, y, shape):
@@ -311,32 +318,80 @@ def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE, key="we
     return Int8Linear.quantize(weight, bias, dtype, key, row_max)
 
 # ----------------------------------------------------------------------------- PyTorch's CPU int4 layout
+#
+# The packer (aten/src/ATen/native/cpu/int4mm_kernel.cpp) cuts the rows into blocks of BLOCK_N (64 with
+# AVX-512, 32 otherwise) and stores each block k-major, BLOCK_N/2 bytes per input k: a byte holds one input
+# of two rows. In a full block those are rows i and BLOCK_N/2 + i ("halves", AVX-512 and AVX2); a shorter last
+# block, and every block without AVX, holds neighbouring rows 2i and 2i + 1. Which this build uses is found by
+# packing a probe (cpu_int4_layout). A saved checkpoint's bytes hold two inputs of one row instead ("pairs":
+# inputs 2j and 2j + 1, the first in the low nibble), so loading and saving trade nibbles between the two
+# rows that share a byte (nibble_transpose), then transpose each block.
 
 
-def unpack_cpu_int4(packed, K):
-    """_convert_weight_to_int4pack_for_cpu undone: (N, K/2) uint8 in the kernel's layout -> (N, K) uint8.
+def nibble_transpose(a, b):
+    """Bytes a = (a0, a1), b = (b0, b1), low nibble first -> (a0, b0), (a1, b1): two rows' pairs of inputs
+    become two inputs' pairs of rows, and back."""
+    return (a & 15) | (b << 4), (a >> 4) | (b & 0xF0)
 
-    The packer (aten/src/ATen/native/cpu/int4mm_kernel.cpp) cuts the rows into blocks of BLOCK_N (64 with
-    AVX-512, 32 otherwise) and stores each block k-major, BLOCK_N/2 bytes per input k. In a full block the low
-    nibbles hold the first half of its rows and the high nibbles the second half (AVX-512 and AVX2); a shorter
-    last block, and every block without AVX, holds neighbouring rows in one byte. Which of the three this
-    build uses is found by packing a probe (cpu_int4_layout)."""
+
+def cpu_int4_chunks(N, K):
+    """(rows, m, halves) over N rows (a multiple of 16) of PyTorch's CPU int4 layout: runs of whole blocks of
+    m rows, about 1 MB at a time so that the work stays in the CPU's cache."""
     block, halves = cpu_int4_layout()
-    N = len(packed)
-    out = torch.empty(N, K, dtype=torch.uint8)
-    for start in range(0, N, block):
-        n = min(block, N - start)
-        b = packed[start:start + n].reshape(K, n // 2)  # this block's bytes: (K, n/2)
-        lo, hi = b & 15, b >> 4
-        q = torch.cat([lo, hi], dim=1) if n == block and halves else torch.stack([lo, hi], dim=2).reshape(K, n)
-        out[start:start + n] = q.T
-    return out
+    full = N // block * block
+    step = max(1, (1 << 20) // (block * K // 2)) * block
+    for start in range(0, full, step):
+        yield slice(start, min(start + step, full)), block, halves
+    if full < N:
+        yield slice(full, N), N - full, False
+
+
+def partners(rows, m, halves):
+    """(c * m, P) -> (c, 2, m/2, P), a view: [:, 0, i] and [:, 1, i] are the rows that share the CPU layout's
+    bytes in each block of m rows: i and m/2 + i (halves), or 2i and 2i + 1."""
+    c, P = len(rows) // m, rows.shape[1]
+    return rows.view(c, 2, m // 2, P) if halves else rows.view(c, m // 2, 2, P).transpose(1, 2)
+
+
+def pairs_to_cpu_int4(pairs, out):
+    """(N, K/2) uint8, two inputs of a row to a byte (a saved checkpoint's) -> out (N rounded up to 16, K/2)
+    uint8 in PyTorch's CPU int4 layout; the rows past N are zero."""
+    N, P = pairs.shape
+    for rows, m, halves in cpu_int4_chunks(len(out), 2 * P):
+        x = pairs[rows]
+        if len(x) < rows.stop - rows.start:  # the padding rows
+            x = F.pad(x, (0, 0, 0, rows.stop - rows.start - len(x)))
+        x = partners(x, m, halves)  # (c, 2, m/2, K/2)
+        low, high = nibble_transpose(x[:, 0], x[:, 1])  # (c, m/2, K/2): inputs 2j and 2j + 1 of both rows
+        o = out[rows].view(-1, P, 2, m // 2)  # (c, K/2, 2, m/2): the block, k-major
+        o[:, :, 0], o[:, :, 1] = low.transpose(1, 2), high.transpose(1, 2)
+
+
+def cpu_int4_to_pairs(weight, N):
+    """pairs_to_cpu_int4 undone: weight (rows, K/2) in the CPU layout -> its first N rows as pairs (N, K/2)."""
+    P = weight.shape[1]
+    pairs = torch.empty_like(weight)
+    for rows, m, halves in cpu_int4_chunks(len(weight), 2 * P):
+        o = weight[rows].view(-1, P, 2, m // 2)  # (c, K/2, 2, m/2)
+        a, b = nibble_transpose(o[:, :, 0], o[:, :, 1])  # (c, K/2, m/2): the pairs of each row's partners
+        x = partners(pairs[rows], m, halves)
+        x[:, 0], x[:, 1] = a.transpose(1, 2), b.transpose(1, 2)
+    return pairs[:N]
+
+
+def levels_to_pairs(q):
+    """(N, K) levels 0..15 -> (N, K/2) uint8, two inputs to a byte, the first low."""
+    return q[:, ::2] | (q[:, 1::2] << 4)
+
+
+def pairs_to_levels(pairs):
+    return torch.stack([pairs & 15, pairs >> 4], dim=-1).reshape(len(pairs), -1)
 
 
 def pack_cpu_int4(levels, out):
     """(n, K) levels 0..15 (floats or uint8, n a multiple of 16) -> out (n, K/2) uint8 in PyTorch's CPU int4
-    layout (unpack_cpu_int4's inverse). A full block in the halves layout is packed here, in two passes
-    (PyTorch's packer wants int32 and is slower); the rest by PyTorch's packer."""
+    layout, straight from the quantizer's floats: a full block in the halves layout in one pass (a weighted
+    sum of the two rows, transposed into place); the rest through pairs."""
     block, halves = cpu_int4_layout()
     n, K = levels.shape
     for start in range(0, n, block):
@@ -345,8 +400,7 @@ def pack_cpu_int4(levels, out):
             low, high = levels[start:start + m // 2], levels[start + m // 2:start + m]  # (m/2, K) each
             out[start:start + m].view(K, m // 2).copy_(torch.add(low, high, alpha=16).T)  # (K, m/2) bytes
         else:
-            block_levels = levels[start:start + m].int()  # PyTorch's packer reads int32
-            out[start:start + m] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(block_levels, 1)
+            pairs_to_cpu_int4(levels_to_pairs(levels[start:start + m].to(torch.uint8)), out[start:start + m])
 
 
 LAYOUT = []  # the CPU int4 packer's (BLOCK_N, halves), found once
@@ -358,7 +412,7 @@ def cpu_int4_layout():
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         for candidate in [(64, True), (32, True), (32, False)]:
             LAYOUT[:] = candidate
-            if torch.equal(unpack_cpu_int4(packed, 4), q.to(torch.uint8)):
+            if torch.equal(cpu_int4_to_pairs(packed, 112), levels_to_pairs(q.to(torch.uint8))):
                 return candidate
         LAYOUT.clear()
         raise ValueError("this PyTorch build packs int4 weights in a layout quantize.py cannot read back; "
@@ -381,7 +435,10 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
     for name, p in model.named_parameters(remove_duplicate=False):
         if name in state_dict:
             owner.setdefault(p, name)
-    for name, linear in [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]:
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for (name, linear), after in zip(linears, linears[1:] + [None]):
+        if after is not None and owner[after[1].weight] in state_dict:  # read the next while this one works
+            prefetch(state_dict[owner[after[1].weight]])
         key = owner[linear.weight]
         tied = key != f"{name}.weight"
         weight = state_dict[key] if tied else state_dict.pop(key)
@@ -408,7 +465,10 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
 
 def load_the_rest(model, state_dict, dtype, device):
     """Embeddings, LayerNorms: in dtype, one at a time."""
-    for key in list(state_dict):
+    keys = list(state_dict)
+    for key, after in zip(keys, keys[1:] + [None]):
+        if after is not None:
+            prefetch(state_dict[after])
         tensor = state_dict.pop(key)
         converted = to_dtype(tensor, dtype, device, key)
         model.load_state_dict({key: converted}, strict=False, assign=True)
@@ -424,13 +484,24 @@ def release(tensor):
     freed: converting tensor after tensor would end with the whole fp32 file in memory. MADV_PAGEOUT (Linux
     5.4+) reclaims the pages: clean file pages are dropped (re-read from the file if touched again), and no
     data is ever lost. Memory PyTorch allocated itself (resizable storages) is left alone."""
+    advise(tensor, 21)  # MADV_PAGEOUT
+
+
+def prefetch(tensor):
+    """Ask the kernel to start reading a memory-mapped tensor from disk now (MADV_WILLNEED), so that the
+    reading overlaps the work on the tensor before it instead of following it."""
+    advise(tensor, 3)  # MADV_WILLNEED
+
+
+def advise(tensor, advice):
+    if not isinstance(tensor, torch.Tensor):  # tp.py's lazily read tensors
+        return
     storage = tensor.untyped_storage()
     if sys.platform != "linux" or storage.resizable() or storage.nbytes() < mmap.PAGESIZE:
         return
     start = storage.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
     length = storage.data_ptr() + storage.nbytes() - start
-    MADV_PAGEOUT = 21
-    ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), MADV_PAGEOUT)
+    ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), advice)
 
 # ----------------------------------------------------------------------------- saving and reloading
 #
@@ -475,23 +546,16 @@ def scheme_config(targets, bits, strategy, group_size, symmetric):
     return {"targets": targets, "weights": weights, "input_activations": None, "output_activations": None}
 
 
-def pack_int32(levels, bits):
-    """(R, C) uint8 unsigned levels -> (R, ceil(C * bits / 32)) int32, 32 / bits to a word, lowest bits first."""
+def to_words(b):
+    """(R, C) uint8 -> (R, ceil(C / 4)) int32: the bytes in order, four to a word, the first lowest."""
     assert sys.byteorder == "little", "the packed layout is written byte by byte, for little-endian machines"
-    R, C = levels.shape
-    levels = F.pad(levels, (0, -C % (32 // bits)))
-    if bits == 4:
-        levels = levels[:, ::2] | levels[:, 1::2] << 4  # two to a byte, the first in the low nibble
-    return levels.contiguous().view(torch.int32)
+    return F.pad(b, (0, -b.shape[1] % 4)).contiguous().view(torch.int32)
 
 
-def unpack_int32(packed, bits, C):
-    """pack_int32 undone: (R, words) int32 -> (R, C) uint8 levels."""
+def from_words(packed, C):
+    """to_words undone: (R, words) int32 -> its first C bytes per row (R, C) uint8, a view."""
     assert sys.byteorder == "little", "the packed layout is read byte by byte, for little-endian machines"
-    b = packed.contiguous().view(torch.uint8)  # (R, 4 * words)
-    if bits == 4:
-        b = torch.stack([b & 15, b >> 4], dim=-1).reshape(len(b), -1)
-    return b[:, :C]
+    return packed.contiguous().view(torch.uint8)[:, :C]
 
 
 def quantized_tensors(model):
@@ -504,10 +568,10 @@ def quantized_tensors(model):
         N, K = layer.out_features, layer.in_features
         if isinstance(layer, Int8Linear):
             levels = (layer.weight.view(torch.uint8) ^ 128)  # q + 128, two's complement
-            group = {f"{name}.weight_packed": pack_int32(levels, 8), f"{name}.weight_scale": layer.scales[:, None].clone()}
+            group = {f"{name}.weight_packed": to_words(levels), f"{name}.weight_scale": layer.scales[:, None].clone()}
         else:
-            q, scales = layer.levels()
-            group = {f"{name}.weight_packed": pack_int32(q, 4), f"{name}.weight_scale": scales.contiguous()}
+            pairs, scales = layer.pairs()  # levels q + 8, two to a byte
+            group = {f"{name}.weight_packed": to_words(pairs), f"{name}.weight_scale": scales.contiguous()}
         group[f"{name}.weight_shape"] = torch.tensor([N, K])
         if layer.bias is not None:
             group[f"{name}.bias"] = layer.bias[:N].clone()  # safetensors saves whole storages only
@@ -607,7 +671,12 @@ def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
     unknown = sorted(t for t in schemes if not t.startswith("re:") and t not in linears)
     if unknown:
         raise ValueError(f"quantization_config names layers the model does not have: {', '.join(unknown[:8])}")
-    for name, linear in linears.items():
+    names = list(linears)
+    for name, after in zip(names, names[1:] + [None]):
+        linear = linears[name]
+        for part in ("weight_packed", "weight_scale") if after else ():  # read the next while this one works
+            if f"{after}.{part}" in state_dict:
+                prefetch(state_dict[f"{after}.{part}"])
         if scheme_of(schemes, name) is None:
             raise ValueError(f"quantization_config does not say how {name} is quantized")
         bits, group_size = scheme_of(schemes, name)
@@ -635,11 +704,10 @@ def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
         scales = to_dtype(t["weight_scale"], torch.float32, device, f"{name}.weight_scale")
         packed = t["weight_packed"]
         if bits == 8:
-            q = (unpack_int32(packed, 8, K) ^ 128).view(torch.int8).to(device)  # one pass: a new tensor
+            q = (from_words(packed, K) ^ 128).view(torch.int8).to(device)  # one pass: a new tensor
             layer = Int8Linear(q, scales[:, 0], bias, dtype)
-        else:
-            blocks = (unpack_int32(packed[s:s + BLOCK], 4, K) for s in range(0, N, BLOCK))
-            layer = Int4Linear(blocks, N, K, scales, bias, dtype, group_size, device)
+        else:  # the bytes go straight into the kernel's layout, never unpacked
+            layer = Int4Linear((), N, K, scales, bias, dtype, group_size, device, pairs=from_words(packed, K // 2))
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
         release(packed)

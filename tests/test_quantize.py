@@ -97,6 +97,34 @@ def test_layer_equals_matmul_with_its_dequantized_weight(scheme, group_size, dty
     assert ((y.float() - expected).abs() <= rel * magnitude + 1e-6).all()
 
 
+@given(rows=st.integers(1, 12).map(lambda n: 16 * n), cut=st.integers(0, 15), words=st.integers(1, 40),
+       seed=st.integers(0, 2**16))
+def test_saved_int4_bytes_move_into_pytorchs_cpu_layout_and_back(rows, cut, words, seed):
+    """A saved checkpoint's int4 bytes (two inputs of a row to a byte) are rearranged straight into the layout
+    PyTorch's own packer makes from the levels (blocks of rows, k-major; padding rows zero), and back."""
+    N, K = max(1, rows - cut), 8 * words
+    q = torch.randint(0, 16, (N, K), generator=torch.Generator().manual_seed(seed), dtype=torch.int32)
+    pairs = q[:, ::2] | q[:, 1::2] << 4
+    padded = torch.nn.functional.pad(q, (0, 0, 0, rows - N))
+    expected = torch.ops.aten._convert_weight_to_int4pack_for_cpu(padded, 1)  # (rows, K/2) uint8
+    out = torch.empty_like(expected)
+    quantize.pairs_to_cpu_int4(pairs.to(torch.uint8), out)
+    assert torch.equal(out, expected)
+    assert torch.equal(quantize.cpu_int4_to_pairs(expected, N), pairs.to(torch.uint8))
+
+
+@pytest.mark.parametrize("layout", [(64, True), (32, True), (32, False)])
+def test_every_cpu_int4_layout_round_trips(layout, monkeypatch):
+    """The two layouts other builds use (AVX2: blocks of 32; no AVX: neighbouring rows) can't be packed by this
+    machine's PyTorch; they at least go there and back unchanged, with the padding rows zero."""
+    monkeypatch.setattr(quantize, "LAYOUT", list(layout))
+    pairs = torch.randint(0, 256, (100, 12), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out = torch.empty(112, 12, dtype=torch.uint8)
+    quantize.pairs_to_cpu_int4(pairs, out)
+    back = quantize.cpu_int4_to_pairs(out, 112)
+    assert torch.equal(back[:100], pairs) and not back[100:].any()
+
+
 def test_int4_pads_rows_and_falls_back_to_int8_on_odd_widths():
     torch.manual_seed(0)
     w = torch.randn(quantize.BLOCK * 2 + 37, 64)  # more than one block of rows, not divisible by 16: padded
