@@ -20,6 +20,8 @@ benchmark's own directory), then measures, each in a fresh process:
   decode    greedy batch-1 tokens/s after an 8-token prompt (the prompt step excluded; the median step, so a
             compiled run's first steps do not count), per torch thread
             count, and its ratio to the ceiling; and where a decode step's time goes (torch.profiler)
+  kernels   every quantized layer run once on one token's input, nothing else: what PyTorch's int8/int4
+            kernels allow on this machine; the decode step against it is what the rest of the model costs
 
 The 20B's config says hidden_act "gelu_fast"; until the model files take that name the generated config.json
 says "gelu" (printed when it happens). Figures depend on the machine's load: the header prints it.
@@ -164,20 +166,29 @@ if {decode}:
              for t in tensors]
     out["read_bytes"] = sum(4 * v.numel() for v in views)
     prompt = torch.arange(100, 108)[None]
+    # The kernels alone: every quantized layer once on one token's input, nothing else of the model.
+    import quantize
+    layers = [m for m in model.modules() if isinstance(m, (quantize.Int8Linear, quantize.Int4Linear))]
+    dtype = next(model.parameters()).dtype  # the embedding's, LayerNorms': the activations'
+    inputs = [torch.randn(1, 1, m.in_features, dtype=dtype) for m in layers]
     for threads in {thread_counts}:
         torch.set_num_threads(threads)
         module.generate(model, prompt, 2, temperature=0, compile={compile})  # warm-up (and compile)
-        ceilings, steps = [], []
+        ceilings, steps, kernels = [], [], []
         with torch.no_grad():
-            for _ in range(3):  # in turn, so that both see the machine's load alike
+            for _ in range(3):  # in turn, so that all see the machine's load alike
                 t0 = time.perf_counter()
                 [v.sum() for v in views]
                 ceilings.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                [m(x) for m, x in zip(layers, inputs)]
+                kernels.append(time.perf_counter() - t0)
                 stamps = []
                 module.generate(model, prompt, {tokens}, temperature=0, compile={compile},
                                 on_token=lambda t: stamps.append(time.perf_counter()))
                 steps.append(statistics.median(b - a for a, b in zip(stamps, stamps[1:])))  # decode steps only
-        out[f"threads{{threads}}"] = dict(ceiling_s=statistics.median(ceilings), step_s=statistics.median(steps))
+        out[f"threads{{threads}}"] = dict(ceiling_s=statistics.median(ceilings), step_s=statistics.median(steps),
+                                         kernels_s=statistics.median(kernels))
     from torch.profiler import profile
     torch.set_num_threads({thread_counts}[0])
     with profile() as prof:
@@ -255,7 +266,9 @@ def main(argv=None):
                 t = r[f"threads{threads}"]
                 print(f"  {threads} thread(s): decode {1 / t['step_s']:.2f} tok/s, ceiling (every weight read "
                       f"once) {1 / t['ceiling_s']:.2f} tok/s = {r['read_bytes'] / t['ceiling_s'] / 1e9:.1f} GB/s:"
-                      f" {t['ceiling_s'] / t['step_s']:.2f} of it")
+                      f" {t['ceiling_s'] / t['step_s']:.2f} of it; the quantized layers alone {1 / t['kernels_s']:.2f}"
+                      f" tok/s ({t['ceiling_s'] / t['kernels_s']:.2f} of the ceiling): the step is "
+                      f"{t['kernels_s'] / t['step_s']:.2f} of that")
             print(r["profile"])
     finally:
         if not args.keep:
