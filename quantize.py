@@ -235,11 +235,9 @@ class Int4Linear(nn.Module):
             weight = torch.ops.aten._convert_weight_to_int4pack((weight[:, ::2] << 4 | weight[:, 1::2]), 8)
         self.register_buffer("weight", weight)
         # The kernels' layout for the groups' parameters: (K/G, N, 2), [..., 0] scale, [..., 1] the value of
-        # level 8 (the kernels compute (q - 8) * scale + zero): 0, symmetric. Padding rows: scale 1.
-        scales_and_zeros = torch.zeros(K // group_size, padded, 2, dtype=dtype, device=device)
-        scales_and_zeros[:, N:, 0] = 1
-        scales_and_zeros[:, :N, 0] = scales.T
-        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        # level 8 (the kernels compute (q - 8) * scale + zero): 0, symmetric. Padding rows: 0 (cut off).
+        scales = scales.T.to(device, dtype)[..., None]  # (K/G, N, 1)
+        self.register_buffer("scales_and_zeros", F.pad(scales, (0, 1, 0, padded - N)))
         self.register_buffer("bias", None if bias is None else F.pad(bias, (0, padded - N)).to(device, dtype))
 
     @classmethod
@@ -330,8 +328,13 @@ def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE, key="we
 
 def nibble_transpose(a, b):
     """Bytes a = (a0, a1), b = (b0, b1), low nibble first -> (a0, b0), (a1, b1): two rows' pairs of inputs
-    become two inputs' pairs of rows, and back."""
-    return (a & 15) | (b << 4), (a >> 4) | (b & 0xF0)
+    become two inputs' pairs of rows, and back. Eight bytes at a time where the rows allow (int64 lanes: a
+    shift moves each byte's nibble into the next byte too, and the mask keeps only its own)."""
+    wide = a.shape[-1] % 8 == 0 and a.stride(-1) == 1 and b.stride(-1) == 1
+    low, high = (0x0F0F0F0F0F0F0F0F, ~0x0F0F0F0F0F0F0F0F) if wide else (0x0F, 0xF0)
+    a, b = (a.view(torch.int64), b.view(torch.int64)) if wide else (a, b)
+    first, second = (a & low) | ((b << 4) & high), ((a >> 4) & low) | (b & high)
+    return first.view(torch.uint8), second.view(torch.uint8)
 
 
 def cpu_int4_chunks(N, K):
@@ -701,7 +704,7 @@ def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
         if bits == 4 and K % group_size:
             raise ValueError(f"{name}: {K} inputs are not a whole number of groups of {group_size}")
         bias = None if linear.bias is None else to_dtype(t["bias"], dtype, device, f"{name}.bias")
-        scales = to_dtype(t["weight_scale"], torch.float32, device, f"{name}.weight_scale")
+        scales = to_dtype(t["weight_scale"], dtype, device, f"{name}.weight_scale")
         packed = t["weight_packed"]
         if bits == 8:
             q = (from_words(packed, K) ^ 128).view(torch.int8).to(device)  # one pass: a new tensor

@@ -13,7 +13,8 @@ benchmark's own directory), then measures, each in a fresh process:
             the process's peak resident memory (VmHWM) against the quantized model's bytes, and what of it
             is file pages (the memory map of the checkpoint) at the end
   save      save_pretrained of that model (compressed-tensors' pack-quantized safetensors): seconds
-  reload    from_pretrained(saved dir), no quantize=: seconds, peak resident memory
+  reload    from_pretrained(saved dir), no quantize=, its files' pages dropped from the page cache first (so it
+            reads the disk): seconds, peak resident memory
   ceiling   the time to read every quantized weight once (a sum over each tensor but the input embedding,
             its bytes viewed as float32): 1 / that bounds batch-1 decoding on this machine, now (timed in
             turn with the decode runs, medians of 3, so that both see the same load)
@@ -210,6 +211,17 @@ def stage(module, source, scheme=None, save=None, decode=False, threads=(1,), to
     return json.loads(line[len("RESULT "):])
 
 
+def drop_page_cache(directory):
+    """Evict the files' pages from the kernel's page cache (POSIX_FADV_DONTNEED; written back first)."""
+    for f in directory.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def gb(x):
     return f"{x / 1e9:.2f} GB"
 
@@ -231,10 +243,11 @@ def main(argv=None):
     directory = args.dir or ROOT / "bench" / ".cache" / f"{args.shape}-{layers}"
     module = "gpt_neox" if args.shape == "neox-20b" else "gpt2"
     fp16 = sum(nbytes(s) for s in shards(args.shape, layers))
-    need = fp16 * (1 + 0.55 + 0.30) if not (directory / "config.json").exists() else fp16 * 0.85
+    copies = sum({"int8": 0.55, "int4": 0.30}[s] for s in args.schemes)  # a saved copy's size against fp16's
+    need = fp16 * (copies + (not (directory / "config.json").exists()))
     directory.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory.parent).free
-    print(f"{args.shape}, {layers} layers: {gb(fp16)} of fp16 + the int8 and int4 copies: needs ~{gb(need)} "
+    print(f"{args.shape}, {layers} layers: {gb(fp16)} of fp16 + the {' and '.join(args.schemes)} copies: needs ~{gb(need)} "
           f"free on {directory.parent}, has {gb(free)}")
     if free < need:
         sys.exit(f"error: not enough free disk: {gb(need)} needed, {gb(free)} free (--dir elsewhere, or "
@@ -259,9 +272,10 @@ def main(argv=None):
                   f"{gb(r['peak'] - r['base'])} over the start, for a {gb(r['model_bytes'])} model (target "
                   f"<= {gb(r['model_bytes'] * 1.1 + 1e9)}); at the end file pages {gb(r['file_pages'])}, "
                   f"anonymous {gb(r['anon'])}; save {r['save_s']:.1f} s")
+            drop_page_cache(saved)  # the reload reads the disk, not what the save left in memory
             r = stage(module, saved, decode=True, threads=args.threads, tokens=args.tokens, compile=args.compile)
-            print(f"{scheme}: reload {r['load_s']:.1f} s, peak resident {gb(r['peak'] - r['base'])} over the "
-                  f"start; {gb(r['read_bytes'])} read per token")
+            print(f"{scheme}: reload from disk {r['load_s']:.1f} s, peak resident {gb(r['peak'] - r['base'])} "
+                  f"over the start; {gb(r['read_bytes'])} read per token")
             for threads in args.threads:
                 t = r[f"threads{threads}"]
                 print(f"  {threads} thread(s): decode {1 / t['step_s']:.2f} tok/s, ceiling (every weight read "
