@@ -438,10 +438,7 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
     for name, p in model.named_parameters(remove_duplicate=False):
         if name in state_dict:
             owner.setdefault(p, name)
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for (name, linear), after in zip(linears, linears[1:] + [None]):
-        if after is not None and owner[after[1].weight] in state_dict:  # read the next while this one works
-            prefetch(state_dict[owner[after[1].weight]])
+    for name, linear in [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]:
         key = owner[linear.weight]
         tied = key != f"{name}.weight"
         weight = state_dict[key] if tied else state_dict.pop(key)
@@ -468,10 +465,7 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
 
 def load_the_rest(model, state_dict, dtype, device):
     """Embeddings, LayerNorms: in dtype, one at a time."""
-    keys = list(state_dict)
-    for key, after in zip(keys, keys[1:] + [None]):
-        if after is not None:
-            prefetch(state_dict[after])
+    for key in list(state_dict):
         tensor = state_dict.pop(key)
         converted = to_dtype(tensor, dtype, device, key)
         model.load_state_dict({key: converted}, strict=False, assign=True)
@@ -490,15 +484,9 @@ def release(tensor):
     advise(tensor, 21)  # MADV_PAGEOUT
 
 
-def prefetch(tensor):
-    """Ask the kernel to start reading a memory-mapped tensor from disk now (MADV_WILLNEED), so that the
-    reading overlaps the work on the tensor before it instead of following it."""
-    advise(tensor, 3)  # MADV_WILLNEED
-
-
 def advise(tensor, advice):
-    if not isinstance(tensor, torch.Tensor):  # tp.py's lazily read tensors
-        return
+    """madvise() over a memory-mapped tensor's pages; nothing for memory PyTorch allocated itself (resizable
+    storages), or outside Linux."""
     storage = tensor.untyped_storage()
     if sys.platform != "linux" or storage.resizable() or storage.nbytes() < mmap.PAGESIZE:
         return
@@ -674,12 +662,7 @@ def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
     unknown = sorted(t for t in schemes if not t.startswith("re:") and t not in linears)
     if unknown:
         raise ValueError(f"quantization_config names layers the model does not have: {', '.join(unknown[:8])}")
-    names = list(linears)
-    for name, after in zip(names, names[1:] + [None]):
-        linear = linears[name]
-        for part in ("weight_packed", "weight_scale") if after else ():  # read the next while this one works
-            if f"{after}.{part}" in state_dict:
-                prefetch(state_dict[f"{after}.{part}"])
+    for name, linear in linears.items():
         if scheme_of(schemes, name) is None:
             raise ValueError(f"quantization_config does not say how {name} is quantized")
         bits, group_size = scheme_of(schemes, name)
