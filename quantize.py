@@ -481,18 +481,13 @@ def release(tensor):
     freed: converting tensor after tensor would end with the whole fp32 file in memory. MADV_PAGEOUT (Linux
     5.4+) reclaims the pages: clean file pages are dropped (re-read from the file if touched again), and no
     data is ever lost. Memory PyTorch allocated itself (resizable storages) is left alone."""
-    advise(tensor, 21)  # MADV_PAGEOUT
-
-
-def advise(tensor, advice):
-    """madvise() over a memory-mapped tensor's pages; nothing for memory PyTorch allocated itself (resizable
-    storages), or outside Linux."""
     storage = tensor.untyped_storage()
     if sys.platform != "linux" or storage.resizable() or storage.nbytes() < mmap.PAGESIZE:
         return
     start = storage.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
     length = storage.data_ptr() + storage.nbytes() - start
-    ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), advice)
+    MADV_PAGEOUT = 21
+    ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), MADV_PAGEOUT)
 
 # ----------------------------------------------------------------------------- saving and reloading
 #
