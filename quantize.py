@@ -236,8 +236,11 @@ class Int4Linear(nn.Module):
         self.register_buffer("weight", weight)
         # The kernels' layout for the groups' parameters: (K/G, N, 2), [..., 0] scale, [..., 1] the value of
         # level 8 (the kernels compute (q - 8) * scale + zero): 0, symmetric. Padding rows: 0 (cut off).
-        scales = scales.T.to(device, dtype)[..., None]  # (K/G, N, 1)
-        self.register_buffer("scales_and_zeros", F.pad(scales, (0, 1, 0, padded - N)))
+        scales = scales.T.to(device, dtype).contiguous()  # (K/G, N): transposed first, then stacked, is faster
+        scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1)  # (K/G, N, 2)
+        if padded > N:
+            scales_and_zeros = F.pad(scales_and_zeros, (0, 0, 0, padded - N))
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("bias", None if bias is None else F.pad(bias, (0, padded - N)).to(device, dtype))
 
     @classmethod
