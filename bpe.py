@@ -335,7 +335,7 @@ class Tokenizer:
     def from_pretrained(cls, name_or_dir, *, revision: str | None = None) -> "Tokenizer":
         """A local directory (or a tokenizer.json file), else a Hub repo id such as "gpt2",
         "openai-community/gpt2" or "EleutherAI/pythia-160m", downloaded with huggingface_hub."""
-        return load(cls, name_or_dir, revision)
+        return load(cls, name_or_dir, revision)[0]
 
     @classmethod
     def from_tokenizer_json(cls, path) -> "Tokenizer":
@@ -734,43 +734,48 @@ def read_vocab_merges(cls, vocab_json, merges_txt) -> Tokenizer:
     return _build(cls, f"{vocab_json} + {merges_txt}", vocab, merges, specials)
 
 
-def load(cls, name_or_dir, revision: str | None = None) -> Tokenizer:
-    """Tokenizer.from_pretrained: a directory, a tokenizer.json file, else a Hub repo id."""
+def load(cls, name_or_dir, revision: str | None = None) -> tuple[Tokenizer, dict]:
+    """Tokenizer.from_pretrained: a directory, a tokenizer.json file, else a Hub repo id. Returns the
+    tokenizer and the files it was read from, {name as FORMATS has it: path} (train.py copies them)."""
     path = Path(name_or_dir).expanduser()
     if path.is_file():
-        return read_tokenizer_json(cls, path)
-    if path.is_dir():
-        for files, constructor in FORMATS:
-            if all((path / f).is_file() for f in files):
-                return getattr(cls, constructor)(*(path / f for f in files))
-        raise FileNotFoundError(f"no tokenizer files in {path}: looked for {_FORMAT_NAMES}")
-    name = str(name_or_dir)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:     # a path, not a Hub "org/name"
-        raise FileNotFoundError(f"tokenizer directory {name} does not exist (it should hold {_FORMAT_NAMES})")
-    return _from_hub(cls, name, revision)
+        names, paths = ("tokenizer.json",), [path]
+    elif path.is_dir():
+        names = next((files for files, _ in FORMATS if all((path / f).is_file() for f in files)), None)
+        if names is None:
+            raise FileNotFoundError(f"no tokenizer files in {path}: looked for {_FORMAT_NAMES}")
+        paths = [path / f for f in names]
+    else:
+        name = str(name_or_dir)
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:     # a path, not a Hub "org/name"
+            raise FileNotFoundError(f"tokenizer directory {name} does not exist (it should hold "
+                                    f"{_FORMAT_NAMES})")
+        names, paths = _from_hub(name, revision)
+    return getattr(cls, dict(FORMATS)[names])(*paths), dict(zip(names, paths))
 
 
-def _from_hub(cls, repo_id: str, revision: str | None) -> Tokenizer:
-    """The first format the Hub repo has. One quick request lists its files (no retries: without a
-    network the answer comes at once, as in the model files); when it fails, the local cache is asked."""
+def _from_hub(repo_id: str, revision: str | None) -> tuple[tuple, list]:
+    """(names, paths) of the first format the Hub repo has. One quick request lists its files (no retries:
+    without a network the answer comes at once, as in the model files); when it fails, the local cache is
+    asked."""
     from huggingface_hub import hf_hub_download, model_info
 
     try:
         files = {f.rfilename for f in model_info(repo_id, revision=revision).siblings}
     except Exception as online_error:        # no network, no such repo or revision, a gated repo ...
-        for names, constructor in FORMATS:
+        for names, _ in FORMATS:
             try:
                 paths = [hf_hub_download(repo_id, f, revision=revision, local_files_only=True) for f in names]
             except Exception:                # not in the cache
                 continue
-            return getattr(cls, constructor)(*paths)
+            return names, paths
         reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
         raise OSError(f"could not get the tokenizer of {repo_id!r} from the Hugging Face Hub ({reason}) "
                       f"and it is not in the local cache; pass a local directory holding "
                       f"{_FORMAT_NAMES}") from None
-    for names, constructor in FORMATS:
+    for names, _ in FORMATS:
         if all(f in files for f in names):
-            return getattr(cls, constructor)(*(hf_hub_download(repo_id, f, revision=revision) for f in names))
+            return names, [hf_hub_download(repo_id, f, revision=revision) for f in names]
     raise FileNotFoundError(f"Hub repo {repo_id!r} has none of {_FORMAT_NAMES}")
 
 

@@ -225,28 +225,8 @@ def load_tokenizer(args, text, checkpoint):
         with tempfile.TemporaryDirectory() as directory:
             tokenizer.save(directory)  # bpe.py's writer: vocab.json + merges.txt
             return tokenizer, {f.name: f.read_bytes() for f in sorted(Path(directory).iterdir())}
-    tokenizer = bpe.Tokenizer.from_pretrained(source)
-    return tokenizer, tokenizer_files(source)
-
-
-def tokenizer_files(source):
-    """The files bpe.Tokenizer.from_pretrained(source) read, {name: bytes}: the first of bpe.FORMATS
-    present, as its reader takes them (a Hub id's are in the Hugging Face cache by now)."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return {"tokenizer.json": path.read_bytes()}
-    for names, _ in bpe.FORMATS:
-        if path.is_dir():
-            files = [path / name for name in names]
-        else:
-            from huggingface_hub import hf_hub_download
-            try:
-                files = [Path(hf_hub_download(str(source), name, local_files_only=True)) for name in names]
-            except Exception:  # not this format
-                continue
-        if all(f.is_file() for f in files):
-            return {name: f.read_bytes() for name, f in zip(names, files)}
-    raise FileNotFoundError(f"no tokenizer files in {source}")
+    tokenizer, files = bpe.load(bpe.Tokenizer, source)  # and the files it was read from
+    return tokenizer, {name: Path(path).read_bytes() for name, path in files.items()}
 
 
 def check_sizes(args, given, config, tokenizer):
