@@ -93,8 +93,9 @@ def levels_int8(w, f, absmax=None):
 
 
 def row_absmax(w):
-    """max |w| per row of w (N, K): two passes, no |w| copy."""
-    return torch.maximum(w.amax(dim=1), -w.amin(dim=1)).float()
+    """max |w| along the last dimension of w (a row, or a group of one): two passes, no |w| copy; NaN and
+    inf carry through."""
+    return torch.maximum(w.amax(dim=-1), -w.amin(dim=-1)).float()
 
 
 def quantize_int8(w):
@@ -115,7 +116,7 @@ def levels_int4(w, group_size, f):
     ends of the group round to within half a step (+max|w| -> 7.5 -> 7, -max|w| -> -7.5 -> -8)."""
     N, K = w.shape
     groups = f.copy_(w).view(N, K // group_size, group_size)  # (N, K/G, G)
-    absmax = torch.maximum(groups.amax(dim=-1), -groups.amin(dim=-1))  # (N, K/G); NaN and inf carry through
+    absmax = row_absmax(groups)  # (N, K/G)
     scales = absmax.clamp(min=1e-12) / 7.5
     groups.div_(scales[..., None]).round_().clamp_(-8, 7).add_(8)
     return scales, absmax
@@ -268,10 +269,8 @@ class Int4Linear(nn.Module):
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group_size, self.scales_and_zeros)
         elif self.kernel == "cuda":
             y = torch.ops.aten._weight_int4pack_mm(x2, self.weight, self.group_size, self.scales_and_zeros)
-        else:
-            sz = self.scales_and_zeros.transpose(0, 1).float()  # (N, K/G, 2)
-            groups = self.weight.float().reshape(len(sz), -1, self.group_size) - 8  # (N, K/G, G)
-            w = (groups * sz[..., :1] + sz[..., 1:]).reshape(len(sz), -1)  # (N, K) fp32
+        else:  # the zeros are 0 (symmetric): the scales alone dequantize
+            w = dequantize_int4(self.weight, self.scales_and_zeros[..., 0].T, self.group_size)  # (N, K) fp32
             y = x2 @ w.to(x.dtype).T
         return outputs(self, y, x.shape)
 
@@ -661,9 +660,10 @@ def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
     if unknown:
         raise ValueError(f"quantization_config names layers the model does not have: {', '.join(unknown[:8])}")
     for name, linear in linears.items():
-        if scheme_of(schemes, name) is None:
+        scheme = scheme_of(schemes, name)
+        if scheme is None:
             raise ValueError(f"quantization_config does not say how {name} is quantized")
-        bits, group_size = scheme_of(schemes, name)
+        bits, group_size = scheme
         N, K = linear.out_features, linear.in_features
         expected = {"weight_packed": ((N, -(-K * bits // 32)), torch.int32),
                     "weight_scale": ((N, 1) if bits == 8 else (N, K // group_size), None),
