@@ -733,13 +733,14 @@ def save_pretrained(model, directory, *, max_shard_size="5GB", config=None):
     from huggingface_hub import save_torch_state_dict
 
     config = config or hub_config(model)
-    if hasattr(model, "quantization_config"):  # integers and scales in compressed-tensors' layout, made and
-        from quantize import quantized_config, save_quantized  # written a shard at a time (quantize.py)
+    quantized = hasattr(model, "quantization_config")
+    if quantized:  # integers and scales in compressed-tensors' layout, made and written a shard at a time
+        from quantize import quantized_config, save_quantized  # (quantize.py)
         config = quantized_config(model, config)
 
     def write(tmp):
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if hasattr(model, "quantization_config"):
+        if quantized:
             save_quantized(model, tmp, max_shard_size)
         else:
             save_torch_state_dict(hub_state_dict(model), tmp, max_shard_size=max_shard_size)
@@ -872,7 +873,7 @@ def check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_siz
             attention_mask.diff(dim=1) < 0).any() | (attention_mask[:, -1] == 0).any():
         raise ValueError("attention_mask must be left-padded for generate: each row's padding (0) before "
                          "its tokens (1), and at least one token")
-    check_input_values(input_ids, attention_mask, model.config.vocab_size)
+    check_input_values(input_ids, attention_mask, V)
 
 
 # Copied from gpt2.py
