@@ -647,13 +647,15 @@ def build_lm(config, state_dict, attn):
 
 # Copied from gpt2.py
 def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, attn="sdpa", quantize=None,
-                    config=None, build=build_lm):
+                    config=None, build=build_lm, split=True):
     """The model from a Hub name/id or a local directory with config.json and weights; `dtype` is a
     torch.dtype or its name ("bfloat16"), float32 by default. quantize="int8" | "int4" stores the weight
     matrices as integers (quantize.py), and then the default dtype is bfloat16; a checkpoint saved quantized
     (config.json's quantization_config) is read as it is. config: the directory's GPT2Config if the caller
     has read it already (the CLI has). build(config, state_dict, attn) -> (model on the meta device, its state
-    dict) puts another model on the checkpoint (heads.py's task heads)."""
+    dict) puts another model on the checkpoint (heads.py's task heads). Under torchrun each process loads
+    its share of a tensor-parallel model (tp.py); split=False loads the whole model in every process (data
+    parallel: train.py)."""
     if attn not in BACKENDS:
         raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
     if quantize is not None:
@@ -664,7 +666,7 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     saved = config.quantization_config  # a checkpoint saved quantized: integers and scales (quantize.py)
     dtype = torch_dtype(dtype or (torch.bfloat16 if quantize or saved else None))
     check_device(device)
-    tp = tensor_parallel()
+    tp = tensor_parallel() if split else None
     if tp:
         tp.check_heads(config.n_head)  # N processes must share the heads evenly: known before any reading
     state_dict = read_state_dict(directory, lazy=tp is not None and tp.world_size() > 1)

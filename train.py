@@ -260,19 +260,6 @@ def check_memory(args, config, device):
                          f"{memory / 2**30:.0f} GiB")
 
 
-def load_model(module, checkpoint, config, device, world):
-    """The checkpoint's model. Under torchrun, not from_pretrained, which loads this process's share of a
-    tensor-parallel model (tp.py): DDP keeps the whole model in every process."""
-    if world == 1:
-        return module.from_pretrained(checkpoint, device=device)
-    state_dict = module.convert_hub_state_dict(module.read_state_dict(checkpoint), config)
-    model = module.from_config(config, device=device)
-    module.check_state_dict(model, state_dict)
-    module.check_finite(state_dict, torch.float32)
-    model.load_state_dict(state_dict, strict=False)  # (strict=False: a tied lm_head is wte, not in the file)
-    return model
-
-
 def split(ids, val_fraction, block_size):
     """The token stream -> (train, held-out): the held-out part is the end of the file."""
     n_val = int(len(ids) * val_fraction)
@@ -529,7 +516,8 @@ def train(args, given, device, state=None):
         torch.manual_seed(args.seed)  # the same initial weights in every process
         model = module.from_config(config, device=device)
     else:
-        model = load_model(module, checkpoint, config, device, world)
+        # the whole model in every process (DDP), not a tensor-parallel share (tp.py)
+        model = module.from_pretrained(checkpoint, device=device, config=config, split=False)
     model.train()
     optimizer = make_optimizer(model, args, device)
     if state:
