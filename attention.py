@@ -107,6 +107,22 @@ def attention(q, k, v, *, backend="sdpa", causal=True, padding_mask=None, scale=
         return (out, probs) if return_probs else out
     return _sdpa(q, k, v, mask, scale, dropout_p)
 
+# ----------------------------------------------------------------------------- checking a model's inputs
+
+
+def check_shapes(input_ids, attention_mask, past, context):
+    """What forward checks on every call: dtypes and shapes only. Reading a tensor's values here would cost
+    a device-to-host sync per forward (per training micro-step on a GPU): check_input_values does that, once,
+    where user input enters (generate, the CLI)."""
+    B, T = input_ids.shape
+    if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+    if past + T > context:
+        raise ValueError(f"sequence of {past + T} tokens is longer than the context of {context} tokens")
+    if attention_mask is not None and attention_mask.shape != (B, past + T):
+        raise ValueError(f"attention_mask must be (B, past + T) = ({B}, {past + T}), got "
+                         f"{tuple(attention_mask.shape)}")
+
 # ----------------------------------------------------------------------------- the fused backends
 
 

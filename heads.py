@@ -23,6 +23,7 @@ Saving: `save_pretrained(model, directory)` writes the Hub's layout, which trans
 """
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoint
 import gpt2
 import gpt_neo
 import gpt_neox
@@ -44,15 +46,12 @@ class Family(NamedTuple):
     backbone: type  # ids (B, T) -> hidden states (B, T, C)
     prefix: str  # the backbone's name in the Hub's state dicts
     lm_head: str  # the LM head's name there
-    width: str  # the config field that holds C
 
 
 FAMILIES = {  # config.json's model_type -> its family
-    "gpt2": Family(gpt2, gpt2.GPT2Config, gpt2.GPT2Model, "transformer", "lm_head", "n_embd"),
-    "gpt_neo": Family(gpt_neo, gpt_neo.GPTNeoConfig, gpt_neo.GPTNeoModel, "transformer", "lm_head",
-                      "hidden_size"),
-    "gpt_neox": Family(gpt_neox, gpt_neox.GPTNeoXConfig, gpt_neox.GPTNeoXModel, "gpt_neox", "embed_out",
-                       "hidden_size"),
+    "gpt2": Family(gpt2, gpt2.GPT2Config, gpt2.GPT2Model, "transformer", "lm_head"),
+    "gpt_neo": Family(gpt_neo, gpt_neo.GPTNeoConfig, gpt_neo.GPTNeoModel, "transformer", "lm_head"),
+    "gpt_neox": Family(gpt_neox, gpt_neox.GPTNeoXConfig, gpt_neox.GPTNeoXModel, "gpt_neox", "embed_out"),
 }
 
 
@@ -73,7 +72,7 @@ class Head(nn.Module):
         self.config = config
         self.backbone_name = family.prefix  # "transformer" or "gpt_neox": the Hub's keys load as they are
         self.add_module(family.prefix, family.backbone(config, backend))
-        self.hidden_size = getattr(config, family.width)
+        self.hidden_size = config.hidden_size  # C (GPT-2's n_embd, under its generic name)
 
     @property
     def backbone(self):
@@ -231,7 +230,7 @@ def question_answering_loss(start_logits, end_logits, start_positions, end_posit
             + F.cross_entropy(end_logits, end, ignore_index=T)) / 2
 
 
-SUMMARY_ACTIVATIONS = {"tanh": torch.tanh, "linear": lambda x: x, **gpt2.ACTIVATIONS}
+SUMMARY_ACTIVATIONS = {"tanh": torch.tanh, "linear": lambda x: x, **checkpoint.ACTIVATIONS}
 
 
 class SequenceSummary(nn.Module):
@@ -354,9 +353,7 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
     directory = checkpoint_dir(name_or_path, revision)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"no config.json in {directory}")
-    raw = gpt2.read_json(directory / "config.json")  # read once: the head's settings, then the config
-    if not isinstance(raw, dict):
-        raise ValueError(f"{directory / 'config.json'} must hold a JSON object")
+    raw = checkpoint.read_json_object(directory / "config.json")  # read once: the head's settings, then the config
     architecture, family, head = read_architecture(raw)
     new_head = head is None
     if new_head and task is None:
@@ -367,21 +364,24 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
     head = TASKS[task] if new_head else head
     options = head_options(head, raw, num_labels, new_head, architecture, family)
 
-    def build(config, state_dict, backend):
-        """The head model on the meta device, and the checkpoint's tensors under its names: the model file
-        converts the backbone's keys (and the LM head's); the heads' keys are the Hub's as they are."""
-        with torch.device("meta"):
-            model = head(config, **options, backend=backend)
+    config = family.config.from_dict(raw)
+
+    def convert(state_dict, config):
+        """The checkpoint's tensors under the head model's names: the model file converts the backbone's keys
+        (and the LM head's); the heads' keys are the Hub's as they are."""
         head_keys = {k: v for k, v in state_dict.items() if k.split(".")[0] in HEAD_MODULES}
         backbone_keys = {k: v for k, v in state_dict.items() if k not in head_keys}
         state_dict = family.module.convert_hub_state_dict(backbone_keys, config) | head_keys
         if new_head:
-            state_dict = with_new_head(model, state_dict, family, directory, architecture, task)
-        return model, state_dict
+            with torch.device("meta"):
+                shapes = head(config, **options)
+            state_dict = with_new_head(shapes, state_dict, family, directory, architecture, task)
+        return state_dict
 
-    config = family.config.from_dict(raw)
-    return family.module.from_pretrained(directory, device=device, dtype=dtype, attn=attn, quantize=quantize,
-                                         config=config, build=build)
+    if attn not in family.module.BACKENDS:
+        raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(family.module.BACKENDS)}")
+    return checkpoint.load(directory, config, partial(head, config, **options, backend=attn), convert,
+                           device=device, dtype=dtype, quantize=quantize)
 
 
 def with_new_head(model, state_dict, family, directory, architecture, task):
@@ -402,8 +402,8 @@ def checkpoint_dir(name_or_path, revision=None):
     if not Path(name_or_path).expanduser().is_dir():
         for family in FAMILIES.values():
             if name_or_path in family.module.HUB_MODELS:
-                return family.module.checkpoint_dir(name_or_path, revision)
-    return gpt2.checkpoint_dir(name_or_path, revision)  # directories and Hub ids: the same in every file
+                return checkpoint.checkpoint_dir(name_or_path, revision, family.module.HUB_MODELS)
+    return checkpoint.checkpoint_dir(name_or_path, revision)  # directories and Hub ids: the same for all
 
 
 def read_architecture(raw):
@@ -475,8 +475,9 @@ def save_pretrained(model, directory, *, max_shard_size="5GB"):
     family = family_of(model.config)
     architecture = next(name for name, (model_type, head) in ARCHITECTURES.items()
                         if model_type == model.config.MODEL_TYPE and head is type(model))
-    config = family.module.hub_config(model) | {"architectures": [architecture]} | head_config(model)
-    family.module.save_pretrained(model, directory, max_shard_size=max_shard_size, config=config)
+    config = checkpoint.hub_config(model) | {"architectures": [architecture]} | head_config(model)
+    checkpoint.save_pretrained(model, directory, family.module.hub_state_dict, max_shard_size=max_shard_size,
+                               config=config)
 
 
 def head_config(model):

@@ -427,13 +427,15 @@ def cpu_int4_layout():
 # ----------------------------------------------------------------------------- quantizing while loading
 
 
-def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GROUP_SIZE):
+def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GROUP_SIZE, splits=None):
     """Give `model` (built on the meta device, with `state_dict` already checked against it) the checkpoint's
     tensors, every nn.Linear replaced by its quantized form. The state dict is consumed one tensor at a time:
     a weight is read, quantized and dropped before the next is read, so memory holds the quantized model plus
     one full-precision tensor. A linear layer whose weight is tied to an embedding (GPT-2's lm_head and wte)
     gets its own quantized copy; the embedding stays in `dtype`. NaN, inf, and values beyond `dtype` are
-    refused, found by the pass that reads each tensor anyway."""
+    refused, found by the pass that reads each tensor anyway. splits: {layer name: tp.Split} for the layers
+    that tensor parallel split by their inputs (tp.shard's): their partial results are summed before the
+    bias, and int8 scales are the whole row's."""
     check_scheme(scheme)
     device = torch.device(device)
     owner = {}  # parameter -> the first name it has in the state dict (a tied lm_head reads wte's tensor)
@@ -445,16 +447,16 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
         tied = key != f"{name}.weight"
         weight = state_dict[key] if tied else state_dict.pop(key)
         bias = state_dict.pop(f"{name}.bias", None)
-        reduce = getattr(linear, "reduce", None)  # tensor parallel, split by inputs (tp.RowwiseLinear)
-        whole = getattr(linear, "whole_in_features", weight.shape[1])
+        split = (splits or {}).get(name)  # tensor parallel, split by inputs
+        whole = split.in_features if split else weight.shape[1]
         if scheme == "int4" and whole % group_size == 0 and weight.shape[1] % group_size:
             raise ValueError(f"tensor parallel: {name}'s share of {weight.shape[1]} inputs is not a whole number "
                              f"of int4 groups of {group_size}, so it would not be the unsplit model's int4 "
                              "layer; use fewer processes or int8")
         bias = None if bias is None else to_dtype(bias, dtype, device, f"{name}.bias")
-        row_max = getattr(linear, "row_max", None)  # the same: int8 scales are the whole row's
-        layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size, key, row_max)
-        layer.reduce = reduce
+        layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size, key,
+                                 split.row_max if split else None)
+        layer.reduce = split.reduce if split else None
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
         if not tied:

@@ -27,6 +27,7 @@ seed every process samples the same tokens and they stay in step; rank 0 prints.
 import gc
 import os
 from datetime import timedelta
+from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -76,23 +77,32 @@ def finish():
 # ----------------------------------------------------------------------------- the layers
 
 
+def reduce(y):
+    """The all-reduce of a layer split by its inputs: y becomes the sum over all processes, the same on each."""
+    dist.all_reduce(y)  # in place
+
+
+def row_max(absmax):
+    """The max |w| of whole rows from each process's slices (quantize.py's int8 scales are per whole row)."""
+    dist.all_reduce(absmax, op=dist.ReduceOp.MAX)
+
+
 class RowwiseLinear(nn.Linear):
-    """An nn.Linear holding a slice of the input features: partial results summed over the processes.
-    Quantized (quantize.py), it becomes a quantized layer that calls the same `reduce` before its bias, and
-    int8 scales each row by its whole max |w| (row_max), as the unsplit layer does."""
-
-    @staticmethod
-    def reduce(y):
-        dist.all_reduce(y)  # in place, the sum over all processes, the same on each
-
-    @staticmethod
-    def row_max(absmax):
-        dist.all_reduce(absmax, op=dist.ReduceOp.MAX)  # quantize.py: the max |w| of whole rows, not slices
+    """An nn.Linear holding a slice of the input features: partial results summed over the processes."""
 
     def forward(self, x):
         y = F.linear(x, self.weight)  # (..., out): this process's share of the sum over the inputs
-        self.reduce(y)
+        reduce(y)
         return y if self.bias is None else y + self.bias  # the bias once, not once per process
+
+
+class Split(NamedTuple):
+    """Where tensor parallel meets quantize.py: what a layer split by its inputs (rowwise) needs when it is
+    quantized instead of kept as a RowwiseLinear. shard() returns one per such layer, and the loader hands
+    them to quantize.load_quantized."""
+    in_features: int  # the whole layer's inputs (int4 groups must not straddle the cut)
+    reduce: Callable  # sums the partial results over the processes, before the bias
+    row_max: Callable  # turns this slice's max |w| per row into the whole row's
 
 
 def check_heads(n_head):
@@ -104,19 +114,20 @@ def check_heads(n_head):
 
 
 def shard(model, plan, state_dict):
-    """Without torchrun, `state_dict` as it is. Under it: cut the layers that `plan` names in `model` (built
-    on the meta device) to this process's share, and return the checkpoint's tensors for it: the slices of
-    the split layers, the rest whole. From safetensors only those slices are read (CheckpointTensor)."""
+    """Without torchrun, (`state_dict` as it is, {}). Under it: cut the layers that `plan` names in `model`
+    (built on the meta device) to this process's share, and return the checkpoint's tensors for it (the
+    slices of the split layers, the rest whole) and a Split for each layer split by its inputs. From
+    safetensors only those slices are read (CheckpointTensor)."""
     if world_size() == 1:
-        return state_dict
-    out = {}
+        return state_dict, {}
+    out, splits = {}, {}
     for name, style in layers_to_split(model, plan).items():
         old = model.get_submodule(name)
         has_bias = old.bias is not None
         if style == "rowwise":  # the input features are split; the bias stays whole
             start, n = share(old.in_features)
             new = RowwiseLinear(n, old.out_features, bias=has_bias, device="meta")
-            new.whole_in_features = old.in_features  # (quantize.py: int4 groups must not straddle the cut)
+            splits[name] = Split(old.in_features, reduce, row_max)
             out[name + ".weight"] = take(state_dict.pop(name + ".weight"), 1, [(start, n)])
         else:  # the output features are split, and the bias with them
             blocks = 3 if style == "colwise_qkv" else 1  # [all q | all k | all v]: a share of each third
@@ -131,7 +142,7 @@ def shard(model, plan, state_dict):
         setattr(model.get_submodule(parent), child, new)
     for key, tensor in state_dict.items():  # replicated
         out[key] = tensor.read() if isinstance(tensor, CheckpointTensor) else tensor
-    return out
+    return out, splits
 
 
 def layers_to_split(model, plan):

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,14 +48,11 @@ from safetensors import SafetensorError
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bpe
-import gpt2
-import gpt_neo
-import gpt_neox
+import checkpoint
 import heads
 import tp
 
-ARCHS = {"gpt2": gpt2, "gpt_neo": gpt_neo, "gpt_neox": gpt_neox}  # config.json's model_type -> model file
-CONFIGS = {"gpt2": gpt2.GPT2Config, "gpt_neo": gpt_neo.GPTNeoConfig, "gpt_neox": gpt_neox.GPTNeoXConfig}
+ARCHS = list(checkpoint.MODEL_FILES)  # config.json's model_type: gpt2, gpt_neo, gpt_neox
 STATE = "train_state.pt"
 TOKENIZER_FILES = [name for names, _ in bpe.FORMATS for name in names]  # tokenizer.json, vocab.json, ...
 # The flags that belong to this invocation, not to the run (never saved), and those a resumed run may
@@ -148,7 +146,7 @@ def check_args(args, given):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
-    if not args.resume and ((out / STATE).exists() or (out / gpt2.COMMITTED).exists()):
+    if not args.resume and ((out / STATE).exists() or (out / checkpoint.COMMITTED).exists()):
         raise ValueError(f"--out {out} holds a run already: pass --resume to continue it, or another --out")
     entries = sorted(f.name for f in out.iterdir() if not f.name.startswith(".tmp-")) if out.is_dir() else []
     if not args.resume and entries:  # (.tmp-*: a first save that was killed, never whole)
@@ -188,10 +186,7 @@ def read_data(path):
 def model_type(directory):
     """config.json's model_type -> the model file that reads it."""
     path = Path(directory) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no config.json in {directory}")
-    config = gpt2.read_json(path)  # (the model files' reader: a malformed file is named)
-    kind = config.get("model_type") if isinstance(config, dict) else None
+    kind = checkpoint.read_json_object(path).get("model_type")
     if kind not in ARCHS:
         raise ValueError(f"{path}: model_type {kind!r} is not one of {', '.join(ARCHS)}")
     return kind
@@ -203,28 +198,28 @@ def new_config(args, tokenizer):
     d = dict(vocab_size=tokenizer.vocab_size, hidden_size=args.n_embd, num_hidden_layers=args.n_layer,
              num_attention_heads=args.n_head, max_position_embeddings=args.block_size,
              bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    d.update(dict.fromkeys(CONFIGS[args.arch].DROPOUT, args.dropout))  # each file's names for its rates
     if args.arch == "gpt_neo":  # global and local layers in turn, as in GPT-Neo-125M
         d["attention_types"] = [[["global", "local"], args.n_layer // 2]] + [[["global"], 1]] * (args.n_layer % 2)
         if args.window_size is not None:
             d["window_size"] = args.window_size
     if args.arch == "gpt_neox":
         d["intermediate_size"] = 4 * args.n_embd
-    return CONFIGS[args.arch].from_dict(d)
+    config = checkpoint.model_file(args.arch).read_config(d)
+    return replace(config, **dict.fromkeys(config.DROPOUT, args.dropout))  # each file's names for its rates
 
 
-def load_tokenizer(args, text, checkpoint):
+def load_tokenizer(args, text, directory):
     """(tokenizer, its files {name: bytes}) from the checkpoint (--resume, --init), --tokenizer, or trained
     on the text (--vocab-size). Each checkpoint carries these bytes: the tokenizer in the form it came in
     (a tokenizer.json copied as it is: vocab.json + merges.txt cannot hold NeoX's), and a file left in
     --out is never taken for it."""
-    source = checkpoint or args.tokenizer
+    source = directory or args.tokenizer
     if source is None:
         print(f"training a {args.vocab_size}-token BPE tokenizer on {args.data} ...", file=sys.stderr)
         tokenizer = bpe.train(text, args.vocab_size, special_tokens=["<|endoftext|>"])
-        with tempfile.TemporaryDirectory() as directory:
-            tokenizer.save(directory)  # bpe.py's writer: vocab.json + merges.txt
-            return tokenizer, {f.name: f.read_bytes() for f in sorted(Path(directory).iterdir())}
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save(tmp)  # bpe.py's writer: vocab.json + merges.txt
+            return tokenizer, {f.name: f.read_bytes() for f in sorted(Path(tmp).iterdir())}
     tokenizer, files = bpe.load(bpe.Tokenizer, source)  # and the files it was read from
     return tokenizer, {name: Path(path).read_bytes() for name, path in files.items()}
 
@@ -343,10 +338,10 @@ def sha256(path):
 def save(out, module, model, tokenizer_files, optimizer, step, rows, settings, previous):
     """A checkpoint, as one unit: the model in the Hub's layout, the tokenizer's files, the loss curve, and
     train_state.pt (the step, the optimizer state, the run's settings and the sha256 of every other file,
-    which --resume checks). gpt2.write_files writes them into a temporary directory inside --out and moves
+    which --resume checks). checkpoint.write_files writes them into a temporary directory inside --out and moves
     them into place only once all are written: a kill or a full disk leaves the previous checkpoint whole."""
     def write(directory):
-        module.save_pretrained(model, directory)
+        checkpoint.save_pretrained(model, directory, module.hub_state_dict, tokenizer=False)
         for name, data in tokenizer_files.items():
             (directory / name).write_bytes(data)
         write_rows(rows, directory / "loss.csv")
@@ -361,7 +356,7 @@ def save(out, module, model, tokenizer_files, optimizer, step, rows, settings, p
         if checkpoint_bytes(model, optimizer, tokenizer_files) > shutil.disk_usage(out).free:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         with interrupt_after():  # Ctrl-C during a save: the save finishes first
-            gpt2.write_files(out, write)  # (the model files' atomic writer: save_pretrained's)
+            checkpoint.write_files(out, write)  # (save_pretrained's atomic writer)
     except (OSError, RuntimeError, SafetensorError) as e:  # a disk error, and what torch makes of one
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().split("\n")[0]
         before = f"the checkpoint of step {previous} there is as it was" if previous else "no checkpoint is there"
@@ -423,10 +418,14 @@ def read_state(out):
 
 
 def recover(out):
-    """A save that was killed: finished if it had committed (its files are whole), else removed (the
-    previous checkpoint stands)."""
-    gpt2.finish_write(out)
-    for leftover in out.glob(".tmp-*"):
+    """--resume, in a directory that is a run of ours only (its train_state.pt, or a committed save with our
+    manifest): a save that was killed is finished if it had committed (its files are whole), and the
+    temporary directories of our saves are removed (the previous checkpoint stands). Nothing else in --out
+    is touched."""
+    if not ((out / STATE).is_file() or (out / checkpoint.COMMITTED).is_dir()):
+        raise FileNotFoundError(f"--resume: no {STATE} in {out}: it is not a train.py run")
+    checkpoint.finish_write(out)  # (refuses, touching nothing, a directory of that name that is not ours)
+    for leftover in out.glob(checkpoint.TEMPORARY + "*"):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -491,17 +490,17 @@ def train(args, given, device, state=None):
     if state and state["data_sha256"] != data_sha256:
         raise ValueError(f"--data {args.data} is not the text this run trained on (its sha256 differs from "
                          f"the one in {out / STATE})")
-    checkpoint = out if args.resume else heads.checkpoint_dir(args.init) if args.init else None
-    tokenizer, tokenizer_bytes = load_tokenizer(args, text, checkpoint)
-    if checkpoint is None:
-        module, config = ARCHS[args.arch], new_config(args, tokenizer)
+    source = out if args.resume else heads.checkpoint_dir(args.init) if args.init else None
+    tokenizer, tokenizer_bytes = load_tokenizer(args, text, source)
+    if source is None:
+        module, config = checkpoint.model_file(args.arch), new_config(args, tokenizer)
     else:
-        module = ARCHS[model_type(checkpoint)]
-        config = module.load_config(checkpoint)
+        module = checkpoint.model_file(model_type(source))
+        config = module.load_config(source)
     block_size = check_sizes(args, given, config, tokenizer)
     ids = torch.tensor(tokenizer.encode_ordinary(text), dtype=torch.long)
     train_data, val_data = split(ids, args.val_fraction, block_size)
-    if checkpoint is None:
+    if source is None:
         check_memory(args, config, device)
 
     start, rows = (state["step"], read_rows(out / "loss.csv", state["step"])) if state else (0, [])
@@ -512,12 +511,12 @@ def train(args, given, device, state=None):
     if start >= stop:
         raise ValueError(f"--stop-after {args.stop_after}: the run in {out} is at step {start} already")
 
-    if checkpoint is None:
+    if source is None:
         torch.manual_seed(args.seed)  # the same initial weights in every process
         model = module.from_config(config, device=device)
     else:
         # the whole model in every process (DDP), not a tensor-parallel share (tp.py)
-        model = module.from_pretrained(checkpoint, device=device, config=config, split=False)
+        model = module.from_pretrained(source, device=device, config=config, split=False)
     model.train()
     optimizer = make_optimizer(model, args, device)
     if state:
@@ -588,7 +587,7 @@ def train(args, given, device, state=None):
                 saved = done
             t0 = time.perf_counter()  # the eval's time is not training time
     if world > 1:
-        dist.barrier()  # every process leaves once rank 0's last checkpoint is written
+        dist.barrier()  # every process leaves once rank 0's last source is written
     return rows
 
 

@@ -11,6 +11,9 @@ import sys
 
 import pytest
 import torch
+
+import checkpoint
+import generation
 import transformers
 from conftest import ROOT, shared_tokenizer_dir
 from reference import assert_close, save_checkpoint
@@ -260,12 +263,12 @@ def test_bad_forward_inputs(loaded):
     with pytest.raises(ValueError, match=r"attention_mask must be \(B, past \+ T\)"):
         model(torch.tensor([[0, 1]]), torch.tensor([[1, 1, 1]]))
     with pytest.raises(ValueError, match="vocab_size=64"):
-        module.check_input_values(torch.tensor([[0, 64]]), None, model.config.vocab_size)
+        generation.check_input_values(torch.tensor([[0, 64]]), None, model.config.vocab_size)
     with pytest.raises(ValueError, match="vocab_size=64"):
-        module.check_input_values(torch.tensor([[-1, 3]]), None, model.config.vocab_size)
+        generation.check_input_values(torch.tensor([[-1, 3]]), None, model.config.vocab_size)
     with pytest.raises(ValueError, match="only 0"):
-        module.check_input_values(torch.tensor([[0, 1]]), torch.tensor([[1, 3]]), model.config.vocab_size)
-    module.check_input_values(torch.tensor([[0, 63]]), torch.tensor([[0, 1]]), model.config.vocab_size)
+        generation.check_input_values(torch.tensor([[0, 1]]), torch.tensor([[1, 3]]), model.config.vocab_size)
+    generation.check_input_values(torch.tensor([[0, 63]]), torch.tensor([[0, 1]]), model.config.vocab_size)
     with pytest.raises(IndexError):  # unchecked in forward: the embedding table itself refuses it
         model(torch.tensor([[0, 64]]))
     logits = model(torch.tensor([[5, 6, 0]]), torch.tensor([[1, 1, 0]]))  # right padding is fine in forward
@@ -485,9 +488,9 @@ def test_an_empty_prompt_needs_an_end_of_text_token(arch):
     from bpe import train
     module = importlib.import_module(arch)
     with_eos = train("abc abc", 256 + 2, special_tokens=["<|endoftext|>"])
-    assert module.encode_prompt(with_eos, "", 32, 4) == [with_eos.eos_token_id]
+    assert generation.encode_prompt(with_eos, "", 32, 4) == [with_eos.eos_token_id]
     with pytest.raises(ValueError, match="--prompt is empty and the tokenizer has no <|endoftext|>"):
-        module.encode_prompt(train("abc abc", 256 + 2), "", 32, 4)
+        generation.encode_prompt(train("abc abc", 256 + 2), "", 32, 4)
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -561,10 +564,10 @@ def test_the_speed_line_leaves_compiling_out(arch):
     after it; without --compile every token counts."""
     module = importlib.import_module(arch)
     times = [0.0, 0.5, 20.5, 20.6, 20.7, 20.8]                   # start, then 5 tokens
-    assert module.speed_line(times, compiled=False) == "[5 tokens in 20.80s: 0.2 tokens/s]"
-    line = module.speed_line(times, compiled=True)
+    assert generation.speed_line(times, compiled=False) == "[5 tokens in 20.80s: 0.2 tokens/s]"
+    line = generation.speed_line(times, compiled=True)
     assert line == "[5 tokens in 20.80s, of which 20.00s the first compiled step (compiling): 10.0 tokens/s after it]"
-    assert module.speed_line(times[:3], compiled=True) == "[2 tokens in 20.50s: 0.1 tokens/s]"
+    assert generation.speed_line(times[:3], compiled=True) == "[2 tokens in 20.50s: 0.1 tokens/s]"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -577,12 +580,12 @@ def test_the_offline_error_keeps_the_revision_and_names_the_shipped_model(arch, 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     module = importlib.import_module(arch)
     with pytest.raises(OSError) as error:
-        module.download("EleutherAI/pythia-70m", revision="step3000")
+        checkpoint.download("EleutherAI/pythia-70m", revision="step3000")
     message = str(error.value)
     assert "(hf download EleutherAI/pythia-70m --revision step3000)" in message
     assert "models/pydoc-gpt2, the GPT-2 shipped here, is such a directory and works offline" in message
     with pytest.raises(OSError, match=r"\(hf download EleutherAI/pythia-70m\)"):
-        module.download("EleutherAI/pythia-70m")
+        checkpoint.download("EleutherAI/pythia-70m")
 
 
 def test_the_readmes_first_command_samples_offline(tmp_path):

@@ -15,6 +15,9 @@ from pathlib import Path
 import pydoc_data.topics
 import pytest
 import torch
+
+import checkpoint
+import generation
 import transformers
 from conftest import ROOT, SHARED
 from safetensors.torch import load_file
@@ -306,7 +309,7 @@ def test_a_kill_leaves_a_whole_checkpoint(moment, whole_step, data, straight, tm
     code, _ = start_and_stop_at(moment, ["--data", data, *RUN, "--out", out], tmp_path / "marker")
     assert code == -signal.SIGKILL
     leftovers = {f.name for f in out.iterdir() if f.name.startswith(".tmp-")}
-    assert leftovers == ({gpt2.COMMITTED} if moment == "rename" else {next(iter(leftovers))})
+    assert leftovers == ({checkpoint.COMMITTED} if moment == "rename" else {next(iter(leftovers))})
     if moment != "rename":  # the previous checkpoint as it was
         state = torch.load(out / "train_state.pt", weights_only=True)
         assert state["step"] == 10
@@ -401,7 +404,7 @@ def test_out_with_a_killed_first_save(data, tmp_path):
     (tmp_path / ".tmp-x1y2/model.safetensors").write_bytes(b"half")
     run("--data", data, *RUN, "--out", tmp_path, "--max-steps", 1)
     out = tmp_path / "committed"
-    (out / gpt2.COMMITTED).mkdir(parents=True)
+    (out / checkpoint.COMMITTED).mkdir(parents=True)
     with pytest.raises(SystemExit) as e:
         run("--data", data, *RUN, "--out", out)
     assert "holds a run already: pass --resume" in str(e.value.code)
@@ -615,7 +618,7 @@ def test_offline_hint_names_no_other_commands_flag(data, tmp_path, monkeypatch):
         run("--data", data, "--out", tmp_path, "--init", "someone/some-model")
     assert "hf download someone/some-model)" in str(e.value.code) and "--model" not in str(e.value.code)
     with pytest.raises(OSError) as e:
-        gpt2.download("someone/some-model", revision="v1.0")
+        checkpoint.download("someone/some-model", revision="v1.0")
     assert "hf download someone/some-model --revision v1.0" in str(e.value)
 
 
