@@ -44,6 +44,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from attention import BACKENDS
+
 # ----------------------------------------------------------------------------- the model files
 
 
@@ -130,6 +132,19 @@ def config_from_dict(cls, d, aliases=None):
     config.quantization_config = d.get("quantization_config")  # (not a field: asdict leaves it out)
     check_field_types(config)
     return config
+
+
+def add_generic_names(cls, aliases):
+    """Give a model file's config class the generic names of its fields (transformers' attribute_map): the
+    shared modules read config.num_hidden_layers whatever the file calls it (GPT-2's n_layer)."""
+    cls.GENERIC_NAMES = dict(aliases)
+    for generic, ours in aliases.items():
+        setattr(cls, generic, property(lambda config, ours=ours: getattr(config, ours)))
+
+
+def own_name(config, generic):
+    """The model file's name for a generic field, as its config.json spells it (n_layer for GPT-2's)."""
+    return getattr(type(config), "GENERIC_NAMES", {}).get(generic, generic)
 
 
 def check_model_type(d, model_type):
@@ -241,6 +256,12 @@ def read_state_dict(directory, lazy=False):
     for shard in shards:
         state_dict.update(read_weights_file(directory / shard, lazy))
     return state_dict
+
+
+def weights_bytes(directory):
+    """The size of the checkpoint's weight files on disk (what the CLI sizes its threads by)."""
+    return sum(f.stat().st_size for f in Path(directory).iterdir()
+               if f.is_file() and (f.suffix in (".safetensors", ".bin")))
 
 
 def shard_names(index_path):
@@ -361,6 +382,14 @@ def optional(name):
         raise ValueError(f"this needs {name}.py: copy it from gpt-from-scratch beside the model file") from None
 
 
+def check_options(attn="sdpa", quantize=None):
+    """from_pretrained's choices, checked before anything is read."""
+    if attn not in BACKENDS:
+        raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
+    if quantize is not None:
+        optional("quantize").check_scheme(quantize)
+
+
 def load(directory, config, make_model, convert, *, device="cpu", dtype=None, quantize=None, tp_plan=None):
     """The checkpoint in `directory` as a model: make_model() builds it on the meta device (shapes, no
     memory), convert(state_dict, config) maps the Hub's names to its module names, and the file's tensors
@@ -368,8 +397,7 @@ def load(directory, config, make_model, convert, *, device="cpu", dtype=None, qu
     default, bfloat16 with `quantize` ("int8" | "int4": quantize.py quantizes every weight matrix as it is
     read) or for a checkpoint saved quantized (read as it is). tp_plan: under torchrun, each process takes
     its share of the layers the plan names (tp.py). Returns the model in eval() mode."""
-    if quantize is not None:
-        optional("quantize").check_scheme(quantize)
+    check_options(quantize=quantize)
     saved = config.quantization_config  # a checkpoint saved quantized: integers and scales (quantize.py)
     dtype = torch_dtype(dtype or (torch.bfloat16 if quantize or saved else None))
     check_device(device)
@@ -378,8 +406,8 @@ def load(directory, config, make_model, convert, *, device="cpu", dtype=None, qu
         tp.check_heads(config.num_attention_heads)  # known before any reading: a bad N fails at once
     state_dict = read_state_dict(directory, lazy=tp is not None and tp.world_size() > 1)
     if config.num_hidden_layers > len(state_dict):  # every layer has tensors: what we build is bounded by the file
-        raise ValueError(f"config.json says {config.num_hidden_layers} layers, but the checkpoint holds "
-                         f"only {len(state_dict)} tensors")
+        raise ValueError(f"config.json says {own_name(config, 'num_hidden_layers')}={config.num_hidden_layers}, "
+                         f"but the checkpoint holds only {len(state_dict)} tensors")
     with torch.device("meta"):
         model = make_model()
     state_dict = convert(state_dict, config)

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -269,6 +270,10 @@ def parse_args(arch, argv=None):
                    help="torch.compile the one-token decode step (compiling takes a while, once per run)")
     p.add_argument("--show", metavar="PNG", help="draw the prompt's attention maps (every layer and head) "
                    "into this file instead of sampling (visualize.py; needs matplotlib)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: chosen for the model "
+                   "and the machine: 1 for a small model, else the cores that are free now)")
+    p.add_argument("--save", metavar="DIR", help="load (and --quantize) the model, save it into this new "
+                   "directory with its tokenizer, and stop: `--model DIR` then loads it as it is")
     p.add_argument("--show-lens", metavar="PNG", help="draw the prompt's logit lens (the top next token "
                    "after each layer) into this file instead of sampling")
     return p.parse_args(argv)
@@ -308,6 +313,53 @@ def speed_line(times, compiled):
     return f"[{n} tokens in {seconds:.2f}s: {n / max(seconds, 1e-9):.1f} tokens/s]"
 
 
+def dtype_note(args, model):
+    """What the CLI chose that the user did not say: --quantize runs in bfloat16 unless --dtype says
+    otherwise, and that changes the numbers as much as the integers do."""
+    if args.quantize is None or args.dtype is not None:
+        return ""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return f" ({args.quantize} weights, {dtype} activations: --quantize's default; --dtype float32 for fp32)"
+
+
+def choose_threads(requested, weight_bytes):
+    """How many CPU threads to run on. A small model's matmuls are too small to split: one thread (two
+    would only wait on each other). A larger one: the cores this process may use that are free now. Each of
+    PyTorch's OpenMP threads spins at every barrier until the others arrive, so a thread on a core that
+    another job holds makes the whole step wait for it: 50x slower than one thread, measured
+    (bench/threads.py)."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--threads must be >= 1, got {requested}")
+        return requested
+    if os.environ.get("OMP_NUM_THREADS"):  # the user's own setting stands
+        return torch.get_num_threads()
+    if weight_bytes < SMALL_MODEL_BYTES:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, cores - round(busy_cores())))
+
+
+SMALL_MODEL_BYTES = 64 * 2**20  # below this, one thread (bench/threads.py)
+
+
+def busy_cores(seconds=0.1):
+    """How many cores other processes keep busy now: /proc/stat's busy time over `seconds`, while this
+    process sleeps. 0 where /proc/stat is not to be had (not Linux)."""
+    def ticks():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # all, and idle + iowait
+    try:
+        total, idle = ticks()
+        time.sleep(seconds)
+        total2, idle2 = ticks()
+    except (OSError, ValueError, IndexError):
+        return 0
+    cores = os.cpu_count() or 1
+    return cores * (1 - (idle2 - idle) / max(total2 - total, 1))
+
+
 def main(arch, argv=None):
     """Sample from a checkpoint of the model file `arch` (gpt2, gpt_neo or gpt_neox), as its --help says."""
     args = parse_args(arch, argv)
@@ -317,6 +369,7 @@ def main(arch, argv=None):
         bpe = checkpoint.optional("bpe")  # the tokenizer
         if tp:
             args.device = tp.init(args.device)  # join the other processes, one device each
+            tp.agree(vars(args))  # the same flags everywhere, or they would wait on each other
             if tp.rank() > 0:
                 sys.stdout = open(os.devnull, "w")  # rank 0 prints; every process samples the same tokens
         check_sampling(args.temperature, args.top_k, args.top_p)
@@ -328,14 +381,23 @@ def main(arch, argv=None):
             if tp:
                 raise ValueError("--show and --show-lens draw on one process: run them without torchrun")
             visualize.check_outputs(args.show, args.show_lens)  # before any work: file names, matplotlib
+        if args.save is not None and Path(args.save).exists() and (not Path(args.save).is_dir() or
+                                                                   any(Path(args.save).iterdir())):
+            raise ValueError(f"--save {args.save}: it exists and is not an empty directory (nothing there is "
+                             "overwritten); choose a new directory")
         directory = checkpoint.checkpoint_dir(args.model, args.revision, arch.HUB_MODELS, arch.OFFLINE_MODEL)
         config = arch.load_config(directory)  # read once: the prompt is checked against it before loading
+        torch.set_num_threads(choose_threads(args.threads, checkpoint.weights_bytes(directory)))
         tokenizer = bpe.Tokenizer.from_pretrained(directory)
         max_new_tokens = 0 if show else args.max_new_tokens
         prompt = encode_prompt(tokenizer, args.prompt, config.context_length, max_new_tokens)
         attn = "naive" if args.show else args.attn  # --show: the fused kernels never form the probabilities
         model = arch.from_pretrained(directory, device=args.device, dtype=args.dtype, attn=attn,
                                      quantize=args.quantize, config=config)
+        if args.save is not None:
+            arch.save_pretrained(model, args.save)
+            print(f"saved {args.save}" + (f" ({args.quantize})" if args.quantize else ""), file=sys.stderr)
+            return
         input_ids = torch.tensor([prompt], device=args.device)
         if show:
             check_input_values(input_ids, None, config.vocab_size)  # the tokenizer may know more ids
@@ -361,7 +423,7 @@ def main(arch, argv=None):
             print(stream.flush(), flush=True)
             midline = False
             if not tp or tp.rank() == 0:
-                print(speed_line(times, args.compile), file=sys.stderr)
+                print(speed_line(times, args.compile) + dtype_note(args, model), file=sys.stderr)
     except (ValueError, OSError, RuntimeError) as e:
         if midline:
             print(flush=True)

@@ -298,8 +298,7 @@ ACTIVATIONS.update(checkpoint.ACTIVATIONS)  # every activation function a config
 # The generic names of newer config.json files, which the shared modules read too: the same fields.
 ALIASES = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
            "max_position_embeddings": "n_positions"}
-for _generic, _ours in ALIASES.items():
-    setattr(GPT2Config, _generic, property(lambda config, ours=_ours: getattr(config, ours)))
+checkpoint.add_generic_names(GPT2Config, ALIASES)
 # Options the Hub config can switch on that this file does not implement: refuse rather than ignore.
 UNSUPPORTED = {"add_cross_attention": False}
 
@@ -375,8 +374,7 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     bfloat16 by default); config: the directory's GPT2Config if the caller has read it already. Under
     torchrun each process loads its share of a tensor-parallel model (tp.py); split=False loads the whole
     model in every process (data parallel: train.py)."""
-    if attn not in BACKENDS:
-        raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
+    checkpoint.check_options(attn, quantize)
     directory = checkpoint.checkpoint_dir(name_or_path, revision, HUB_MODELS, OFFLINE_MODEL)
     config = config or load_config(directory)
     return checkpoint.load(directory, config, partial(GPT2LMHeadModel, config, attn), convert_hub_state_dict,

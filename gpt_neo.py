@@ -312,8 +312,7 @@ ACTIVATIONS.update(checkpoint.ACTIVATIONS)  # every activation function a config
 
 # The generic names of some config.json files, which the shared modules read too: the same fields.
 ALIASES = {"num_hidden_layers": "num_layers", "num_attention_heads": "num_heads"}
-for _generic, _ours in ALIASES.items():
-    setattr(GPTNeoConfig, _generic, property(lambda config, ours=_ours: getattr(config, ours)))
+checkpoint.add_generic_names(GPTNeoConfig, ALIASES)
 
 
 def read_config(d):
@@ -392,8 +391,7 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     bfloat16 by default); config: the directory's GPTNeoConfig if the caller has read it already. Under
     torchrun each process loads its share of a tensor-parallel model (tp.py); split=False loads the whole
     model in every process (data parallel: train.py)."""
-    if attn not in BACKENDS:
-        raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
+    checkpoint.check_options(attn, quantize)
     directory = checkpoint.checkpoint_dir(name_or_path, revision, HUB_MODELS, OFFLINE_MODEL)
     config = config or load_config(directory)
     return checkpoint.load(directory, config, partial(GPTNeoForCausalLM, config, attn), convert_hub_state_dict,

@@ -441,8 +441,7 @@ def from_pretrained(name_or_path, *, revision=None, device="cpu", dtype=None, at
     bfloat16 by default); config: the directory's GPTNeoXConfig if the caller has read it already. Under
     torchrun each process loads its share of a tensor-parallel model (tp.py); split=False loads the whole
     model in every process (data parallel: train.py)."""
-    if attn not in BACKENDS:
-        raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(BACKENDS)}")
+    checkpoint.check_options(attn, quantize)
     directory = checkpoint.checkpoint_dir(name_or_path, revision, HUB_MODELS, OFFLINE_MODEL)
     config = config or load_config(directory)
     return checkpoint.load(directory, config, partial(GPTNeoXForCausalLM, config, attn), convert_hub_state_dict,

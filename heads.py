@@ -350,9 +350,8 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
     """
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    checkpoint.check_options(attn, quantize)
     directory = checkpoint_dir(name_or_path, revision)
-    if not (directory / "config.json").exists():
-        raise FileNotFoundError(f"no config.json in {directory}")
     raw = checkpoint.read_json_object(directory / "config.json")  # read once: the head's settings, then the config
     architecture, family, head = read_architecture(raw)
     new_head = head is None
@@ -378,8 +377,6 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
             state_dict = with_new_head(shapes, state_dict, family, directory, architecture, task)
         return state_dict
 
-    if attn not in family.module.BACKENDS:
-        raise ValueError(f"unknown attention backend {attn!r}; choose one of {', '.join(family.module.BACKENDS)}")
     return checkpoint.load(directory, config, partial(head, config, **options, backend=attn), convert,
                            device=device, dtype=dtype, quantize=quantize)
 

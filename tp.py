@@ -25,7 +25,11 @@ Every process computes the same logits (an all-reduce gives every process the sa
 seed every process samples the same tokens and they stay in step; rank 0 prints.
 """
 import gc
+import hashlib
+import json
 import os
+import socket
+import time
 from datetime import timedelta
 from typing import Callable, NamedTuple
 
@@ -37,22 +41,70 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------- the process group
 
 
+RENDEZVOUS_TIMEOUT = timedelta(seconds=30)  # joining: a peer that is not there (a launcher's environment
+# left behind, a process that died at start) is an error after this, not a hang
+
+
 def init(device="cpu", timeout=timedelta(minutes=10)):
     """Under torchrun (WORLD_SIZE > 1 in the environment): join the other processes and return this one's
     device (cuda:LOCAL_RANK for "cuda", one GPU per process). Otherwise nothing happens: `device` back.
-    gloo on CPU, nccl on CUDA. A collective that waits longer than `timeout` for a peer fails instead of
-    hanging (loading a large checkpoint comes before the first one: keep it generous)."""
+    gloo on CPU, nccl on CUDA. Joining waits RENDEZVOUS_TIMEOUT for the others; a collective that waits
+    longer than `timeout` for a peer fails instead of hanging (loading a large checkpoint comes before the
+    first one: keep it generous)."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or joined():
         return device
     if device.startswith("cuda"):
-        n_procs, n_gpus = int(os.environ["LOCAL_WORLD_SIZE"]), torch.cuda.device_count()
+        n_procs, n_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), torch.cuda.device_count()
         if n_procs > n_gpus:  # every process sees this, so rank 0 reports it
             raise ValueError(f"torchrun started {n_procs} processes on a machine with {n_gpus} CUDA devices: "
                              "tensor parallel needs one device per process")
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} asks for tensor parallel, but the launcher's "
+                         f"environment is incomplete ({e}): start with torchrun, or unset WORLD_SIZE") from None
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timeout)
+    # torchrun's agent holds the store (every process is its client); without the agent, rank 0 serves it
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    try:
+        if agent or rank > 0:
+            wait_for_store(host, port)  # (in Python: torch's client logs every failed try in C++ on stderr)
+        store = dist.TCPStore(host, port, world, is_master=rank == 0 and not agent, timeout=RENDEZVOUS_TIMEOUT)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", store=store, rank=rank,
+                                world_size=world, timeout=timeout)
+    except (RuntimeError, OSError) as e:  # DistStoreError, a port in use, a peer that never came
+        raise RuntimeError(f"could not join the other {world - 1} process(es) of WORLD_SIZE={world} at "
+                           f"{host}:{port} within {RENDEZVOUS_TIMEOUT.seconds} s ({str(e).splitlines()[0]}): "
+                           "start with torchrun, or unset WORLD_SIZE") from None
     return device
+
+
+def wait_for_store(host, port):
+    """Return once something listens at host:port; OSError after RENDEZVOUS_TIMEOUT."""
+    deadline = time.monotonic() + RENDEZVOUS_TIMEOUT.total_seconds()
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise OSError("nobody is listening") from None
+            time.sleep(0.1)
+
+
+def agree(settings):
+    """Every process of the job was started with the same settings (the same prompt, seed, model ...), or
+    a ValueError now on every process: processes that disagree would wait for each other at a collective
+    until its timeout."""
+    mine = json.dumps(settings, sort_keys=True, default=str)
+    everyone = [None] * world_size()
+    dist.all_gather_object(everyone, hashlib.sha256(mine.encode()).hexdigest())
+    if len(set(everyone)) > 1:
+        raise ValueError(f"the {world_size()} processes of this torchrun job were started with different "
+                         "flags or inputs: every process must get the same command line")
 
 
 def joined():

@@ -49,6 +49,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bpe
 import checkpoint
+import generation
 import heads
 import tp
 
@@ -57,7 +58,7 @@ STATE = "train_state.pt"
 TOKENIZER_FILES = [name for names, _ in bpe.FORMATS for name in names]  # tokenizer.json, vocab.json, ...
 # The flags that belong to this invocation, not to the run (never saved), and those a resumed run may
 # change (printed when they do); every other flag is the run's, fixed at its start.
-NOT_SAVED = {"out", "resume", "stop_after", "device"}
+NOT_SAVED = {"out", "resume", "stop_after", "device", "threads"}
 MAY_CHANGE = {"max_steps", "eval_every", "eval_batches", "log_every", "prompt", "sample_tokens", "dtype"}
 
 
@@ -101,6 +102,9 @@ def parse_args(argv=None):
     loop.add_argument("--sample-tokens", type=int, default=64, help="the length of the sample at each eval")
     loop.add_argument("--seed", type=int, default=1337, help="the weights, batches and dropout follow from it")
     loop.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, ...")
+    loop.add_argument("--threads", type=int, default=None,
+                      help="CPU threads per process (default: one per core; on a machine that another job shares, "
+                      "fewer: see docs/speed.md)")
     loop.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                       help="autocast dtype; auto: bfloat16 where the device supports it (CUDA), else float32")
     args = p.parse_args(argv)  # --help (with the defaults) and argparse's own errors happen here
@@ -602,7 +606,11 @@ def main(argv=None):
     try:
         # Under torchrun: one process per device, joined through gloo (CPU) or NCCL (GPU) by tp.py's init;
         # without it, rank 0 of 1.
+        if args.threads is not None:  # (by default torch's own: one per core, the same in every run, so that
+            torch.set_num_threads(generation.choose_threads(args.threads, 0))  # a resumed run's sums match)
         device, state = torch.device(tp.init(args.device)), None
+        if tp.world_size() > 1:
+            tp.agree(vars(args))  # the same flags everywhere, or they would wait on each other
         if args.resume:
             if tp.rank() == 0:  # (the process that saves)
                 recover(Path(args.out))

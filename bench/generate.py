@@ -47,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
+import generation  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -166,14 +168,14 @@ def prefill_runs(module, ours, ref, length, device, extra=None):
     ids = torch.randint(0, ref.config.vocab_size, (1, length), generator=g).to(device)
     if hasattr(module, "last_logits"):
         def run_ours():
-            return module.last_logits(ours, ids, None, ours.make_cache())
+            return generation.last_logits(ours, ids, None, ours.make_cache())
     else:  # not ported yet: the whole (B, T, V) logits
         def run_ours():
             return ours(ids, kv_cache=ours.make_cache())[:, -1]
     runs = {"ours": run_ours,
             "transformers": lambda: ref(ids, use_cache=True, logits_to_keep=1).logits[:, -1]}
     for name, (is_ours, model) in (extra or {}).items():
-        runs[name] = ((lambda m=model: module.last_logits(m, ids, None, m.make_cache())) if is_ours else
+        runs[name] = ((lambda m=model: generation.last_logits(m, ids, None, m.make_cache())) if is_ours else
                       (lambda m=model: m(ids, use_cache=True, logits_to_keep=1).logits[:, -1]))
     return runs
 

@@ -579,11 +579,14 @@ def test_the_offline_error_keeps_the_revision_and_names_the_shipped_model(arch, 
     monkeypatch.setattr(huggingface_hub, "model_info", offline)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     module = importlib.import_module(arch)
-    with pytest.raises(OSError) as error:
-        checkpoint.download("EleutherAI/pythia-70m", revision="step3000")
+    with pytest.raises(OSError) as error:  # through the model file: its own shipped model is named
+        module.from_pretrained("EleutherAI/pythia-70m", revision="step3000")
     message = str(error.value)
     assert "(hf download EleutherAI/pythia-70m --revision step3000)" in message
-    assert "models/pydoc-gpt2, the GPT-2 shipped here, is such a directory and works offline" in message
+    shipped = {"gpt2": "models/pydoc-gpt2", "gpt_neo": "models/pydoc-gpt-neo", "gpt_neox": "models/pydoc-gpt-neox"}
+    assert module.OFFLINE_MODEL == shipped[arch]
+    assert f"{shipped[arch]}, the model of this architecture shipped here, is such a directory and works " \
+        "offline" in message
     with pytest.raises(OSError, match=r"\(hf download EleutherAI/pythia-70m\)"):
         checkpoint.download("EleutherAI/pythia-70m")
 

@@ -346,3 +346,43 @@ def test_more_processes_than_gpus_is_refused_before_joining(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="torchrun started 2 processes on a machine with 1 CUDA devices"):
         tp.init("cuda")
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_processes_that_disagree_end_in_one_error_at_once(cli_checkpoint, tmp_path):
+    """Two processes of one job started with different prompts: an error after joining, not a wait at the
+    first collective until its 10-minute timeout."""
+    script = tmp_path / "differ.py"
+    script.write_text(f"import os, sys; sys.path.insert(0, {str(ROOT)!r}); import gpt2\n"
+                      f"gpt2.main(['--model', {str(cli_checkpoint)!r}, '--max-new-tokens', '4', "
+                      "'--prompt', 'Hello' if os.environ['RANK'] == '0' else 'world'])\n")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc-per-node={WORLD}", str(script)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert ours == [f"error: the {WORLD} processes of this torchrun job were started with different flags or "
+                    "inputs: every process must get the same command line"], result.stderr
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_launchers_environment_left_behind_is_an_error_not_a_hang(cli_checkpoint, rank):
+    """WORLD_SIZE=2 and the rest of torchrun's variables, but no torchrun and no peer: one error line once
+    the rendezvous times out (30 s; 2 s here), for the process that would serve the store and for one that
+    would connect to it."""
+    env = {"PATH": "/usr/bin:/bin", "WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank,
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import datetime, tp, gpt2; "
+            "tp.RENDEZVOUS_TIMEOUT = datetime.timedelta(seconds=2); "
+            f"gpt2.main(['--model', {str(cli_checkpoint)!r}, '--max-new-tokens', '4'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not join the other 1 process(es) of "
+                                                   "WORLD_SIZE=2"), result.stderr

@@ -71,7 +71,7 @@ def test_from_scratch_loss_goes_down(arch, data, tmp_path):
     assert float(rows[-1]["train_loss"]) < float(rows[1]["train_loss"]) - 0.3
     # the checkpoint is a Hub checkpoint of that architecture, with its tokenizer beside it
     assert train.model_type(tmp_path) == arch
-    model = train.ARCHS[arch].from_pretrained(tmp_path)
+    model = checkpoint.model_file(arch).from_pretrained(tmp_path)
     tokenizer = bpe.Tokenizer.from_pretrained(tmp_path)
     assert model.config.vocab_size == tokenizer.vocab_size == 300
     assert (tmp_path / "train_state.pt").exists()
@@ -568,7 +568,7 @@ def test_shipped_model_learned(name, arch, reference_class):
     held_out = ids[len(ids) - len(ids) // 10:]
     x = held_out[:len(held_out) // 128 * 128].view(-1, 128)
     with torch.no_grad():
-        loss = train.ARCHS[arch].from_pretrained(directory)(x, labels=x)[1].item()
+        loss = checkpoint.model_file(arch).from_pretrained(directory)(x, labels=x)[1].item()
         reference = reference_class.from_pretrained(directory).eval()(x, labels=x).loss.item()
     assert loss < 5.0
     assert abs(loss - reference) < 1e-4
