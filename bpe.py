@@ -704,16 +704,27 @@ def read_tokenizer_json(cls, path) -> Tokenizer:
     if not isinstance(entries, list) or not all(isinstance(t, dict) and isinstance(t.get("content"), str)
                                                 for t in entries):
         raise ValueError(f"{path}: added_tokens must be a list of objects with a \"content\" string")
+    next_id = len(vocab)  # the next new id, kept as we go: a max over all ids per token was quadratic
     for t in entries:
         content = t["content"]
         if content and content not in ids:
-            ids[content] = vocab.get(content, max([len(vocab), *(i + 1 for i in ids.values())]))
-            flags = {f: bool(t.get(f, False)) for f in AddedToken._fields[2:]}   # special, lstrip, ...
-            added.append(AddedToken(content, ids[content], **flags))
+            ids[content] = vocab.get(content, next_id)
+            next_id = max(next_id, ids[content] + 1)
+            added.append(AddedToken(content, ids[content], **added_token_flags(t, path)))
     # (ByteLevel's trim_offsets only changes character offsets, which this file does not compute.)
     return _build(cls, path, vocab, read_merges(model["merges"], f"{path}: model.merges"), added,
                   normalizer=normalizer, add_prefix_space=bool(pre.get("add_prefix_space", False)),
                   use_regex=bool(pre.get("use_regex", True)), ignore_merges=bool(model.get("ignore_merges")))
+
+
+def added_token_flags(entry: dict, path) -> dict[str, bool]:
+    """An added token's flags (special, lstrip, ...): JSON booleans, or absent (False); "no" is not False."""
+    flags = {f: entry.get(f, False) for f in AddedToken._fields[2:]}
+    for flag, value in flags.items():
+        if type(value) is not bool:
+            raise ValueError(f"{path}: added token {entry['content'][:40]!r}: {flag} must be true or false, "
+                             f"got {value!r}"[:300])
+    return flags
 
 
 def read_vocab_merges(cls, vocab_json, merges_txt) -> Tokenizer:

@@ -189,3 +189,40 @@ def test_a_quantized_gpt2_sequence_classifier_loads(scheme):
         assert_close(ours, plain(ids).logits, f"gpt2 heads {scheme} vs dequantized", tol=1e-3)
         if scheme == "int8":  # int4's error at this initializer_range is larger than a fixed bound says
             assert (ours - fp32(ids).logits).abs().max() < 0.05 * fp32(ids).logits.abs().max()
+
+# ----------------------------------------------------------------------------- tokenizer.json
+
+
+def bytes_tokenizer_json(path, added_tokens):
+    """A tokenizer.json of the 256 byte tokens, no merges, and `added_tokens`."""
+    import bpe
+    vocab = {bpe.BYTE_TO_CHAR[b]: b for b in range(256)}
+    path.write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": []},
+                                "pre_tokenizer": {"type": "ByteLevel"}, "added_tokens": added_tokens}))
+    return path
+
+
+@pytest.mark.parametrize("flag", ["lstrip", "rstrip", "normalized", "single_word", "special"])
+@pytest.mark.parametrize("value", ["no", 0, 1, None])
+def test_added_token_flags_that_are_not_booleans_are_named(flag, value, tmp_path):
+    """"lstrip": "no" was read as True."""
+    import bpe
+    entry = {"id": 256, "content": "<x>", "special": True, flag: value}
+    path = bytes_tokenizer_json(tmp_path / "tokenizer.json", [entry])
+    with pytest.raises(ValueError, match=f"{path}: added token '<x>': {flag} must be true or false, got"):
+        bpe.Tokenizer.from_tokenizer_json(path)
+
+
+def test_a_hundred_thousand_added_tokens_load_in_linear_work(tmp_path):
+    """A max over every id for each added token made loading quadratic: 100,000 took more than 300 s (5e9 steps;
+    this test would not finish). Now one pass; the ids are HF's (after the vocab, in order, a token already in
+    the vocab keeps its id) and encoding finds them. bench/added_tokens.py times it."""
+    import bpe
+    n = 100_000
+    entries = [{"id": 0, "content": f"<extra_{i}>", "special": False, "normalized": False} for i in range(n)]
+    entries.insert(5, {"id": 0, "content": "a", "special": False, "normalized": False})  # the vocab's own id
+    path = bytes_tokenizer_json(tmp_path / "tokenizer.json", entries)
+    tok = bpe.Tokenizer.from_tokenizer_json(path)
+    assert tok.vocab_size == 256 + n
+    assert [(t.content, t.id) for t in tok.added_tokens[4:7]] == [("<extra_4>", 260), ("a", 97), ("<extra_5>", 261)]
+    assert tok.encode("x<extra_99999>y<extra_7>") == [ord("x"), 256 + 99_999, ord("y"), 256 + 7]
