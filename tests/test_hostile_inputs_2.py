@@ -226,3 +226,50 @@ def test_a_hundred_thousand_added_tokens_load_in_linear_work(tmp_path):
     assert tok.vocab_size == 256 + n
     assert [(t.content, t.id) for t in tok.added_tokens[4:7]] == [("<extra_4>", 260), ("a", 97), ("<extra_5>", 261)]
     assert tok.encode("x<extra_99999>y<extra_7>") == [ord("x"), 256 + 99_999, ord("y"), 256 + 7]
+
+# ----------------------------------------------------------------------------- pictures
+
+
+@pytest.mark.parametrize("lens", ["a.png", "./a.png", "sub/../a.png"])
+def test_two_pictures_on_one_path_are_refused(lens, tmp_path, monkeypatch):
+    """--show a.png --show-lens a.png printed "wrote a.png a.png" and the file held only the lens."""
+    pytest.importorskip("matplotlib")
+    import visualize
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match="are the same file"):
+        visualize.check_outputs("a.png", lens)
+    visualize.check_outputs("a.png", "b.png")  # two files: fine
+
+
+@pytest.mark.parametrize("draw", ["attention", "lens"])
+def test_a_picture_failing_midway_leaves_the_old_one_whole(draw, tmp_path, monkeypatch):
+    """--show existing.png on a full disk truncated the existing picture: now it is written beside and renamed
+    over it, and a failure midway (here savefig raising after writing some bytes) leaves the old file and no
+    temporary one."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+
+    import visualize
+    path = tmp_path / "existing.png"
+    path.write_bytes(b"the old picture")
+
+    def full_disk(self, f, **kwargs):
+        f.write(b"\x89PNG half a picture")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+
+    class Bytes:
+        def decode_bytes(self, ids):
+            return bytes(ids)
+    with pytest.raises(OSError, match="No space left"):
+        if draw == "attention":
+            visualize.draw_attention([torch.rand(2, 3, 3).softmax(-1)], ["a", "b", "c"], path)
+        else:
+            visualize.draw_lens(torch.randn(2, 3, 100), [97, 98, 99], Bytes(), path)
+    assert path.read_bytes() == b"the old picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.png"]
+    monkeypatch.undo()  # and without the failure the picture replaces it whole
+    visualize.draw_attention([torch.rand(2, 3, 3).softmax(-1)], ["a", "b", "c"], path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_mode & 0o044  # others may read it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.png"]
