@@ -4,7 +4,9 @@ load in 300 s, a max over every id for each added token), then encoding a short 
     python bench/added_tokens.py                 # 1,000 / 10,000 / 100,000 added tokens on GPT-NeoX-20B's file
     python bench/added_tokens.py --counts 200000
 
-Loading should grow linearly with the count: each row is ~10x the one before at most.
+Both should grow linearly with the count (each row ~10x the one before at most); the first encode builds the
+pattern that finds the added tokens in text (bpe._longest_first_pattern, a trie). On this project's 2-core
+test machine, 100,000: load 0.5 s, first encode 1.3 s (before issue 28: not loaded in 300 s).
 """
 import argparse
 import json

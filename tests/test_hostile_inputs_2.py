@@ -3,12 +3,15 @@ mistyped tokenizer.json files, and pictures written over each other or over a fu
 a specific exception naming the file or key, or handled; never a traceback from inside, a hang or a silent
 wrong answer."""
 import json
+import re
 import tempfile
 
 import pytest
 import torch
 import torch.nn as nn
 import transformers
+from hypothesis import given
+from hypothesis import strategies as st
 from reference import assert_close, save_checkpoint
 from safetensors.torch import load_file, save_file
 
@@ -226,6 +229,23 @@ def test_a_hundred_thousand_added_tokens_load_in_linear_work(tmp_path):
     assert tok.vocab_size == 256 + n
     assert [(t.content, t.id) for t in tok.added_tokens[4:7]] == [("<extra_4>", 260), ("a", 97), ("<extra_5>", 261)]
     assert tok.encode("x<extra_99999>y<extra_7>") == [ord("x"), 256 + 99_999, ord("y"), 256 + 7]
+
+@given(contents=st.lists(st.text("ab< >", min_size=1, max_size=6), min_size=1, max_size=12),
+       text=st.text("ab< >x", max_size=40))
+def test_the_added_tokens_trie_matches_as_the_longest_first_alternation(contents, text):
+    """The trie that makes matching 100,000 added tokens fast finds what the plain alternation, longest first,
+    finds (leftmost, then longest); tokens prefixes of each other too deep for a trie fall back to it."""
+    import bpe
+    plain = re.compile("|".join(map(re.escape, sorted(set(contents), key=len, reverse=True))))
+    trie = bpe._longest_first_pattern(contents)
+    assert [m.span() for m in trie.finditer(text)] == [m.span() for m in plain.finditer(text)]
+
+
+def test_added_tokens_nested_too_deep_for_a_trie_still_match():
+    import bpe
+    pattern = bpe._longest_first_pattern(["a" * i for i in range(1, 2000)])
+    assert [m.group() for m in pattern.finditer("b" + "a" * 2500)] == ["a" * 1999, "a" * 501]
+
 
 # ----------------------------------------------------------------------------- pictures
 
