@@ -660,10 +660,11 @@ MAX_TARGETS_STEPS = 10**6  # the worst case of all the patterns on one name
 
 
 def pattern_cost(items, n):
-    """An upper bound on the ways a backtracking matcher can try `items` (re._parser's parse of a pattern) on a
-    name of n characters: a sequence multiplies its items', a branch adds its alternatives', a repetition of a
-    single-path item takes up to n + 1 lengths. A repeated item with choices of its own (nested quantifiers,
-    alternation under a *): the exponential case, refused (None); backreferences and conditionals too."""
+    """An upper bound on the ways a backtracking matcher can try `items` (re._parser's parse of a pattern)
+    on a name of n characters: a sequence multiplies its items', a branch adds its alternatives', a
+    repetition of a single-path item takes up to n + 1 lengths. A repeated item with choices of its own
+    (nested quantifiers, alternation under a *): the exponential case, refused (None); backreferences and
+    conditionals too."""
     from re import _constants as c  # (the parser's names; Python 3.11+)
     total = 1
     for op, av in items:
@@ -697,7 +698,8 @@ def compile_targets(targets, names):
             cost = pattern_cost(_parser.parse(target[3:]), n) if len(target) <= MAX_PATTERN else None
             compiled[target] = re.compile(target[3:])
         except re.error as e:
-            raise ValueError(f"quantization_config: target {target[:80]!r} is not a valid pattern ({e})") from None
+            raise ValueError(f"quantization_config: target {target[:80]!r} is not a valid pattern ({e})") \
+                from None
         if cost is None or cost > MAX_MATCH_STEPS:
             raise ValueError(f"quantization_config: target {target[:80]!r} is too complex a pattern to match "
                              "safely (nested or alternated repetition, or too long); name the layers instead")
@@ -716,12 +718,12 @@ def scheme_of(schemes, patterns, name):
 
 
 def check_scales(scales, key):
-    """A scale is max|w| / 127 (or / 7.5): never negative, and zero only for a row or group of zeros. A negative
-    or all-zero scale would sample from a broken model without a word: refused."""
+    """A scale is max|w| / 127 (or / 7.5): never negative, and zero only for a row or group of zeros. A
+    negative or all-zero scale would sample from a broken model without a word: refused."""
     low, high = torch.aminmax(scales)
     if low < 0 or high == 0:
-        raise ValueError(f"{key}: scales must be positive (a zero only where the weights are), the file holds "
-                         f"{'negative' if low < 0 else 'only zero'} ones")
+        raise ValueError(f"{key}: scales must be positive (a zero only where the weights are), the file "
+                         f"holds {'negative' if low < 0 else 'only zero'} ones")
 
 
 def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):

@@ -152,8 +152,9 @@ def draw_lens(lens_logits, ids, tokenizer, path, title=""):
 
 
 def save_atomically(fig, path):
-    """fig as a PNG at `path`, all or nothing: written to a temporary file beside it, flushed to the disk, then
-    renamed over it, so that a full disk or an error midway leaves the old picture whole (and no temporary)."""
+    """fig as a PNG at `path`, all or nothing: written to a temporary file beside it, flushed to the disk,
+    then renamed over it, so that a full disk or an error midway leaves the old picture whole (and no
+    temporary)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

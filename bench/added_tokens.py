@@ -1,7 +1,7 @@
-"""Benchmark: loading a tokenizer.json with many added tokens (issue 28: 20,000 took 17.7 s and 100,000 did not
-load in 300 s, a max over every id for each added token), then encoding a short text with them.
+"""Benchmark: loading a tokenizer.json with many added tokens (issue 28: 20,000 took 17.7 s and 100,000 did
+not load in 300 s, a max over every id for each added token), then encoding a short text with them.
 
-    python bench/added_tokens.py                 # 1,000 / 10,000 / 100,000 added tokens on GPT-NeoX-20B's file
+    python bench/added_tokens.py             # 1,000 / 10,000 / 100,000 added tokens on GPT-NeoX-20B's file
     python bench/added_tokens.py --counts 200000
 
 Both should grow linearly with the count (each row ~10x the one before at most); the first encode builds the
@@ -23,7 +23,8 @@ NEOX_DIR = ROOT.parent / "shared" / "tokenizers" / "gpt-neox-20b"
 
 
 def with_added_tokens(source: Path, n: int, directory: Path) -> Path:
-    """GPT-NeoX-20B's tokenizer.json with n more added tokens ("<extra_0>", ..., not special, as a user adds them)."""
+    """GPT-NeoX-20B's tokenizer.json with n more added tokens ("<extra_0>", ..., not special, as a user adds
+    them)."""
     config = json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
     start = max(len(config["model"]["vocab"]), *(t["id"] + 1 for t in config["added_tokens"]))
     config["added_tokens"] += [{"id": start + i, "content": f"<extra_{i}>", "special": False,

@@ -77,8 +77,8 @@ def group_0(saved, **changes):
     ("bad_regex", "target 're:(unclosed' is not a valid pattern"),
 ])
 def test_a_mistyped_quantization_config_is_named(change, message, saved_int4, tmp_path):
-    """Each gave an AttributeError or re.error from inside, or (group_size 32.0) loaded and failed at the first
-    forward."""
+    """Each gave an AttributeError or re.error from inside, or (group_size 32.0) loaded and failed at the
+    first forward."""
     quantization = {
         "string": "compressed-tensors",
         "groups_list": dict(saved_int4[1]["quantization_config"], config_groups=[{"targets": []}]),
@@ -87,8 +87,7 @@ def test_a_mistyped_quantization_config_is_named(change, message, saved_int4, tm
         "group_size_float": group_0(saved_int4, **{"weights.group_size": 32.0}),
         "num_bits_float": group_0(saved_int4, **{"weights.num_bits": 4.0}),
         "num_bits_bool": group_0(saved_int4, **{"weights.num_bits": True}),
-        "bad_regex": group_0(saved_int4, targets=saved_int4[1]["quantization_config"]["config_groups"]["group_0"]
-                             ["targets"] + ["re:(unclosed"]),
+        "bad_regex": group_0(saved_int4, targets=["re:(unclosed"]),
     }[change]
     directory = write_damaged(saved_int4, tmp_path / "damaged", quantization)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -114,12 +113,14 @@ def test_a_bounded_pattern_still_matches(saved_int4, tmp_path):
     directory = write_damaged(saved_int4, tmp_path / "patterns", quantization)
     ids = torch.randint(0, 83, (2, 7))
     with torch.no_grad():
-        assert torch.equal(gpt_neox.from_pretrained(directory)(ids), gpt_neox.from_pretrained(saved_int4[0])(ids))
+        expected = gpt_neox.from_pretrained(saved_int4[0])(ids)
+        assert torch.equal(gpt_neox.from_pretrained(directory)(ids), expected)
 
 
 @pytest.mark.parametrize("damage", ["negative", "zero", "nan", "inf"])
 def test_broken_scales_are_refused_by_name(damage, saved_int4, tmp_path):
-    """Negative or all-zero scales loaded and sampled without a word; NaN and inf are refused as weights are."""
+    """Negative or all-zero scales loaded and sampled without a word; NaN and inf are refused as weights
+    are."""
     tensors = dict(saved_int4[2])
     key = "gpt_neox.layers.1.mlp.dense_h_to_4h.weight_scale"
     scale = tensors[key].clone()
@@ -168,8 +169,8 @@ def test_transformers_refuses_a_quantized_gpt2_it_would_load_wrong(scheme, tmp_p
 
 @pytest.mark.parametrize("scheme", quantize.SCHEMES)
 def test_a_quantized_gpt2_sequence_classifier_loads(scheme):
-    """heads.from_pretrained(task=..., quantize=) on GPT-2 (issue 28 saw a TypeError from dequantize_int8): its
-    logits equal those of the same model with dequantized weights, and int8's are near the fp32 ones."""
+    """heads.from_pretrained(task=..., quantize=) on GPT-2 (issue 28 saw a TypeError from dequantize_int8):
+    its logits equal those of the same model with dequantized weights, and int8's are near the fp32 ones."""
     import heads
     from test_quantize import dequantized
     torch.manual_seed(0)
@@ -217,9 +218,9 @@ def test_added_token_flags_that_are_not_booleans_are_named(flag, value, tmp_path
 
 
 def test_a_hundred_thousand_added_tokens_load_in_linear_work(tmp_path):
-    """A max over every id for each added token made loading quadratic: 100,000 took more than 300 s (5e9 steps;
-    this test would not finish). Now one pass; the ids are HF's (after the vocab, in order, a token already in
-    the vocab keeps its id) and encoding finds them. bench/added_tokens.py times it."""
+    """A max over every id for each added token made loading quadratic: 100,000 took more than 300 s (5e9
+    steps; this test would not finish). Now one pass; the ids are HF's (after the vocab, in order, a token
+    already in the vocab keeps its id) and encoding finds them. bench/added_tokens.py times it."""
     import bpe
     n = 100_000
     entries = [{"id": 0, "content": f"<extra_{i}>", "special": False, "normalized": False} for i in range(n)]
@@ -227,7 +228,8 @@ def test_a_hundred_thousand_added_tokens_load_in_linear_work(tmp_path):
     path = bytes_tokenizer_json(tmp_path / "tokenizer.json", entries)
     tok = bpe.Tokenizer.from_tokenizer_json(path)
     assert tok.vocab_size == 256 + n
-    assert [(t.content, t.id) for t in tok.added_tokens[4:7]] == [("<extra_4>", 260), ("a", 97), ("<extra_5>", 261)]
+    assert [(t.content, t.id) for t in tok.added_tokens[4:7]] == [
+        ("<extra_4>", 260), ("a", 97), ("<extra_5>", 261)]
     assert tok.encode("x<extra_99999>y<extra_7>") == [ord("x"), 256 + 99_999, ord("y"), 256 + 7]
 
 @given(contents=st.lists(st.text("ab< >", min_size=1, max_size=6), min_size=1, max_size=12),
