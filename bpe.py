@@ -272,9 +272,40 @@ class AddedToken(NamedTuple):
 
 
 def _longest_first_pattern(contents) -> re.Pattern | None:
-    """One regex matching any of `contents`; alternatives longest first give leftmost-longest matches."""
-    contents = sorted(set(contents), key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, contents))) if contents else None
+    """One regex matching any of `contents`, the longest at each position: a trie, so that matching at a
+    position walks one path of it ("<a>", "<ab>" -> "<a(?:b)?>": greedy, the longer first). The plain
+    alternation, longest first, tries every token at every position: 100,000 added tokens made it slow."""
+    contents = set(contents)
+    if not contents:
+        return None
+    trie = {}
+    for content in contents:
+        node = trie
+        for char in content:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a token ends here
+    try:
+        return re.compile(_trie_regex(trie))
+    except RecursionError:  # tokens prefixes of each other hundreds deep: the plain alternation, slower
+        return re.compile("|".join(map(re.escape, sorted(contents, key=len, reverse=True))))
+
+
+def _trie_regex(node) -> str:
+    """The regex of a trie node {char: child} ("" marks a token's end): one alternative per next character,
+    a run with no branch written as one string, the whole optional where a token ends here."""
+    alternatives = []
+    for char, child in sorted(node.items()):
+        if not char:
+            continue
+        run = re.escape(char)
+        while len(child) == 1 and "" not in child:  # one way on: a literal run
+            (char, child), = child.items()
+            run += re.escape(char)
+        alternatives.append(run if list(child) == [""] else run + _trie_regex(child))
+    if not alternatives:
+        return ""
+    group = "(?:" + "|".join(alternatives) + ")"
+    return group + "?" if "" in node else group
 
 
 # The word cache maps a word (" world") to its ids. Text follows Zipf's law: a few thousand words make up
@@ -704,16 +735,27 @@ def read_tokenizer_json(cls, path) -> Tokenizer:
     if not isinstance(entries, list) or not all(isinstance(t, dict) and isinstance(t.get("content"), str)
                                                 for t in entries):
         raise ValueError(f"{path}: added_tokens must be a list of objects with a \"content\" string")
+    next_id = len(vocab)  # the next new id, kept as we go: a max over all ids per token was quadratic
     for t in entries:
         content = t["content"]
         if content and content not in ids:
-            ids[content] = vocab.get(content, max([len(vocab), *(i + 1 for i in ids.values())]))
-            flags = {f: bool(t.get(f, False)) for f in AddedToken._fields[2:]}   # special, lstrip, ...
-            added.append(AddedToken(content, ids[content], **flags))
+            ids[content] = vocab.get(content, next_id)
+            next_id = max(next_id, ids[content] + 1)
+            added.append(AddedToken(content, ids[content], **added_token_flags(t, path)))
     # (ByteLevel's trim_offsets only changes character offsets, which this file does not compute.)
     return _build(cls, path, vocab, read_merges(model["merges"], f"{path}: model.merges"), added,
                   normalizer=normalizer, add_prefix_space=bool(pre.get("add_prefix_space", False)),
                   use_regex=bool(pre.get("use_regex", True)), ignore_merges=bool(model.get("ignore_merges")))
+
+
+def added_token_flags(entry: dict, path) -> dict[str, bool]:
+    """An added token's flags (special, lstrip, ...): JSON booleans, or absent (False); "no" is not False."""
+    flags = {f: entry.get(f, False) for f in AddedToken._fields[2:]}
+    for flag, value in flags.items():
+        if type(value) is not bool:
+            raise ValueError(f"{path}: added token {entry['content'][:40]!r}: {flag} must be true or false, "
+                             f"got {value!r}"[:300])
+    return flags
 
 
 def read_vocab_merges(cls, vocab_json, merges_txt) -> Tokenizer:

@@ -572,8 +572,19 @@ def quantized_tensors(model):
 
 
 def quantized_config(model, config):
-    """config.json of a saved quantized model: its quantization_config, and an untied LM head."""
-    return dict(config, tie_word_embeddings=False, quantization_config=model.quantization_config)
+    """config.json of a saved quantized model: its quantization_config, and an untied LM head. GPT-2's Hub
+    layers are Conv1D (weights transposed), which compressed-tensors does not quantize: transformers would
+    load them silently wrong, so each group carries a field that compressed-tensors refuses (transformers then
+    refuses the checkpoint, naming it) and that this file's reader ignores."""
+    quantization = model.quantization_config
+    if config.get("model_type") == "gpt2":
+        groups = {name: dict(group, **CONV1D_MARK) for name, group in quantization["config_groups"].items()}
+        quantization = dict(quantization, config_groups=groups)
+    return dict(config, tie_word_embeddings=False, quantization_config=quantization)
+
+
+# GPT-2's marker: compressed-tensors' schemes forbid fields they do not know, so transformers stops on it.
+CONV1D_MARK = {"conv1d_layers_saved_as_linear_not_loadable_by_compressed_tensors": True}
 
 
 def save_quantized(model, directory, max_shard_size):
@@ -582,10 +593,8 @@ def save_quantized(model, directory, max_shard_size):
     huggingface_hub writes them. (Its writer takes every tensor at once: here a shard is written and freed
     before the next is made.)"""
     from safetensors.torch import save_file
-    limit = max_shard_size
-    if isinstance(limit, str):  # "5GB", "500MB"
-        units = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
-        limit = int(float(limit[:-2]) * units[limit[-2:].upper()])
+    from huggingface_hub.serialization._base import parse_size_to_int  # the plain save's parser ("5TB" too)
+    limit = parse_size_to_int(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
     directory, shards, current, size, total = Path(directory), [], {}, 0, 0
 
     def flush():
@@ -614,35 +623,109 @@ def save_quantized(model, directory, max_shard_size):
 def saved_schemes(config):
     """{layer name: (bits, group_size)} from a config.json's "quantization_config"; anything this file does not
     read is refused, naming the field."""
-    if not (isinstance(config, dict) and config.get("quant_method") == "compressed-tensors"
-            and config.get("format") == "pack-quantized"):
+    if not isinstance(config, dict):
+        raise ValueError(f"config.json: quantization_config must be an object, not {type(config).__name__}")
+    if config.get("quant_method") != "compressed-tensors" or config.get("format") != "pack-quantized":
         raise ValueError('quantization_config: only compressed-tensors\' "pack-quantized" format is read '
                          f'(quant_method {config.get("quant_method")!r}, format {config.get("format")!r})')
-    schemes = {}
     groups = config.get("config_groups")
-    for group_name, group in (groups.items() if isinstance(groups, dict) else ()):
-        weights, targets = group.get("weights") or {}, group.get("targets")
-        bits, group_size = weights.get("num_bits"), weights.get("group_size")
-        int8 = bits == 8 and weights.get("strategy") == "channel" and weights.get("symmetric") is True
-        int4 = (bits == 4 and weights.get("strategy") == "group" and weights.get("symmetric") is True
-                and group_size in GROUP_SIZES)
-        if not (int8 or int4) or weights.get("type") != "int" or group.get("input_activations") or \
-                not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-            raise ValueError(f"quantization_config.config_groups.{group_name}: only int8 per channel (symmetric)"
-                             f" and int4 per group of {GROUP_SIZES} (symmetric) weights, with layer names as"
-                             " targets, are read")
-        schemes.update({t: (bits, group_size) for t in targets})
-    if not schemes:
-        raise ValueError("quantization_config has no config_groups")
+    if not isinstance(groups, dict) or not groups:
+        raise ValueError("quantization_config.config_groups must be a non-empty object")
+    schemes = {}
+    for group_name, group in groups.items():
+        schemes.update(dict.fromkeys(*group_scheme(f"quantization_config.config_groups.{group_name}", group)))
     return schemes
 
 
-def scheme_of(schemes, name):
+def group_scheme(where, group):
+    """(targets, (bits, group_size)) of one config group, every field type-checked (32.0 is not 32)."""
+    if not isinstance(group, dict) or not isinstance(group.get("weights"), dict):
+        raise ValueError(f"{where}: must be an object with a \"weights\" object")
+    weights, targets = group["weights"], group.get("targets")
+    bits, group_size = weights.get("num_bits"), weights.get("group_size")
+    whole = type(bits) is int and (group_size is None or type(group_size) is int)  # bool and float refused
+    int8 = whole and bits == 8 and weights.get("strategy") == "channel" and weights.get("symmetric") is True
+    int4 = (whole and bits == 4 and weights.get("strategy") == "group" and weights.get("symmetric") is True
+            and group_size in GROUP_SIZES)
+    if not (int8 or int4) or weights.get("type") != "int" or group.get("input_activations") or \
+            not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise ValueError(f"{where}: only int8 per channel (symmetric) and int4 per group of {GROUP_SIZES} "
+                         "(symmetric) weights, with layer names as targets, are read")
+    return targets, (bits, group_size)
+
+
+# A "re:" target comes from a file: Python's backtracking matcher takes exponential time on a pattern like
+# (.|.)*X, so a pattern is read only if its worst case, bounded from its structure, is small (pattern_cost).
+MAX_PATTERN = 500  # characters
+MAX_MATCH_STEPS = 10**5  # the worst case of one pattern on one layer name
+MAX_TARGETS_STEPS = 10**6  # the worst case of all the patterns on one name
+
+
+def pattern_cost(items, n):
+    """An upper bound on the ways a backtracking matcher can try `items` (re._parser's parse of a pattern)
+    on a name of n characters: a sequence multiplies its items', a branch adds its alternatives', a
+    repetition of a single-path item takes up to n + 1 lengths. A repeated item with choices of its own
+    (nested quantifiers, alternation under a *): the exponential case, refused (None); backreferences and
+    conditionals too."""
+    from re import _constants as c  # (the parser's names; Python 3.11+)
+    total = 1
+    for op, av in items:
+        if op in (c.LITERAL, c.NOT_LITERAL, c.ANY, c.IN, c.AT, c.CATEGORY):
+            cost = 1
+        elif op is c.SUBPATTERN:
+            cost = pattern_cost(av[-1], n)
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            cost = pattern_cost(av[1], n)
+        elif op is c.BRANCH:
+            costs = [pattern_cost(alt, n) for alt in av[1]]
+            cost = None if None in costs else sum(costs)
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+            body = pattern_cost(av[2], n)
+            cost = None if body != 1 else min(av[1], n) + 1
+        else:  # backreferences, conditionals, atomic groups: not needed for layer names
+            return None
+        if cost is None:
+            return None
+        total *= cost
+    return total
+
+
+def compile_targets(targets, names):
+    """{pattern: compiled} for the "re:" targets, each refused by name unless pattern_cost bounds its work on
+    the model's layer `names` (one match per name and pattern, in scheme_of)."""
+    from re import _parser
+    n, compiled, steps = max(map(len, names), default=0), {}, 0
+    for target in (t for t in targets if t.startswith("re:")):
+        try:
+            cost = pattern_cost(_parser.parse(target[3:]), n) if len(target) <= MAX_PATTERN else None
+            compiled[target] = re.compile(target[3:])
+        except re.error as e:
+            raise ValueError(f"quantization_config: target {target[:80]!r} is not a valid pattern ({e})") \
+                from None
+        if cost is None or cost > MAX_MATCH_STEPS:
+            raise ValueError(f"quantization_config: target {target[:80]!r} is too complex a pattern to match "
+                             "safely (nested or alternated repetition, or too long); name the layers instead")
+        steps += cost
+        if steps > MAX_TARGETS_STEPS:
+            raise ValueError("quantization_config: too many \"re:\" targets to match safely; name the layers")
+    return compiled
+
+
+def scheme_of(schemes, patterns, name):
     """The (bits, group_size) whose target is `name`, or a "re:" pattern matching it (compressed-tensors'
-    re.match); None if none."""
+    re.match; `patterns` from compile_targets); None if none."""
     if name in schemes:
         return schemes[name]
-    return next((s for t, s in schemes.items() if t.startswith("re:") and re.match(t[3:], name)), None)
+    return next((schemes[t] for t, pattern in patterns.items() if pattern.match(name)), None)
+
+
+def check_scales(scales, key):
+    """A scale is max|w| / 127 (or / 7.5): never negative, and zero only for a row or group of zeros. A
+    negative or all-zero scale would sample from a broken model without a word: refused."""
+    low, high = torch.aminmax(scales)
+    if low < 0 or high == 0:
+        raise ValueError(f"{key}: scales must be positive (a zero only where the weights are), the file "
+                         f"holds {'negative' if low < 0 else 'only zero'} ones")
 
 
 def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
@@ -658,11 +741,12 @@ def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
     schemes = saved_schemes(config)
     device = torch.device(device)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    patterns = compile_targets(schemes, linears)
     unknown = sorted(t for t in schemes if not t.startswith("re:") and t not in linears)
     if unknown:
         raise ValueError(f"quantization_config names layers the model does not have: {', '.join(unknown[:8])}")
     for name, linear in linears.items():
-        scheme = scheme_of(schemes, name)
+        scheme = scheme_of(schemes, patterns, name)
         if scheme is None:
             raise ValueError(f"quantization_config does not say how {name} is quantized")
         bits, group_size = scheme
@@ -687,7 +771,8 @@ def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
         if bits == 4 and K % group_size:
             raise ValueError(f"{name}: {K} inputs are not a whole number of groups of {group_size}")
         bias = None if linear.bias is None else to_dtype(t["bias"], dtype, device, f"{name}.bias")
-        scales = to_dtype(t["weight_scale"], dtype, device, f"{name}.weight_scale")
+        scales = to_dtype(t["weight_scale"], dtype, device, f"{name}.weight_scale")  # NaN and inf refused
+        check_scales(scales, f"{name}.weight_scale")
         packed = t["weight_packed"]
         if bits == 8:
             q = (from_words(packed, K) ^ 128).view(torch.int8).to(device)  # one pass: a new tensor

@@ -16,6 +16,8 @@ as transformers' do); this file turns them into pictures, the same for all three
 matplotlib is needed for the pictures only (pip install matplotlib); it is imported when one is drawn.
 docs/seeing-inside.md shows the pictures of models/pydoc-gpt2 and models/pydoc-gpt-neo, and what is in them.
 """
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -108,7 +110,7 @@ def draw_attention(attentions, labels, path, title=""):
                 ax.set_yticks(range(T), labels if left else [], fontsize=fontsize)
                 ax.tick_params(length=0, pad=1)
         fig.suptitle(title or "attention: each row is a query, each column a key it may look at", fontsize=9)
-        fig.savefig(path, dpi=DPI)
+        save_atomically(fig, path)
     return path
 
 
@@ -145,12 +147,41 @@ def draw_lens(lens_logits, ids, tokenizer, path, title=""):
         ax.set_xlabel("input token (each cell: the token predicted to come next, shade = its probability, "
                       "bold = the prompt's next token)", fontsize=7)
         fig.suptitle(title or "logit lens: the top next token, read out after each layer", fontsize=9)
-        fig.savefig(path, dpi=DPI)
+        save_atomically(fig, path)
     return path
 
 
+def save_atomically(fig, path):
+    """fig as a PNG at `path`, all or nothing: written to a temporary file beside it, flushed to the disk,
+    then renamed over it, so that a full disk or an error midway leaves the old picture whole (and no
+    temporary)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=DPI)
+            f.flush()
+            os.fsync(f.fileno())
+            os.chmod(f.fileno(), 0o666 & ~umask())  # mkstemp's file is private (0600); a picture is not
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def umask():
+    """The process's umask (read by setting it, then setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def check_outputs(attention_png, lens_png):
-    """Before any work: the pictures' names end in .png, their folders exist, and matplotlib is here."""
+    """Before any work: the pictures' names end in .png, their folders exist, they are two files (the second
+    picture would replace the first), and matplotlib is here."""
+    if attention_png is not None and lens_png is not None and \
+            Path(attention_png).resolve() == Path(lens_png).resolve():
+        raise ValueError(f"--show {attention_png} and --show-lens {lens_png} are the same file: name two")
     for flag, path in (("--show", attention_png), ("--show-lens", lens_png)):
         if path is None:
             continue

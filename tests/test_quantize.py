@@ -363,7 +363,8 @@ def test_saved_model_reloads_bit_for_bit_without_quantizing(arch, scheme, tmp_pa
 def test_transformers_with_compressed_tensors_loads_what_we_save(arch, scheme, tmp_path):
     """Our saved checkpoint in compressed-tensors' pack-quantized format, loaded by transformers (which
     decompresses it): its logits are those of our quantized model (fp32 activations, so the kernels' rounding
-    stays below the tolerance). GPT-2's Conv1D layers are not what compressed-tensors quantizes: ours only."""
+    stays below the tolerance). GPT-2's Conv1D layers are not what compressed-tensors quantizes: ours only
+    (transformers refuses it: tests/test_hostile_inputs_2.py)."""
     pytest.importorskip("compressed_tensors")
     module, ref = tiny(arch, 83, 64)
     save_checkpoint(ref, tmp_path / "fp32")

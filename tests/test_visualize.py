@@ -194,6 +194,7 @@ def test_cli_draws_both_pictures_instead_of_sampling(arch, checkpoints, tmp_path
     (["--prompt", "word " * (visualize.MAX_TOKENS + 1), "--show", "a.png"], f"up to {visualize.MAX_TOKENS}"),
     (["--show", "a.jpg"], "--show a.jpg: the picture is a PNG"),
     (["--show-lens", "no/such/dir/lens.png"], "no such directory"),
+    (["--show", "a.png", "--show-lens", "./a.png"], "--show a.png and --show-lens ./a.png are the same file"),
 ])
 def test_cli_bad_input_is_one_error_line(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
