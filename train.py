@@ -213,6 +213,18 @@ def new_config(args, tokenizer):
     return CONFIGS[args.arch].from_dict(d)
 
 
+def init_dir(name):
+    """--init's directory (heads.checkpoint_dir: a directory, a Hub id or a short name). A name that is
+    not found but is a model shipped in models/ is answered with that model's path."""
+    try:
+        return heads.checkpoint_dir(name)
+    except (OSError, ValueError) as error:
+        shipped = Path(__file__).resolve().parent / "models" / name
+        if not shipped.is_dir() or Path(name).expanduser().exists():
+            raise
+        raise ValueError(f"{error}; the model shipped here is --init {os.path.relpath(shipped)}") from None
+
+
 def load_tokenizer(args, text, checkpoint):
     """(tokenizer, its files {name: bytes}) from the checkpoint (--resume, --init), --tokenizer, or trained
     on the text (--vocab-size). Each checkpoint carries these bytes: the tokenizer in the form it came in
@@ -491,7 +503,7 @@ def train(args, given, device, state=None):
     if state and state["data_sha256"] != data_sha256:
         raise ValueError(f"--data {args.data} is not the text this run trained on (its sha256 differs from "
                          f"the one in {out / STATE})")
-    checkpoint = out if args.resume else heads.checkpoint_dir(args.init) if args.init else None
+    checkpoint = out if args.resume else init_dir(args.init) if args.init else None
     tokenizer, tokenizer_bytes = load_tokenizer(args, text, checkpoint)
     if checkpoint is None:
         module, config = ARCHS[args.arch], new_config(args, tokenizer)
