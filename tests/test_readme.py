@@ -2,6 +2,7 @@
 docs, and every exercise of the README's course, run as written with the output it states."""
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,3 +54,20 @@ def test_bpe_cli_default_is_the_shipped_tokenizer_on_a_plain_clone(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ids: [15496, 995]" in result.stdout.splitlines()
     assert f"tokenizer: {clone / 'models' / 'gpt2-tokenizer'}:" in result.stdout
+
+
+# ---------------------------------------------------------------------------- the docs speak to users
+
+def prose(path):
+    """A page without its code blocks and `code spans` (sample text and names may say "target")."""
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+@pytest.mark.parametrize("path", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))],
+                         ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_docs_say_what_was_measured_not_issue_numbers_or_targets(path):
+    """The docs are for users: no "issue 7", no "target 30 s missed"; a figure says what it means."""
+    text = prose(path)
+    found = [m.group(0) for m in re.finditer(r"(?i)\bissues?\s*#?\d+|#\d+\b|\btargets?\b", text)]
+    assert not found, f"{path.name}: {found}"
