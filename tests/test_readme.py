@@ -268,3 +268,14 @@ def test_int8_alone_can_flip_a_near_tie_on_another_prompt(tmp_path):
     tokenizer = bpe.Tokenizer.from_pretrained(ROOT / "models" / "pydoc-gpt2")
     a, b = tokenizer.encode(fp32), tokenizer.encode(int8)
     assert a[:10] == b[:10] and a[10] != b[10]  # the prompt's 1 token, 9 the same, then the 10th
+
+
+@pytest.mark.parametrize("path", ["topics.txt", "argparse.py", "out/model.safetensors", "pydoc-gpt2/config.json",
+                                  "pydoc-gpt-neo/config.json", "pydoc-gpt-neox/config.json", "argparse-gpt2/loss.csv"])
+def test_what_the_docs_commands_write_is_ignored_by_git(path):
+    """The files docs/training.md's and the README's commands write into the project are not offered to git."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT, capture_output=True)
+    assert result.returncode == 0, f"{path} is not in .gitignore"
+    assert subprocess.run(["git", "check-ignore", "-q", "models/pydoc-gpt2/config.json"], cwd=ROOT).returncode == 1
