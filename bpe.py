@@ -26,7 +26,7 @@ fast=True)` (the default) uses it, `fast=False` runs only this file; both give t
 tiktoken's for GPT-2 and HF tokenizers' for GPT-NeoX (tests/test_bpe.py). Figures: bench/bpe.py.
 
 Usage:
-    tok = Tokenizer.from_pretrained("../shared/tokenizers/gpt2")   # or "gpt2", "EleutherAI/pythia-160m"
+    tok = Tokenizer.from_pretrained("models/gpt2-tokenizer")       # or "gpt2", "EleutherAI/pythia-160m"
     tok.encode("Hello world")                   # [15496, 995]
     tok.decode([15496, 995])                    # 'Hello world'
     python bpe.py "Hello world"                 # teaching mode: shows every merge
@@ -518,7 +518,7 @@ class StreamDecoder:
 # ------------------------------------------------------------------------------------------------------
 # 7. Teaching mode: python bpe.py "some text"
 # ------------------------------------------------------------------------------------------------------
-DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "shared" / "tokenizers" / "gpt2"
+DEFAULT_TOKENIZER = Path(__file__).resolve().parent / "models" / "gpt2-tokenizer"   # GPT-2's own files, shipped
 SHIPPED_TOKENIZER = Path(__file__).resolve().parent / "models" / "pydoc-gpt2"   # works offline
 
 

@@ -205,9 +205,6 @@ def checkpoint_dir(name_or_path, revision=None, hub_models=None, offline=None):
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or name_or_path.startswith((".", "/", "~")):
         if "/" in name_or_path or name_or_path.startswith("."):
             raise FileNotFoundError(f"no such directory: {name_or_path}")
-        shipped = Path(__file__).parent / "models" / name_or_path
-        if shipped.is_dir():  # a shipped model's name without its folder
-            raise ValueError(f"unknown model {name_or_path!r}: the model shipped here is models/{name_or_path}")
         short = f"use one of {', '.join(hub_models)}, " if hub_models else "use "
         raise ValueError(f"unknown model {name_or_path!r}: {short}a Hub id such as openai-community/gpt2, or "
                          "a local directory")

@@ -31,6 +31,7 @@ import argparse
 import csv
 import errno
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -83,6 +84,9 @@ def parse_args(argv=None):
     new.add_argument("--dropout", type=float, default=0.0, help="every dropout rate of the new model")
     new.add_argument("--vocab-size", type=int, help="train a bpe.py tokenizer of this size on --data")
     new.add_argument("--tokenizer", help="or use this tokenizer (a directory or Hub id)")
+    new.add_argument("--tokenizer-json", action="store_true",
+                     help="save the --vocab-size tokenizer as one tokenizer.json (Pythia's format), "
+                          "not vocab.json + merges.txt")
     new.add_argument("--window-size", type=int, help="gpt_neo: how far back its local layers look (default 256)")
     loop = p.add_argument_group("training")
     loop.add_argument("--max-steps", type=int, default=1000, help="the run's length: the schedule ends there")
@@ -132,6 +136,9 @@ def check_args(args, given):
                  "n_layer", "n_head", "n_embd", "block_size", "sample_tokens", "stop_after", "vocab_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"{flag(name)} must be >= 1, got {getattr(args, name)}")
+    if args.tokenizer_json and args.vocab_size is None:
+        raise ValueError("--tokenizer-json is for a tokenizer trained here (--arch with --vocab-size); "
+                         "a --tokenizer or --init checkpoint keeps the files it came in")
     if args.window_size is not None and (args.arch != "gpt_neo" or args.window_size < 1):
         raise ValueError("--window-size is for a new gpt_neo model (--arch gpt_neo) and must be >= 1")
     if args.warmup < 0:
@@ -212,6 +219,18 @@ def new_config(args, tokenizer):
     return replace(config, **dict.fromkeys(config.DROPOUT, args.dropout))  # each file's names for its rates
 
 
+def init_dir(name):
+    """--init's directory (heads.checkpoint_dir: a directory, a Hub id or a short name). A name that is
+    not found but is a model shipped in models/ is answered with that model's path."""
+    try:
+        return heads.checkpoint_dir(name)
+    except (OSError, ValueError) as error:
+        shipped = Path(__file__).resolve().parent / "models" / name
+        if not shipped.is_dir() or Path(name).expanduser().exists():
+            raise
+        raise ValueError(f"{error}; the model shipped here is --init {os.path.relpath(shipped)}") from None
+
+
 def load_tokenizer(args, text, directory):
     """(tokenizer, its files {name: bytes}) from the checkpoint (--resume, --init), --tokenizer, or trained
     on the text (--vocab-size). Each checkpoint carries these bytes: the tokenizer in the form it came in
@@ -222,10 +241,34 @@ def load_tokenizer(args, text, directory):
         print(f"training a {args.vocab_size}-token BPE tokenizer on {args.data} ...", file=sys.stderr)
         tokenizer = bpe.train(text, args.vocab_size, special_tokens=["<|endoftext|>"])
         with tempfile.TemporaryDirectory() as tmp:
-            tokenizer.save(tmp)  # bpe.py's writer: vocab.json + merges.txt
+            if args.tokenizer_json:  # read back, so the run encodes with exactly what it saves
+                (Path(tmp) / "tokenizer.json").write_text(tokenizer_json(tokenizer), encoding="utf-8")
+                tokenizer = bpe.Tokenizer.from_pretrained(tmp)
+            else:
+                tokenizer.save(tmp)  # bpe.py's writer: vocab.json + merges.txt
             return tokenizer, {f.name: f.read_bytes() for f in sorted(Path(tmp).iterdir())}
     tokenizer, files = bpe.load(bpe.Tokenizer, source)  # and the files it was read from
     return tokenizer, {name: Path(path).read_bytes() for name, path in files.items()}
+
+
+def tokenizer_json(tokenizer):
+    """A trained tokenizer as HF tokenizers' single file, laid out as Pythia's (EleutherAI/pythia-*):
+    byte-level BPE, <|endoftext|> a special added token, NFC normalization of the text before BPE."""
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    specials = {t.content: t.id for t in tokenizer.added_tokens}
+    return json.dumps({
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": t.id, "content": t.content, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True} for t in tokenizer.added_tokens],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "ByteLevel", **byte_level},
+        "post_processor": {"type": "ByteLevel", **byte_level},
+        "decoder": {"type": "ByteLevel", **byte_level},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "vocab": dict(sorted({**tokenizer.vocab, **specials}.items(), key=lambda item: item[1])),
+                  "merges": [f"{left} {right}" for left, right in tokenizer.merges]},
+    }, ensure_ascii=False, indent=1) + "\n"
 
 
 def check_sizes(args, given, config, tokenizer):
@@ -494,7 +537,7 @@ def train(args, given, device, state=None):
     if state and state["data_sha256"] != data_sha256:
         raise ValueError(f"--data {args.data} is not the text this run trained on (its sha256 differs from "
                          f"the one in {out / STATE})")
-    source = out if args.resume else heads.checkpoint_dir(args.init) if args.init else None
+    source = out if args.resume else init_dir(args.init) if args.init else None
     tokenizer, tokenizer_bytes = load_tokenizer(args, text, source)
     if source is None:
         module, config = checkpoint.model_file(args.arch), new_config(args, tokenizer)

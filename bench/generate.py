@@ -1,7 +1,7 @@
 """Benchmark: our generate() against transformers' generate() (SDPA) on the same random weights.
 
     python bench/generate.py                         # every architecture whose file exists, fp32, CPU
-    python bench/generate.py --quick                 # a smoke run: fewer tokens, one repeat
+    python bench/generate.py --quick                 # a smoke run (~30 s): tiny models, fewer tokens
     python bench/generate.py --arch gpt2 --dtype bf16 --device cuda --repeats 5
 
 For each architecture a `transformers` model the size of the real one (gpt2 124M, gpt-neo-125m,
@@ -69,6 +69,20 @@ def hf_config(arch):
 
 
 LABELS = {"gpt2": "gpt2-124m", "gpt_neo": "gpt-neo-125m", "gpt_neox": "pythia-160m"}
+# --quick: a smoke run of the benchmark's code, not a measurement. The same architectures cut to 2 layers
+# of width 128 and a 2048-token vocabulary, so that every arch runs in seconds on a small CPU.
+TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=2048, max_position_embeddings=256)
+
+
+def tiny_config(arch):
+    import transformers
+    if arch == "gpt2":
+        return transformers.GPT2Config(n_embd=128, n_layer=2, n_head=4, vocab_size=2048, n_positions=256)
+    if arch == "gpt_neo":
+        return transformers.GPTNeoConfig(hidden_size=128, num_layers=2, num_heads=4, vocab_size=2048,
+                                         attention_types=[[["global", "local"], 1]], window_size=256,
+                                         max_position_embeddings=256)
+    return transformers.GPTNeoXConfig(**TINY, intermediate_size=512, rotary_pct=0.25, use_parallel_residual=True)
 
 
 def available_archs(wanted):
@@ -81,10 +95,10 @@ def available_archs(wanted):
     return archs
 
 
-def write_checkpoint(arch, directory, seed=0):
+def write_checkpoint(arch, directory, seed=0, tiny=False):
     import transformers
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config(arch))
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(arch) if tiny else hf_config(arch))
     model.save_pretrained(directory)
     return Path(directory) / "model.safetensors"
 
@@ -296,7 +310,9 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="smoke run: 16 new tokens, prefill 128, 1 repeat")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run (~30 s on 2 cores), not a measurement: tiny models (2 layers, width 128), 8 new "
+                        "tokens, batch 1, prefill 64, 1 repeat, no compile and no memory measure")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
     p.add_argument("--skip", nargs="*", default=[], choices=["decode", "prefill", "memory"])
     p.add_argument("--quantize", nargs="*", default=[], choices=["int8", "int4"],
@@ -311,17 +327,20 @@ def main(argv=None):
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     dtype = DTYPES[args.dtype]
-    new_tokens, prefill_lengths, repeats = (16, (128,), 1) if args.quick else (128, args.prefill, args.repeats)
-    prompt_len, batches = 32, args.batches
+    new_tokens, prefill_lengths, repeats = (8, (64,), 1) if args.quick else (128, args.prefill, args.repeats)
+    prompt_len, batches = 32, [1] if args.quick else args.batches
+    if args.quick:  # compiling takes ~a minute per model on a small CPU; memory, fresh processes
+        args.no_compile, args.skip = True, sorted({*args.skip, "memory"})
 
     rows = []  # (model, measure, ours, transformers, ratio, note)
     for arch in available_archs(args.arch):
-        print(f"{LABELS[arch]}:", file=sys.stderr, flush=True)
+        name = f"{arch} (tiny, --quick)" if args.quick else LABELS[arch]
+        print(f"{name}:", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as directory:
-            weights = write_checkpoint(arch, directory)
+            weights = write_checkpoint(arch, directory, tiny=args.quick)
             file_bytes = weights.stat().st_size
             module, ours, ref = load_both(arch, directory, dtype, args.device)
-            label = f"{LABELS[arch]} ({ref.config._attn_implementation})"  # the reference's attention
+            label = f"{name} ({ref.config._attn_implementation})"  # the reference's attention
             can_compile = not args.no_compile and "compile" in inspect.signature(module.generate).parameters
             if not args.no_compile and not can_compile:
                 print(f"  {arch}.generate has no compile option yet: no compile row", file=sys.stderr)

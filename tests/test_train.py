@@ -433,6 +433,42 @@ def test_fine_tuning_pythia_keeps_its_tokenizer_json(data, tmp_path):
     text = "  two spaces"  # (NeoX's runs of spaces: added tokens that vocab.json + merges.txt cannot hold)
     assert bpe.Tokenizer.from_pretrained(out).encode(text) == bpe.Tokenizer.from_pretrained(source).encode(text)
 
+def test_tokenizer_json_is_pythias_format(data, tmp_path):
+    """--tokenizer-json saves the trained tokenizer as one tokenizer.json that HF tokenizers reads to the same
+    ids as bpe.py, the run encodes with what it saved, and --resume reads it back."""
+    import tokenizers
+    out = tmp_path / "out"
+    run("--data", data, "--out", out, "--arch", "gpt_neox", *TINY, "--tokenizer-json", "--max-steps", 2,
+        "--eval-every", 1, "--warmup", 1, "--stop-after", 1)
+    assert (out / "tokenizer.json").is_file() and not (out / "vocab.json").exists()
+    ours = bpe.Tokenizer.from_pretrained(out)
+    text = TEXT[-2000:] + "<|endoftext|> Ünïcödé"
+    assert ours.encode(text, allowed_special="all") == tokenizers.Tokenizer.from_file(
+        str(out / "tokenizer.json")).encode(text).ids
+    assert ours.eos_token_id is not None and ours.normalizer == "NFC"
+    run("--out", out, "--resume")
+    assert train.read_state(out)["step"] == 2
+
+
+def test_tokenizer_json_needs_a_trained_tokenizer(data, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run("--data", data, "--out", tmp_path / "out", "--arch", "gpt2", "--tokenizer", ROOT / "models/pydoc-gpt2",
+            "--tokenizer-json")
+    assert "--tokenizer-json is for a tokenizer trained here" in str(e.value.code)
+
+
+def test_init_with_a_shipped_models_name_points_at_it(data, tmp_path, monkeypatch):
+    """`--init pydoc-gpt2` outside models/ (no such directory, no such Hub name): the error names
+    models/pydoc-gpt2, the shipped model; an unknown name gets no such hint."""
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as e:
+        run("--data", data, "--out", tmp_path / "out", "--init", "pydoc-gpt2")
+    assert str(e.value.code).startswith("error: ") and str(e.value.code).endswith("--init models/pydoc-gpt2")
+    with pytest.raises(SystemExit) as e:
+        run("--data", data, "--out", tmp_path / "out", "--init", "pydoc-gpt3")
+    assert "shipped" not in str(e.value.code)
+
+
 def test_ddp_two_processes_equal_one_on_the_combined_batch(data, tmp_path):
     """torchrun with 2 gloo processes of batch 2 -> the parameters after a step equal one process's with
     batch 4 (up to float summation order), and differ from one process's with batch 2."""
@@ -556,9 +592,10 @@ def test_generate_samples_from_a_trained_checkpoint(data, tmp_path):
 @pytest.mark.parametrize("name, arch, reference_class", [
     ("pydoc-gpt2", "gpt2", transformers.GPT2LMHeadModel),
     ("pydoc-gpt-neo", "gpt_neo", transformers.GPTNeoForCausalLM),  # docs/seeing-inside.md's local window
+    ("pydoc-gpt-neox", "gpt_neox", transformers.GPTNeoXForCausalLM),  # Pythia's layout, tokenizer.json
 ])
 def test_shipped_model_learned(name, arch, reference_class):
-    """models/pydoc-gpt2 and pydoc-gpt-neo (the docs' runs): on the held-out tenth of the reference manual
+    """models/pydoc-gpt2, pydoc-gpt-neo and pydoc-gpt-neox (the docs' runs): on the held-out tenth of the reference manual
     their loss is far below the untrained ln(2048) = 7.6 (about 4.5 on Python 3.11's text), and
     transformers computes the same."""
     directory = ROOT / "models" / name
