@@ -113,7 +113,8 @@ def run(command, tmp_path):
     with torch.random.fork_rng(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         if argv[1] == "-c":
             cwd = os.getcwd()
-            os.chdir(tmp_path)  # (the topics.txt line writes into the current directory)
+            # (the topics.txt line writes into the current directory; the others read models/ from the clone)
+            os.chdir(tmp_path if "open(" in argv[2] else ROOT)
             try:
                 exec(compile(argv[2], "<README>", "exec"), {"__name__": "__main__"})
             finally:
@@ -205,6 +206,10 @@ def check_default_prompt(out, tmp_path):
     check_sample(out, tmp_path, "Hello, I'm a language model,")
 
 
+def check_save_and_reload(out, tmp_path):
+    assert out.strip() == "True ['config.json', 'merges.txt', 'model.safetensors', 'vocab.json']"
+
+
 def check_neox(out, tmp_path):
     check_sample(out, tmp_path)
 
@@ -214,6 +219,8 @@ def check_neox(out, tmp_path):
 CHECKS = [
     ("attention as a", "prints a number below 1e-6", check_attention),
     ("import torch, gpt2;", "prints two numbers within 0.1 of each other", check_untrained_loss),
+    ("gpt2.save_pretrained(m, d)", "prints `True ['config.json', 'merges.txt', 'model.safetensors', 'vocab.json']`",
+     check_save_and_reload),
     ("gpt_neo as n", "positions 0 to 6 above 0, positions 7 to 11 exactly `0.0000`", check_local_window),
     ("gpt_neox as n", "prints a number below 1e-6", check_rotary_shift),
     ("pydoc_data.topics", "", check_topics),
