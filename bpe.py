@@ -21,9 +21,10 @@ the text itself must not be able to produce by accident, see `Tokenizer.encode`)
 
 Reading order: parts 1-7 are the whole tokenizer, simple and exact (the lesson: bytes, words, merges,
 training, the Tokenizer, streaming, the teaching mode). Part 8 reads and writes the tokenizer files; the
-appendix lists Unicode's letters and numbers. Speed lives apart, in bpe_fast.py: `Tokenizer(...,
-fast=True)` (the default) uses it, `fast=False` runs only this file; both give the same ids, equal to
-tiktoken's for GPT-2 and HF tokenizers' for GPT-NeoX (tests/test_bpe.py). Figures: bench/bpe.py.
+appendix lists Unicode's letters and numbers. Speed lives apart, in bpe_fast.py, which builds on this
+file and is never imported by it: `bpe_fast.Tokenizer` and `bpe_fast.train` are this file's with its
+speed-ups (`fast=False` turns them off); both give the same ids, equal to tiktoken's for GPT-2 and HF
+tokenizers' for GPT-NeoX (tests/test_bpe.py). Figures: bench/bpe.py.
 
 Usage:
     tok = Tokenizer.from_pretrained("models/gpt2-tokenizer")       # or "gpt2", "EleutherAI/pythia-160m"
@@ -178,20 +179,22 @@ def bpe(word: str, ranks: dict[tuple[str, str], int], trace: list | None = None)
 # ------------------------------------------------------------------------------------------------------
 # 4. Training: learn merges from a text
 # ------------------------------------------------------------------------------------------------------
-def train(text: str, vocab_size: int, *, special_tokens=(), fast: bool = True) -> "Tokenizer":
+def train(text: str, vocab_size: int, *, special_tokens=(), fast: bool = True, cls=None) -> "Tokenizer":
     """Learn a byte-level BPE of `vocab_size` ids from `text`: ids 0-255 are the bytes, then one id per
     merge, then the `special_tokens`. Save it with `.save(dir)` (vocab.json + merges.txt).
 
     Training is the mirror image of encoding: split the text into words with the same pattern, start
     with every word as single bytes, and repeatedly merge the most frequent adjacent pair (counted over
     all words, weighted by how often each word occurs). The merges, in the order learned, are the ranks.
-    `fast`: learn them with bpe_fast.learn_merges (the same merges in n log n; False runs learn_merges).
+    cls: the Tokenizer class to return (bpe_fast.train passes its own, whose speed-ups learn the same
+    merges in n log n; fast=False runs this file's learn_merges).
     """
+    cls = cls or Tokenizer
     n_merges = vocab_size - 256 - len(special_tokens)
     if n_merges < 0:
         raise ValueError(f"vocab_size {vocab_size} < 256 bytes + {len(special_tokens)} special tokens")
     text = check_text(text)                                        # (part 8: surrogates as encode has them)
-    fast_train = fast_module() if fast else None                   # part 8: None where bpe_fast is absent
+    fast_train = cls.SPEED_UPS if fast else None                   # bpe_fast.py's, or None (this file's)
     words = fast_train.split_words(text) if fast_train else split_words(text)
     word_counts = {to_printable(w): n for w, n in Counter(words).items()}      # "Ġworld": 12, ...
     merges = (fast_train.learn_merges if fast_train else learn_merges)(word_counts, n_merges)
@@ -202,7 +205,7 @@ def train(text: str, vocab_size: int, *, special_tokens=(), fast: bool = True) -
         if special in vocab:
             raise ValueError(f"special token {special!r} is already a token of the vocabulary")
         vocab[special] = len(vocab)
-    return Tokenizer(vocab, merges, [AddedToken(s, vocab[s]) for s in special_tokens], fast=fast)
+    return cls(vocab, merges, [AddedToken(s, vocab[s]) for s in special_tokens], fast=fast)
 
 
 def learn_merges(word_counts: dict[str, int], n_merges: int) -> list[tuple[str, str]]:
@@ -327,12 +330,15 @@ class Tokenizer:
     arguments are the tokenizer.json options: `normalizer` ("NFC", ...) applied to the text before BPE;
     ByteLevel's `add_prefix_space` (a space in front of the text, as RoBERTa does) and `use_regex` (False:
     the whole text is one word); BPE's `ignore_merges` (a word that is a token is taken whole, as in
-    Llama 3). `fast`: use bpe_fast.py's speed-ups (same ids; False runs only the code of this file).
+    Llama 3). `fast`: use the class's SPEED_UPS, bpe_fast.py's in bpe_fast.Tokenizer (same ids; this
+    class has none: it runs only the code of this file).
 
     Attributes: vocab {token: id}, merges [(left, right)] in rank order, merge_ranks {(left, right): rank},
     added_tokens, special_tokens {string: id}, eos_token_id (of "<|endoftext|>", or None), vocab_size
     (the highest id + 1: the rows an embedding table needs).
     """
+
+    SPEED_UPS = None  # a module with FastPath, split_words and learn_merges: bpe_fast.Tokenizer sets its own
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], added_tokens=(), *,
                  normalizer: str | None = None, add_prefix_space: bool = False, use_regex: bool = True,
@@ -359,7 +365,8 @@ class Tokenizer:
         self._hf_added_tokens = normalizer is not None or any(
             not t.special or t.lstrip or t.rstrip or t.single_word or t.normalized for t in self.added_tokens)
         self._added_patterns: dict[frozenset, tuple] = {}
-        self.fast = fast_path(self) if fast else None    # bpe_fast.py's speed-ups (same ids), or None
+        # bpe_fast.py's speed-ups (same ids) in its subclass; None here, or with fast=False
+        self.fast = self.SPEED_UPS.FastPath(self) if fast and self.SPEED_UPS else None
 
     # Reading the files is part 8; these are the entry points.
     @classmethod
@@ -572,7 +579,7 @@ def main(argv=None):
 
 
 # ------------------------------------------------------------------------------------------------------
-# 8. Checks, files and the switch to bpe_fast.py
+# 8. Checks and files
 # ------------------------------------------------------------------------------------------------------
 NEVER_IN_UTF8 = {0xC0, 0xC1, *range(0xF5, 0x100)}   # byte values that no UTF-8 text contains
 
@@ -638,21 +645,6 @@ def bad_ids_error(tok: Tokenizer, ids) -> Exception:
         if i not in tok.id_to_bytes:
             return ValueError(f"unknown token id {i}: this tokenizer has ids 0..{tok.vocab_size - 1}")
     return AssertionError("unreachable")
-
-
-def fast_module():
-    """bpe_fast.py, the speed-ups (same results); None where bpe.py was copied alone (this file's path)."""
-    try:
-        import bpe_fast
-    except ImportError:
-        return None
-    return bpe_fast
-
-
-def fast_path(tok: Tokenizer):
-    """bpe_fast.py's speed-ups for `tok`'s encoding, or None."""
-    fast = fast_module()
-    return fast.FastPath(tok) if fast else None
 
 
 # The formats, in the order a directory (or Hub repo) is searched: (file names, reader).

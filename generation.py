@@ -11,6 +11,7 @@ one token, and so on. The model files' models all take the same call,
 keeps sample.py apart from model.py, gpt-fast generate.py, transformers GenerationMixin).
 """
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -360,13 +361,25 @@ def busy_cores(seconds=0.1):
     return cores * (1 - (idle2 - idle) / max(total2 - total, 1))
 
 
+def fast_tokenizer():
+    """bpe_fast.Tokenizer (bpe.py's, with its speed-ups: the same ids), or None where bpe_fast.py was not
+    copied."""
+    try:
+        return importlib.import_module("bpe_fast").Tokenizer
+    except ModuleNotFoundError as e:
+        if e.name != "bpe_fast":
+            raise
+        return None
+
+
 def main(arch, argv=None):
     """Sample from a checkpoint of the model file `arch` (gpt2, gpt_neo or gpt_neox), as its --help says."""
     args = parse_args(arch, argv)
     tp, midline = None, False
     try:
         tp = checkpoint.tensor_parallel()  # under torchrun: tp.py, the model split over the processes
-        bpe = checkpoint.optional("bpe")  # the tokenizer
+        bpe = checkpoint.optional("bpe")  # the tokenizer, and bpe_fast.py's speed-ups where it is there too
+        Tokenizer = fast_tokenizer() or bpe.Tokenizer
         if tp:
             args.device = tp.init(args.device)  # join the other processes, one device each
             tp.agree(vars(args))  # the same flags everywhere, or they would wait on each other
@@ -388,7 +401,7 @@ def main(arch, argv=None):
         directory = checkpoint.checkpoint_dir(args.model, args.revision, arch.HUB_MODELS, arch.OFFLINE_MODEL)
         config = arch.load_config(directory)  # read once: the prompt is checked against it before loading
         torch.set_num_threads(choose_threads(args.threads, checkpoint.weights_bytes(directory)))
-        tokenizer = bpe.Tokenizer.from_pretrained(directory)
+        tokenizer = Tokenizer.from_pretrained(directory)
         max_new_tokens = 0 if show else args.max_new_tokens
         prompt = encode_prompt(tokenizer, args.prompt, config.context_length, max_new_tokens)
         attn = "naive" if args.show else args.attn  # --show: the fused kernels never form the probabilities

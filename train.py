@@ -49,6 +49,7 @@ from safetensors import SafetensorError
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bpe
+import bpe_fast
 import checkpoint
 import generation
 import heads
@@ -239,15 +240,15 @@ def load_tokenizer(args, text, directory):
     source = directory or args.tokenizer
     if source is None:
         print(f"training a {args.vocab_size}-token BPE tokenizer on {args.data} ...", file=sys.stderr)
-        tokenizer = bpe.train(text, args.vocab_size, special_tokens=["<|endoftext|>"])
+        tokenizer = bpe_fast.train(text, args.vocab_size, special_tokens=["<|endoftext|>"])
         with tempfile.TemporaryDirectory() as tmp:
             if args.tokenizer_json:  # read back, so the run encodes with exactly what it saves
                 (Path(tmp) / "tokenizer.json").write_text(tokenizer_json(tokenizer), encoding="utf-8")
-                tokenizer = bpe.Tokenizer.from_pretrained(tmp)
+                tokenizer = bpe_fast.Tokenizer.from_pretrained(tmp)
             else:
                 tokenizer.save(tmp)  # bpe.py's writer: vocab.json + merges.txt
             return tokenizer, {f.name: f.read_bytes() for f in sorted(Path(tmp).iterdir())}
-    tokenizer, files = bpe.load(bpe.Tokenizer, source)  # and the files it was read from
+    tokenizer, files = bpe.load(bpe_fast.Tokenizer, source)  # and the files it was read from
     return tokenizer, {name: Path(path).read_bytes() for name, path in files.items()}
 
 

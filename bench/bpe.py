@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))        # the project's bpe.py, not this file (also named bpe.py)
 import bpe
+import bpe_fast
 
 GPT2_DIR = ROOT.parent / "shared" / "tokenizers" / "gpt2"
 NEOX_DIR = ROOT.parent / "shared" / "tokenizers" / "gpt-neox-20b"
@@ -145,12 +146,12 @@ def bench_train(vocab_size: int = 2048) -> None:
     texts = {"english 100 kB": english()[:100_000], "english 470 kB": english(),
              "a line of 10 kB letters": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=10_000)),
              "a line of 100 kB letters": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=100_000))}
-    bpe.train("é", 256)                                # warm-up: bpe_fast's one-off tables (0.5 s)
+    bpe_fast.train("é", 256)                                # warm-up: bpe_fast's one-off tables (0.5 s)
     print(f"| text | train(..., {vocab_size}) fast s | fast=False s |")
     print("|---|---|---|")
     for name, text in texts.items():
         start = time.process_time()
-        fast = bpe.train(text, vocab_size)
+        fast = bpe_fast.train(text, vocab_size)
         seconds = time.process_time() - start
         plain = "(minutes: skipped)"
         if not name.startswith("a line of 100"):
@@ -174,21 +175,21 @@ def main():
     if not (GPT2_DIR / "vocab.bpe").exists():
         sys.exit(f"the benchmark needs GPT-2's files in {GPT2_DIR} (see ../shared/README.md)")
     if args.long:
-        return bench_long_words(bpe.Tokenizer.from_pretrained(GPT2_DIR), tiktoken_gpt2())
+        return bench_long_words(bpe_fast.Tokenizer.from_pretrained(GPT2_DIR), tiktoken_gpt2())
     corpora = {"english": english(), "code": code(), "cjk": cjk()}
     corpora.update({Path(f).name: Path(f).read_text(encoding="utf-8") for f in args.file})
-    ours = bpe.Tokenizer.from_pretrained(GPT2_DIR)
+    ours = bpe_fast.Tokenizer.from_pretrained(GPT2_DIR)
     reference = tiktoken_gpt2()
     rows = [("gpt2", ours, "tiktoken", reference.encode_ordinary)]
     if args.neox:
         from tokenizers import Tokenizer as HFTokenizer
         hf = HFTokenizer.from_file(str(NEOX_DIR / "tokenizer.json"))
-        rows.append(("neox", bpe.Tokenizer.from_pretrained(NEOX_DIR), "HF tokenizers",
+        rows.append(("neox", bpe_fast.Tokenizer.from_pretrained(NEOX_DIR), "HF tokenizers",
                      lambda text: hf.encode(text, add_special_tokens=False).ids))
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}; "
           f"MB/s = 1e6 UTF-8 bytes per second, best of {args.repeat}; ratio = bpe.py speed / reference speed")
-    print(f"load from the files: bpe.py {load_seconds(lambda: bpe.Tokenizer.from_pretrained(GPT2_DIR)):.2f} s, "
+    print(f"load from the files: bpe.py {load_seconds(lambda: bpe_fast.Tokenizer.from_pretrained(GPT2_DIR)):.2f} s, "
           f"tiktoken {load_seconds(tiktoken_gpt2):.2f} s (GPT-2, CPU time, best of 3)")
     print("| tokenizer | corpus | size | reference | ref MB/s | bpe.py cold | steady | warm |")
     print("|---|---|---|---|---|---|---|---|")

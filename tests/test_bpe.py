@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 import bpe
 import bpe_fast
-from bpe import StreamDecoder, Tokenizer, train
+from bpe import StreamDecoder
+from bpe_fast import Tokenizer, train  # bpe.py's, with bpe_fast.py's speed-ups (fast=False: without)
 from conftest import shared_tokenizer_dir
 
 GPT2_REPO, NEOX_REPO = "openai-community/gpt2", "EleutherAI/gpt-neox-20b"
