@@ -47,6 +47,8 @@ from typing import NamedTuple
 
 import regex  # like `re`, plus \w as Unicode defines it (single_word added tokens)
 
+import hub  # the Hub's files and JSON (no torch)
+
 
 # ------------------------------------------------------------------------------------------------------
 # 1. Bytes as printable characters
@@ -656,14 +658,6 @@ FORMATS = [
 _FORMAT_NAMES = "tokenizer.json, or vocab.json + merges.txt, or encoder.json + vocab.bpe"
 
 
-def read_json(path):
-    """A JSON file's content; a file that is not UTF-8 JSON is a ValueError naming the file."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a valid JSON file ({error})") from None
-
-
 def check_vocab(vocab, where: str) -> dict[str, int]:
     if not isinstance(vocab, dict):
         raise ValueError(f"{where}: the vocabulary must be an object {{token: id}}, got {type(vocab).__name__}")
@@ -698,7 +692,7 @@ def _build(cls, where, *args, **kwargs) -> Tokenizer:
 
 def read_tokenizer_json(cls, path) -> Tokenizer:
     """HF tokenizers' single file: a BPE model, added tokens, normalizer and ByteLevel options."""
-    config = read_json(path)
+    config = hub.read_json(path)
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict):
         raise ValueError(f"{path} is not a tokenizers' tokenizer.json: it has no \"model\" object")
@@ -758,7 +752,7 @@ def read_vocab_merges(cls, vocab_json, merges_txt) -> Tokenizer:
     as transformers' GPT2Tokenizer makes it; any other entry is plain vocabulary, even one that no merge
     makes: BPE never gives it, as in HF tokenizers (it decodes, it is never encoded).
     """
-    vocab = check_vocab(read_json(vocab_json), str(vocab_json))
+    vocab = check_vocab(hub.read_json(vocab_json), str(vocab_json))
     try:
         lines = Path(merges_txt).read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as error:
@@ -789,28 +783,18 @@ def load(cls, name_or_dir, revision: str | None = None) -> tuple[Tokenizer, dict
 
 
 def _from_hub(repo_id: str, revision: str | None) -> tuple[tuple, list]:
-    """(names, paths) of the first format the Hub repo has. One quick request lists its files (no retries:
-    without a network the answer comes at once, as in the model files); when it fails, the local cache is
-    asked."""
-    from huggingface_hub import hf_hub_download, model_info
-
-    try:
-        files = {f.rfilename for f in model_info(repo_id, revision=revision).siblings}
-    except Exception as online_error:        # no network, no such repo or revision, a gated repo ...
-        for names, _ in FORMATS:
-            try:
-                paths = [hf_hub_download(repo_id, f, revision=revision, local_files_only=True) for f in names]
-            except Exception:                # not in the cache
-                continue
-            return names, paths
-        reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
-        raise OSError(f"could not get the tokenizer of {repo_id!r} from the Hugging Face Hub ({reason}) "
-                      f"and it is not in the local cache; pass a local directory holding "
-                      f"{_FORMAT_NAMES}") from None
-    for names, _ in FORMATS:
-        if all(f in files for f in names):
-            return names, [hf_hub_download(repo_id, f, revision=revision) for f in names]
-    raise FileNotFoundError(f"Hub repo {repo_id!r} has none of {_FORMAT_NAMES}")
+    """(names, paths) of the first format the Hub repo has, downloaded (hub.py: one quick request, then the
+    local cache)."""
+    def choose(files):
+        names = next((names for names, _ in FORMATS if all(f in files for f in names)), None)
+        if names is None:
+            raise FileNotFoundError(f"Hub repo {repo_id!r} has none of {_FORMAT_NAMES}")
+        return list(names)
+    directory = hub.download(repo_id, revision, choose, _FORMAT_NAMES)
+    names = next((names for names, _ in FORMATS if all((directory / f).is_file() for f in names)), None)
+    if names is None:
+        raise FileNotFoundError(f"the local copy of {repo_id} has none of {_FORMAT_NAMES}")
+    return names, [directory / f for f in names]
 
 
 # tokenizer.json's added tokens: HF matches them in a fixed order, with flags. NeoX's runs of spaces

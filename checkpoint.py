@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import hub
 from attention import BACKENDS
 
 # ----------------------------------------------------------------------------- the model files
@@ -70,19 +71,11 @@ def read_any_config(directory):
 # ----------------------------------------------------------------------------- config.json
 
 
-def read_json(path):
-    """A JSON file's content; a malformed file is named in the error."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
-
-
 def read_json_object(path):
     """config.json (or another file that must hold an object), named when it is missing or is not one."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no {Path(path).name} in {Path(path).parent}")
-    d = read_json(path)
+    d = hub.read_json(path)
     if not isinstance(d, dict):
         raise ValueError(f"{path} must hold a JSON object, not a {type(d).__name__}")
     return d
@@ -212,29 +205,18 @@ def checkpoint_dir(name_or_path, revision=None, hub_models=None, offline=None):
 
 
 def download(repo_id, revision=None, offline=None):
-    """Fetch only what we need (config, one weights format, tokenizer) with huggingface_hub; offline, use
-    its cache. One quick request, no retries: without a network the answer comes at once."""
-    from huggingface_hub import model_info, snapshot_download
-    try:
-        files = {f.rfilename for f in model_info(repo_id, revision=revision).siblings}
-    except Exception as online_error:  # no network, unknown repo, ...: the local cache is the last chance
-        try:
-            return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-        except Exception:
-            reason = (str(online_error).strip().splitlines() or [type(online_error).__name__])[0]
-            fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
-            hint = (f"; {offline}, the model of this architecture shipped here, is such a directory and works "
-                    "offline") if offline else ""
-            raise OSError(f"could not get {repo_id} from the Hugging Face Hub ({reason}) and it is not in "
-                          f"the local cache; download it while online ({fetch}), or give a local directory "
-                          f"holding config.json and the weights instead{hint}") from None
-    weights = [f for f in WEIGHT_FILES if f in files][:1]
-    if not weights:
-        raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
-    shards = {"model.safetensors.index.json": ["model-*.safetensors"],
-              "pytorch_model.bin.index.json": ["pytorch_model-*.bin"]}.get(weights[0], [])
-    patterns = ["config.json", *weights, *shards, *(f for f in TOKENIZER_FILES if f in files)]
-    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    """Fetch only what we need (config, one weights format, tokenizer) with huggingface_hub (hub.py); offline,
+    its cache."""
+    def choose(files):
+        weights = [f for f in WEIGHT_FILES if f in files][:1]
+        if not weights:
+            raise FileNotFoundError(f"{repo_id} has none of {', '.join(WEIGHT_FILES)}")
+        shards = {"model.safetensors.index.json": ["model-*.safetensors"],
+                  "pytorch_model.bin.index.json": ["pytorch_model-*.bin"]}.get(weights[0], [])
+        return ["config.json", *weights, *shards, *(f for f in TOKENIZER_FILES if f in files)]
+    hint = (f"; {offline}, the model of this architecture shipped here, is such a directory and works "
+            "offline") if offline else ""
+    return hub.download(repo_id, revision, choose, "config.json and the weights", hint)
 
 # ----------------------------------------------------------------------------- reading the weights
 
@@ -250,8 +232,11 @@ def read_state_dict(directory, lazy=False):
         raise FileNotFoundError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
     shards = shard_names(directory / name) if name.endswith(".index.json") else [name]
     state_dict = {}
-    for shard in shards:
-        state_dict.update(read_weights_file(directory / shard, lazy))
+    sizes = [(directory / s).stat().st_size if (directory / s).is_file() else 0 for s in shards]
+    with hub.progress(0 if lazy else sum(sizes), f"reading {directory.name}") as bar:
+        for shard, size in zip(shards, sizes):
+            state_dict.update(read_weights_file(directory / shard, lazy))
+            bar.update(size)
     return state_dict
 
 
@@ -264,7 +249,7 @@ def weights_bytes(directory):
 def shard_names(index_path):
     """The files a sharded checkpoint's index maps its tensors to: plain names of files beside it (a path
     such as ../x or /x would read outside the checkpoint, so it is refused)."""
-    index = read_json(index_path)
+    index = hub.read_json(index_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
         raise ValueError(f"{index_path} has no \"weight_map\" of tensor names to shard files")

@@ -65,6 +65,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import hub  # (its progress bar)
+
 SCHEMES = ("int8", "int4")
 GROUP_SIZES = (32, 64, 128, 256)
 GROUP_SIZE = 32  # int4: input weights per scale, chosen by perplexity (docs/quantization.md)
@@ -442,7 +444,11 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
     for name, p in model.named_parameters(remove_duplicate=False):
         if name in state_dict:
             owner.setdefault(p, name)
-    for name, linear in [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]:
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    bar = hub.progress(sum(m.weight.numel() * state_dict[owner[m.weight]].element_size() for _, m in linears),
+                       f"quantizing to {scheme}")
+    for name, linear in linears:
+        bar.update(linear.weight.numel() * state_dict[owner[linear.weight]].element_size())
         key = owner[linear.weight]
         tied = key != f"{name}.weight"
         weight = state_dict[key] if tied else state_dict.pop(key)
@@ -462,6 +468,7 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
         if not tied:
             release(weight)
         del weight
+    bar.close()
     load_the_rest(model, state_dict, dtype, device)
     model.quantization_config = quantization_config(model)
     return model
@@ -597,9 +604,13 @@ def save_quantized(model, directory, max_shard_size):
     limit = parse_size_to_int(max_shard_size) if isinstance(max_shard_size, str) else max_shard_size
     directory, shards, current, size, total = Path(directory), [], {}, 0, 0
 
+    bar = hub.progress(sum(t.numel() * t.element_size() for t in model.state_dict().values()
+                           if isinstance(t, torch.Tensor)), "saving")
+
     def flush():
         save_file(current, directory / f"part-{len(shards)}", metadata={"format": "pt"})
         shards.append(list(current))
+        bar.update(size)
     for group in quantized_tensors(model):
         nbytes = sum(t.numel() * t.element_size() for t in group.values())
         if current and size + nbytes > limit:
@@ -608,6 +619,7 @@ def save_quantized(model, directory, max_shard_size):
         current.update(group)
         size, total = size + nbytes, total + nbytes
     flush()
+    bar.close()
     if len(shards) == 1:
         (directory / "part-0").rename(directory / "model.safetensors")
         return

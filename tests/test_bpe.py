@@ -568,7 +568,7 @@ def test_from_pretrained_errors(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise LocalEntryNotFoundError("no network")
     monkeypatch.setattr(huggingface_hub, "model_info", offline)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(OSError, match="local directory"):
         Tokenizer.from_pretrained("someone/some-model")
 
@@ -955,12 +955,12 @@ def test_cli_without_the_hub_fails_at_once(monkeypatch, capsys):
         calls.append(kwargs)
         raise (ConnectionError if "local_files_only" not in kwargs else LocalEntryNotFoundError)("no network")
     monkeypatch.setattr(huggingface_hub, "model_info", no_network)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
     monkeypatch.setattr(bpe, "DEFAULT_TOKENIZER", Path("/nonexistent"))
     with pytest.raises(SystemExit) as exit_:
         bpe.main(["Hello"])
     message = str(exit_.value.code)
-    assert message.startswith("error: could not get the tokenizer of 'gpt2'") and "\n" not in message
+    assert message.startswith("error: could not get gpt2 from the Hugging Face Hub") and "\n" not in message
     assert "models/pydoc-gpt2" in message
     assert "local_files_only" not in calls[0] and all(c.get("local_files_only") for c in calls[1:])  # 1 request
     bpe.main(["Hello", "--tokenizer", str(bpe.SHIPPED_TOKENIZER)])                 # ... which works offline

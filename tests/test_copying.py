@@ -1,7 +1,7 @@
 """Copying a model into another project, as the README says:
 
-(a) the model, with loading, saving and generation: the model file, attention.py, kv_cache.py, checkpoint.py
-    and generation.py;
+(a) the model, with loading, saving and generation: the model file, attention.py, kv_cache.py, checkpoint.py,
+    hub.py and generation.py;
 (b) sampling from the command line: (a) and bpe.py (bpe_fast.py for its speed).
 
 Each set runs from a directory holding only those files. An optional module that is absent (bpe.py,
@@ -17,7 +17,7 @@ from conftest import ROOT
 from reference import assert_close
 from test_hostile_inputs import ARCHS, tiny_checkpoint
 
-MODEL_FILES = ["attention.py", "kv_cache.py", "checkpoint.py", "generation.py"]  # (a), beside the model file
+MODEL_FILES = ["attention.py", "kv_cache.py", "checkpoint.py", "hub.py", "generation.py"]  # (a), beside the model file
 CLI_FILES = MODEL_FILES + ["bpe.py"]  # (b)
 LESSON = "the lesson ends here"
 
@@ -42,7 +42,7 @@ for arch, project, checkpoint in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3:
                      "tokens": module.generate(model, ids, 6, temperature=0),
                      "modules": sorted(sys.modules), "quantize_error": quantize_error}
     sys.path.remove(project)
-    for name in (arch, "attention", "kv_cache", "checkpoint", "generation"):
+    for name in (arch, "attention", "kv_cache", "checkpoint", "hub", "generation"):
         del sys.modules[name]
 torch.save(results, "out.pt")
 """

@@ -442,7 +442,7 @@ def test_bpe_cli_without_the_hub_is_one_line_at_once(tmp_path):
     env.update(HF_HOME=str(tmp_path / "empty-hf-home"), HF_ENDPOINT="http://127.0.0.1:9")
     result = subprocess.run([sys.executable, str(ROOT / "bpe.py"), "Hello", "--tokenizer", "gpt2"],
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
-    one_error_line(result, "could not get the tokenizer of 'gpt2' from the Hugging Face Hub")
+    one_error_line(result, "could not get gpt2 from the Hugging Face Hub")
     assert "--tokenizer models/pydoc-gpt2" in result.stderr
 
 
