@@ -504,7 +504,9 @@ def write_files(directory, write, remove=()):
                     os.fsync(opened.fileno())  # on the disk before the rename makes it the file
         except Exception as e:
             if disk_full(e, directory):
-                raise OSError(errno.ENOSPC, f"no space left on {directory}") from None
+                full = OSError(f"no space left on {directory}")
+                full.errno = errno.ENOSPC
+                raise full from None
             raise
         tmp.rename(directory / COMMITTED)
         return finish_write(directory)

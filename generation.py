@@ -84,10 +84,15 @@ def check_input_values(input_ids, attention_mask, vocab_size):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (tokens)")
 
 
-def check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size=None, eos_token_id=None):
+def check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size=None, eos_token_id=None,
+                     kv_cache=None):
     """What generate needs beyond what the model checks: a prompt with room in the context, left padding,
     ids and a mask that are valid values (checked once here, not at every step), a vocab_size and end ids
-    that are ids of the model."""
+    that are ids of the model, and a KV cache that is empty (one that holds an earlier call's keys would
+    shift every position and attend to another text: a wrong answer without a word)."""
+    if kv_cache is not None and kv_cache.seen:
+        raise ValueError(f"kv_cache holds {kv_cache.seen} tokens of an earlier call: give each generate call "
+                         "a new cache (model.make_cache()), or none")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if input_ids.dim() != 2:
@@ -134,8 +139,9 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
     The model samples in eval mode and is given its own mode back, also when on_token raises (eval_mode).
     Threads: generate calls on one model from several threads are safe, in train mode as in eval mode
     (each has its own KV cache, and they share the mode switch); a kv_cache or generator passed to two
-    calls at once is not, nor training the model while another thread samples from it (the step would run
-    in eval mode). compile=True from several threads at once is not tested.
+    calls at once is refused (its state would interleave), and training the model while another thread
+    samples from it is not safe (the step would run in eval mode). compile=True from several threads at
+    once is not tested.
     """
     if compile:  # (it checks its arguments as below)
         return generate_compiled(model, input_ids, max_new_tokens, attention_mask=attention_mask,
@@ -143,10 +149,10 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
                                  vocab_size=vocab_size, generator=generator, on_token=on_token,
                                  kv_cache=kv_cache)
     check_sampling(temperature, top_k, top_p)
-    check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size, eos_token_id)
+    check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size, eos_token_id, kv_cache)
     kv_cache = model.make_cache() if kv_cache is None else kv_cache
     ids, done, eos = input_ids, None, eos_ids(eos_token_id, input_ids.device)
-    with eval_mode(model):  # sampling never drops out
+    with eval_mode(model), claimed(kv_cache, generator):  # sampling never drops out
         logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the whole prompt at once: (B, V)
         for _ in range(max_new_tokens):
             next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
@@ -187,6 +193,26 @@ def eval_mode(model):
                 model.train(users[1])
 
 
+_IN_USE = set()  # id() of the kv_caches and generators that a generate call is using now (claimed's)
+
+
+@contextmanager
+def claimed(*objects):
+    """Each of `objects` (None skipped) used by this call alone: one that another call is using now is a
+    ValueError (two calls on one cache would write each other's keys; on one generator, draw in turn)."""
+    mine = {id(o): type(o).__name__ for o in objects if o is not None}
+    with _MODE_LOCK:
+        taken = [name for i, name in mine.items() if i in _IN_USE]
+        if taken:
+            raise ValueError(f"this {taken[0]} is in use by another generate call: give each call its own")
+        _IN_USE.update(mine)
+    try:
+        yield
+    finally:
+        with _MODE_LOCK:
+            _IN_USE.difference_update(mine)
+
+
 def choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator):
     """Sample each row's next token (B,) from its logits (B, V); `done` (B,) marks the rows that have
     emitted an end-of-sequence id (one of `eos`, a tensor of ids, or None): they keep emitting it."""
@@ -216,7 +242,7 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     one torch.compile'd graph of `last_logits` serves every token. Same arguments and tokens as generate;
     the first call compiles, which takes a while."""
     check_sampling(temperature, top_k, top_p)
-    check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size, eos_token_id)
+    check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size, eos_token_id, kv_cache)
     B, T = input_ids.shape
     kv_cache = model.make_cache(static_len=T + max_new_tokens) if kv_cache is None else kv_cache
     if not isinstance(kv_cache, StaticCache) or kv_cache.max_len < T + max_new_tokens:
@@ -228,7 +254,7 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     # On CUDA, "reduce-overhead" also records the step's kernels as a CUDA graph: one launch per token.
     step = torch.compile(last_logits, fullgraph=True, mode="reduce-overhead" if input_ids.is_cuda else None)
     ids, done, eos = input_ids, None, eos_ids(eos_token_id, input_ids.device)
-    with eval_mode(model):  # sampling never drops out
+    with eval_mode(model), claimed(kv_cache, generator):  # sampling never drops out
         logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the prompt, eagerly: (B, V)
         buffer = FullBuffer(kv_cache)
         for i in range(max_new_tokens):

@@ -439,9 +439,12 @@ def read_state(out):
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no {STATE} in {out}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and numbers only
-    except Exception as e:  # truncated or foreign: zipfile, pickle and torch errors alike
-        raise ValueError(f"{path} is not a train.py state file ({type(e).__name__}: {e})") from None
+        state = checkpoint.torch_load(path)  # tensors and numbers only: no code in the file runs
+    except ValueError:
+        raise
+    except Exception as e:  # truncated or foreign: zipfile and torch errors alike
+        raise ValueError(f"{path} is not a train.py state file ({type(e).__name__}: "
+                         f"{checkpoint.first_line(e)})") from None
     if not (isinstance(state, dict) and STATE_KEYS <= state.keys() and type(state["step"]) is int
             and isinstance(state["args"], dict) and isinstance(state["files"], dict)):
         raise ValueError(f"{path} is not a train.py state file of this version: it lacks the step, the run's "
@@ -463,6 +466,24 @@ def read_state(out):
             raise ValueError(f"{out / name} is not part of the run's checkpoint, but a reader could take it for "
                              "its tokenizer: move it away")
     return state
+
+
+def load_optimizer_state(optimizer, saved, path):
+    """train_state.pt's AdamW state into `optimizer`, checked: a state of another model, or a tampered one,
+    is refused by name here, not met as a strange error at the first step."""
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        raise ValueError(f"{path}: its optimizer state does not fit the model ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                ok = isinstance(value, torch.Tensor) and value.is_floating_point() and (
+                    value.shape == p.shape if name in ("exp_avg", "exp_avg_sq") else value.numel() == 1)
+                if not ok or not torch.isfinite(value).all():
+                    raise ValueError(f"{path}: its optimizer state's {name} does not fit the model's "
+                                     f"parameter of shape {tuple(p.shape)}")
 
 
 def recover(out):
@@ -568,10 +589,7 @@ def train(args, given, device, state=None):
     model.train()
     optimizer = make_optimizer(model, args, device)
     if state:
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{out / STATE}: its optimizer state does not fit the model ({e})") from None
+        load_optimizer_state(optimizer, state["optimizer"], out / STATE)
     settings = {"args": {k: v for k, v in vars(args).items() if k not in NOT_SAVED}, "data_sha256": data_sha256}
     settings["args"]["data"] = str(Path(args.data).resolve())  # (--resume from another directory finds it)
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device.type == "cuda"
