@@ -41,7 +41,7 @@ def progress(total_bytes, what):
     """A progress bar for long work (loading, quantizing, saving a checkpoint) on stderr when it is a
     terminal: bytes done and left, and the rate; quiet otherwise (a log, a pipe, the tests). tqdm comes with
     huggingface_hub. Use as `with progress(n, "loading") as bar: ... bar.update(bytes)`."""
-    from tqdm.auto import tqdm
+    from huggingface_hub.utils import tqdm  # (tqdm, as huggingface_hub ships it)
     return tqdm(total=total_bytes, desc=what, unit="B", unit_scale=True, leave=False, file=sys.stderr,
                 disable=not sys.stderr.isatty() or total_bytes < PROGRESS_MIN_BYTES)
 

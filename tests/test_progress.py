@@ -2,6 +2,7 @@
 checkpoint: bytes done and left, and the rate), and stays quiet otherwise."""
 import io
 
+import huggingface_hub
 import pytest
 import torch
 
@@ -22,8 +23,12 @@ def test_a_sharded_quantized_load_and_save_show_progress_on_a_terminal_only(term
     stderr = Terminal() if terminal else io.StringIO()
     monkeypatch.setattr(hub.sys, "stderr", stderr)
     monkeypatch.setattr(hub, "PROGRESS_MIN_BYTES", 0)  # (a real checkpoint is larger than 64 MB)
-    quantized = gpt2.from_pretrained(tmp_path / "fp32", quantize="int8")
-    gpt2.save_pretrained(quantized, tmp_path / "int8", max_shard_size=5_000)
+    huggingface_hub.utils.enable_progress_bars()  # (conftest turns them off for the suite)
+    try:
+        quantized = gpt2.from_pretrained(tmp_path / "fp32", quantize="int8")
+        gpt2.save_pretrained(quantized, tmp_path / "int8", max_shard_size=5_000)
+    finally:
+        huggingface_hub.utils.disable_progress_bars()
     assert (tmp_path / "int8" / "model.safetensors.index.json").exists()
     shown = stderr.getvalue()
     if terminal:

@@ -46,12 +46,12 @@ def test_shipped_gpt2_tokenizer_is_the_shared_one(name):
 
 
 def test_bpe_cli_default_is_the_shipped_tokenizer_on_a_plain_clone(tmp_path):
-    """`python bpe.py "Hello world"` in a directory holding only bpe.py, bpe_fast.py and models/ (no ../shared
+    """`python bpe.py "Hello world"` in a directory holding only bpe.py, bpe_fast.py, hub.py and models/ (no ../shared
     beside it, no Hub cache, no network): tiktoken's ids."""
     assert bpe.DEFAULT_TOKENIZER == GPT2_TOKENIZER
     clone = tmp_path / "clone" / "gpt-from-scratch"
     (clone / "models").mkdir(parents=True)
-    for name in ("bpe.py", "bpe_fast.py"):
+    for name in ("bpe.py", "bpe_fast.py", "hub.py"):
         shutil.copy(ROOT / name, clone)
     shutil.copytree(GPT2_TOKENIZER, clone / "models" / "gpt2-tokenizer")
     result = subprocess.run([sys.executable, "bpe.py", "Hello world"], capture_output=True, text=True,
