@@ -1,10 +1,11 @@
 """Long work shows a progress bar on stderr when it is a terminal (loading, quantizing, saving a sharded
 checkpoint: bytes done and left, and the rate), and stays quiet otherwise."""
 import io
+import sys
 
-import huggingface_hub
 import pytest
 import torch
+from huggingface_hub.utils import tqdm as hf_tqdm
 
 import gpt2
 import hub
@@ -23,12 +24,10 @@ def test_a_sharded_quantized_load_and_save_show_progress_on_a_terminal_only(term
     stderr = Terminal() if terminal else io.StringIO()
     monkeypatch.setattr(hub.sys, "stderr", stderr)
     monkeypatch.setattr(hub, "PROGRESS_MIN_BYTES", 0)  # (a real checkpoint is larger than 64 MB)
-    huggingface_hub.utils.enable_progress_bars()  # (conftest turns them off for the suite)
-    try:
-        quantized = gpt2.from_pretrained(tmp_path / "fp32", quantize="int8")
-        gpt2.save_pretrained(quantized, tmp_path / "int8", max_shard_size=5_000)
-    finally:
-        huggingface_hub.utils.disable_progress_bars()
+    # conftest turns huggingface_hub's bars off for the suite (HF_HUB_DISABLE_PROGRESS_BARS): on here
+    monkeypatch.setattr(sys.modules[hf_tqdm.__module__], "HF_HUB_DISABLE_PROGRESS_BARS", None)
+    quantized = gpt2.from_pretrained(tmp_path / "fp32", quantize="int8")
+    gpt2.save_pretrained(quantized, tmp_path / "int8", max_shard_size=5_000)
     assert (tmp_path / "int8" / "model.safetensors.index.json").exists()
     shown = stderr.getvalue()
     if terminal:
