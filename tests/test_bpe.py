@@ -742,7 +742,7 @@ def test_malformed_files_are_refused_by_name(tmp_path, gpt2_dir):
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     good = {"model": {"type": "BPE", "vocab": vocab, "merges": ["Ġ t"]}, "pre_tokenizer": byte_level}
     cases = {
-        "truncated": (json.dumps(good)[:1000], "not a valid JSON file"),
+        "truncated": (json.dumps(good)[:1000], "is not valid JSON"),
         "a list": ("[1, 2]", "no \"model\""),
         "no merges": (json.dumps({**good, "model": {"type": "BPE", "vocab": vocab}}), "without vocab and merges"),
         "merges not a list": (json.dumps({**good, "model": {**good["model"], "merges": "Ġ t"}}), "must be a list"),
@@ -755,7 +755,7 @@ def test_malformed_files_are_refused_by_name(tmp_path, gpt2_dir):
         "vocab a list": (json.dumps({**good, "model": {**good["model"], "vocab": list(vocab)}}),
                          "must be an object"),
         "added_tokens": (json.dumps({**good, "added_tokens": [{"id": 5}]}), "added_tokens must be a list"),
-        "not utf-8": (b"\xff\xfe{}", "not a valid JSON file"),
+        "not utf-8": (b"\xff\xfe{}", "is not valid JSON"),
     }
     for name, (content, message) in cases.items():
         path = tmp_path / "json" / name / "tokenizer.json"
