@@ -765,7 +765,7 @@ def test_malformed_files_are_refused_by_name(tmp_path, gpt2_dir):
             Tokenizer.from_pretrained(path.parent)
         assert str(path) in str(error.value), name
     for name, (vocab_text, merges_text, message) in {
-            "truncated vocab": ('{"a": 0', "Ġ t\n", "vocab.json: not a valid JSON file"),
+            "truncated vocab": ('{"a": 0', "Ġ t\n", "vocab.json is not valid JSON"),
             "vocab a list": ('["a"]', "Ġ t\n", "vocab.json: the vocabulary must be an object"),
             "bad merge line": (json.dumps(vocab), "#version: 0.2\nĠ t x\n", "merges.txt: a merge must be two"),
             "merge not in vocab": (json.dumps(vocab), "Ġ qqqq\n", "merges.txt: .*'qqqq' is not in the vocabulary"),
