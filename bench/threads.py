@@ -61,7 +61,7 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    cases = [("shipped (1M, fp32)", "gpt2", ROOT / "models" / "pydoc-gpt2", 200, ()),
+    cases = [("shipped (1M, fp32)", "gpt2", ROOT / "models" / "pydoc-gpt2", 120, ()),
              ("GPT-2 small shapes (124M, fp32)", "gpt2", make_checkpoint("threads-gpt2-124m", arch="gpt2"), 48, ())]
     if not args.quick:
         cases.append(("20B shapes, 1 layer (int4)", "gpt_neox",

@@ -1,0 +1,106 @@
+"""Benchmark: how fast this machine can read weights at batch 1, by the best reader PyTorch has.
+
+    python bench/ceiling.py            # GPT-2 small's and GPT-NeoX-20B's layer shapes, 2 threads
+    python bench/ceiling.py --quick    # GPT-2 small's shapes only, fewer repeats
+
+Decoding one token reads every weight once, so the rate at which the machine reads weights bounds the
+decode rate. A plain sum over the weights understates that rate: some of PyTorch's matmul kernels read
+faster. Each reader here reads the same layers (a block's four matrices, copies cycled so that they come
+from memory, not from the cache) with one token's activations, and the table gives GB/s of weight bytes;
+the fastest is the ceiling to measure a decode against ("fraction of the ceiling" in docs/speed.md):
+
+  sum             torch.sum over fp32 weights
+  fp32 linear     F.linear, fp32 weights and activations
+  int8 (ours)     quantize.Int8Linear: _weight_int8pack_mm, bf16 activations
+  int4 (ours)     quantize.Int4Linear: _weight_int4pack_mm_for_cpu, group 32, bf16 activations
+  int8 dynamic    fbgemm's dynamic linear: int8 weights, activations quantized to int8 per call (x86 only)
+"""
+import argparse
+import gc
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import quantize  # noqa: E402
+
+SHAPES = {"GPT-2 small": [(2304, 768), (768, 768), (3072, 768), (768, 3072)],  # (out, in)
+          "GPT-NeoX-20B": [(18432, 6144), (6144, 6144), (24576, 6144), (6144, 24576)]}
+
+
+def reader(name, weights):
+    """(the bytes one call reads, a function that reads them once) for one copy of the layers."""
+    x32 = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
+    x16 = {k: v.bfloat16() for k, v in x32.items()}
+    if name == "sum":
+        return sum(w.numel() * 4 for w in weights), lambda: [w.sum() for w in weights]
+    if name == "fp32 linear":
+        return sum(w.numel() * 4 for w in weights), lambda: [F.linear(x32[w.shape[1]], w) for w in weights]
+    if name in ("int8 (ours)", "int4 (ours)"):
+        scheme = name[:4]
+        layers = [(quantize.quantized_linear(w, None, scheme, torch.bfloat16), w.shape[1]) for w in weights]
+        nbytes = sum(w.numel() // (1 if scheme == "int8" else 2) for w in weights)
+        return nbytes, lambda: [layer(x16[k]) for layer, k in layers]
+    packed = []  # "int8 dynamic": fbgemm's prepacked int8 weights
+    for w in weights:
+        scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
+        q = torch.quantize_per_channel(w, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
+        packed.append((torch.ops.quantized.linear_prepack(q, None), w.shape[1]))
+    return sum(w.numel() for w in weights), lambda: [torch.ops.quantized.linear_dynamic(x32[k], p)
+                                                     for p, k in packed]
+
+
+READERS = ["sum", "fp32 linear", "int8 (ours)", "int4 (ours)"] + (
+    ["int8 dynamic"] if "fbgemm" in torch.backends.quantized.supported_engines else [])
+
+
+def measure(name, shapes, repeats, target_bytes=2**30):
+    """GB/s of one reader over copies of the layers that add up to `target_bytes` of what it reads (twice
+    this machine's last-level cache and more: every call reads from memory), median of `repeats` passes."""
+    torch.manual_seed(0)
+    copies = []
+    while not copies or sum(c[0] for c in copies) < target_bytes:
+        copies.append(reader(name, [torch.randn(o, i) * 0.02 for o, i in shapes]))
+    for _, read in copies:  # warm-up: every copy once
+        read()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _, read in copies:
+            read()
+        times.append(time.perf_counter() - start)
+    return sum(c[0] for c in copies) / statistics.median(times) / 1e9, len(copies)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{args.threads} threads; GB/s of weight bytes at batch 1, copies cycled through memory")
+    for title, shapes in SHAPES.items():
+        if args.quick and title != "GPT-2 small":
+            continue
+        rates = {}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (torch's quantized-tensor API says it is deprecated)
+            for name in READERS:
+                rates[name], copies = measure(name, shapes, 3 if args.quick else 7)
+                gc.collect()
+        best = max(rates, key=rates.get)
+        print(f"\n{title}: a block's matrices, copies cycled (1 GiB of what each reader reads)")
+        for name, rate in rates.items():
+            print(f"  {name:14} {rate:6.1f} GB/s  {rate / rates[best]:.2f} of the best")
+        print(f"  ceiling: {rates[best]:.1f} GB/s ({best})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
