@@ -387,6 +387,17 @@ def busy_cores(seconds=0.1):
     return cores * (1 - (idle2 - idle) / max(total2 - total, 1))
 
 
+def load_tokenizer(Tokenizer, directory):
+    """The checkpoint's tokenizer; a directory without one is named with the files to copy into it."""
+    try:
+        return Tokenizer.from_pretrained(directory)
+    except FileNotFoundError as e:
+        shipped = Path(__file__).resolve().parent / "models" / "gpt2-tokenizer"
+        gpt2 = f"; {shipped} holds GPT-2's" if shipped.is_dir() else ""
+        raise FileNotFoundError(f"{e}; copy the tokenizer files of the checkpoint this model came from "
+                                f"(vocab.json and merges.txt, or tokenizer.json) into {directory}{gpt2}") from None
+
+
 def fast_tokenizer():
     """bpe_fast.Tokenizer (bpe.py's, with its speed-ups: the same ids), or None where bpe_fast.py was not
     copied."""
@@ -427,7 +438,7 @@ def main(arch, argv=None):
         directory = checkpoint.checkpoint_dir(args.model, args.revision, arch.HUB_MODELS, arch.OFFLINE_MODEL)
         config = arch.load_config(directory)  # read once: the prompt is checked against it before loading
         torch.set_num_threads(choose_threads(args.threads, checkpoint.weights_bytes(directory)))
-        tokenizer = Tokenizer.from_pretrained(directory)
+        tokenizer = load_tokenizer(Tokenizer, directory)
         max_new_tokens = 0 if show else args.max_new_tokens
         prompt = encode_prompt(tokenizer, args.prompt, config.context_length, max_new_tokens)
         attn = "naive" if args.show else args.attn  # --show: the fused kernels never form the probabilities

@@ -212,3 +212,13 @@ def test_threads(monkeypatch):
         generation.choose_threads(0, 0)
     assert 0 <= generation.busy_cores(0.05) <= (os.cpu_count() or 1)
 
+
+
+def test_a_checkpoint_without_a_tokenizer_names_the_files_to_copy(tmp_path):
+    gpt2.save_pretrained(tiny(0), tmp_path)  # made here, not loaded: no tokenizer goes along
+    result = subprocess.run([sys.executable, "gpt2.py", "--model", str(tmp_path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: no tokenizer files in")
+    assert f"copy the tokenizer files of the checkpoint this model came from (vocab.json and merges.txt, or " \
+           f"tokenizer.json) into {tmp_path}; {ROOT / 'models' / 'gpt2-tokenizer'} holds GPT-2's" in lines[0]
