@@ -362,7 +362,11 @@ def test_cli_padded_vocabulary_generates(cli_checkpoint, tmp_path):
 
 
 def test_cli_ctrl_c_exits_quietly_with_130(cli_checkpoint):
-    process = subprocess.Popen([sys.executable, str(ROOT / "gpt2.py"), "--model", str(cli_checkpoint),
+    """Ctrl-C while sampling. Each step is slowed to 10 ms, so that the 1000 tokens cannot all be out before
+    the signal arrives (a tiny model makes them in about a second: the test raced)."""
+    slow = ("import sys, time, generation, gpt2; choose = generation.choose_next; "
+            "generation.choose_next = lambda *a: (time.sleep(0.01), choose(*a))[1]; gpt2.main(sys.argv[1:])")
+    process = subprocess.Popen([sys.executable, "-c", slow, "--model", str(cli_checkpoint),
                                 "--prompt", "Hi", "--max-new-tokens", "1000"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout.read(2) == "Hi"  # the prompt is printed once generation starts
