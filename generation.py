@@ -295,12 +295,12 @@ def parse_args(arch, argv=None):
     p.add_argument("--attn", default="sdpa", choices=BACKENDS, help="the attention backend")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-token decode step (compiling takes a while, once per run)")
-    p.add_argument("--show", metavar="PNG", help="draw the prompt's attention maps (every layer and head) "
-                   "into this file instead of sampling (visualize.py; needs matplotlib)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: chosen for the model "
-                   "and the machine: 1 for a small model, else the cores that are free now)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads; unset: 1 for a small model, else "
+                   "the cores that are free when it starts")
     p.add_argument("--save", metavar="DIR", help="load (and --quantize) the model, save it into this new "
                    "directory with its tokenizer, and stop: `--model DIR` then loads it as it is")
+    p.add_argument("--show", metavar="PNG", help="draw the prompt's attention maps (every layer and head) "
+                   "into this file instead of sampling (visualize.py; needs matplotlib)")
     p.add_argument("--show-lens", metavar="PNG", help="draw the prompt's logit lens (the top next token "
                    "after each layer) into this file instead of sampling")
     return p.parse_args(argv)
@@ -353,8 +353,8 @@ def choose_threads(requested, weight_bytes):
     """How many CPU threads to run on. A small model's matmuls are too small to split: one thread (two
     would only wait on each other). A larger one: the cores this process may use that are free now. Each of
     PyTorch's OpenMP threads spins at every barrier until the others arrive, so a thread on a core that
-    another job holds makes the whole step wait for it: 50x slower than one thread, measured
-    (bench/threads.py)."""
+    another job holds makes the whole step wait for it (2-3x slower than one thread here, bench/threads.py;
+    50x was seen on a busier machine)."""
     if requested is not None:
         if requested < 1:
             raise ValueError(f"--threads must be >= 1, got {requested}")
@@ -418,8 +418,11 @@ def main(arch, argv=None):
         bpe = checkpoint.optional("bpe")  # the tokenizer, and bpe_fast.py's speed-ups where it is there too
         Tokenizer = fast_tokenizer() or bpe.Tokenizer
         if tp:
+            flags = dict(vars(args))  # (before the device becomes this process's own)
             args.device = tp.init(args.device)  # join the other processes, one device each
-            tp.agree(vars(args))  # the same flags everywhere, or they would wait on each other
+            tp.agree(flags)  # the same flags everywhere, or they would wait on each other
+            if args.save is not None:
+                raise ValueError("--save writes from one process: run it without torchrun")
             if tp.rank() > 0:
                 sys.stdout = open(os.devnull, "w")  # rank 0 prints; every process samples the same tokens
         check_sampling(args.temperature, args.top_k, args.top_p)
