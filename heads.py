@@ -378,7 +378,7 @@ def from_pretrained(name_or_path, *, task=None, num_labels=None, revision=None, 
         return state_dict
 
     return checkpoint.load(directory, config, partial(head, config, **options, backend=attn), convert,
-                           device=device, dtype=dtype, quantize=quantize)
+                           device=device, dtype=dtype, quantize=quantize, tp_plan=family.module.TP_PLAN)
 
 
 def with_new_head(model, state_dict, family, directory, architecture, task):
