@@ -76,6 +76,10 @@ class GPTNeoConfig:
     def from_dict(cls, d):  # config.json's object -> a checked config (read_config, after the lesson)
         return read_config(d)
 
+    @classmethod
+    def from_json(cls, path):  # a config.json file -> a checked config
+        return read_config(checkpoint.read_json_object(path))
+
 
 
 # ----------------------------------------------------------------------------- model

@@ -82,6 +82,10 @@ class GPTNeoXConfig:
     def from_dict(cls, d):  # config.json's object -> a checked config (read_config, after the lesson)
         return read_config(d)
 
+    @classmethod
+    def from_json(cls, path):  # a config.json file -> a checked config
+        return read_config(checkpoint.read_json_object(path))
+
 
 
 # ----------------------------------------------------------------------------- model
@@ -383,7 +387,6 @@ def load_config(directory):
 
 
 PYTHIA_SIZES = ["70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]  # each also "-deduped"
-
 HUB_MODELS = {
     "gpt-neox-20b": "EleutherAI/gpt-neox-20b",  # 20.6B, sharded
     "pythia-14m": "EleutherAI/pythia-14m",  # two small ones added to the suite later

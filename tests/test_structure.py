@@ -67,3 +67,16 @@ def test_the_causal_lm_takes_output_attentions_and_hidden_states(arch, tmp_path)
         assert no_attentions is None and len(only_hidden) == len(hidden_states)
         assert_close(model(ids, logits_to_keep=1), model(ids)[:, -1:], f"{arch} logits_to_keep=1")
         assert torch.equal(model(ids), logits)
+
+
+@pytest.mark.parametrize("arch, config", [("gpt2", "GPT2Config"), ("gpt_neo", "GPTNeoConfig"),
+                                          ("gpt_neox", "GPTNeoXConfig")])
+def test_the_config_classes_keep_their_readers(arch, config):
+    """The users' API of the config classes: from_dict and from_json, as before the plumbing moved."""
+    module = importlib.import_module(arch)
+    directory = ROOT / "models" / {"gpt2": "pydoc-gpt2", "gpt_neo": "pydoc-gpt-neo",
+                                   "gpt_neox": "pydoc-gpt-neox"}[arch]
+    cls = getattr(module, config)
+    from_json = cls.from_json(directory / "config.json")
+    assert type(from_json) is cls and from_json == module.load_config(directory)
+    assert from_json.num_hidden_layers == module.load_config(directory).num_hidden_layers >= 1
