@@ -106,42 +106,55 @@ def test_the_sampling_cli_runs_from_its_files_and_names_what_is_missing(tmp_path
                                                        "gpt-from-scratch beside the model file"], result.stderr
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_the_lesson_runs_alone(arch, tmp_path):
-    """The lines before "the lesson ends here", with only torch, attention.py and kv_cache.py importable,
-    define a config and a model that computes logits with the architecture's default config (built on the
-    meta device: the shapes and the code path, without the memory of a full-size model), and a small one
-    that computes real logits."""
-    source = (ROOT / f"{arch}.py").read_text()
-    lesson = source[:source.index(LESSON)]
-    (tmp_path / "lesson.py").write_text(lesson)
-    for name in ("attention.py", "kv_cache.py"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    small = {"gpt2": "n_layer=2, n_embd=32, n_head=2, vocab_size=100",
-             "gpt_neo": "num_layers=2, hidden_size=32, num_heads=2, vocab_size=100, "
-                        "attention_types=[[['global', 'local'], 1]]",
-             "gpt_neox": "num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64, "
-                         "vocab_size=100"}[arch]
-    code = f"""
-import sys, torch
-sys.modules['checkpoint'] = sys.modules['generation'] = None  # never imported by the lesson
-import lesson
-configs = [c for c in vars(lesson).values() if isinstance(c, type) and c.__name__.endswith('Config')]
-models = [m for m in vars(lesson).values() if isinstance(m, type) and m.__name__.endswith(('LMHeadModel', 'ForCausalLM'))]
-assert len(configs) == len(models) == 1
-Config, Model = configs[0], models[0]
-with torch.device('meta'):
-    logits = Model(Config())(torch.zeros(1, 4, dtype=torch.long, device='meta'))
-assert logits.shape == (1, 4, Config().vocab_size), logits.shape
-torch.manual_seed(0)
-small = lesson.from_config(Config({small})).eval()
-out = small(torch.tensor([[1, 2, 3]]))
-assert out.shape == (1, 3, 100) and torch.isfinite(out).all()
-print('ok')
+SMALL = {"gpt2": "n_layer=2, n_embd=32, n_head=2, vocab_size=100",
+         "gpt_neo": "num_layers=2, hidden_size=32, num_heads=2, vocab_size=100, attention_types=[[['global', 'local'], 1]]",
+         "gpt_neox": "num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=100"}
+
+# Run in one process for the three (starting Python and torch is most of the cost): each lesson is imported
+# from its own directory, where only it, attention.py and kv_cache.py are.
+LESSON_RUN = """
+import importlib, sys, torch
+sys.modules['checkpoint'] = sys.modules['generation'] = None  # never imported by a lesson
+for arch, directory, small in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
+    sys.path.insert(0, directory)
+    lesson = importlib.import_module('lesson_' + arch)
+    configs = [c for c in vars(lesson).values() if isinstance(c, type) and c.__name__.endswith('Config')]
+    models = [m for m in vars(lesson).values()
+              if isinstance(m, type) and m.__name__.endswith(('LMHeadModel', 'ForCausalLM'))]
+    assert len(configs) == len(models) == 1, arch
+    Config, Model = configs[0], models[0]
+    with torch.device('meta'):
+        logits = Model(Config())(torch.zeros(1, 4, dtype=torch.long, device='meta'))
+    assert logits.shape == (1, 4, Config().vocab_size), (arch, logits.shape)
+    torch.manual_seed(0)
+    model = lesson.from_config(eval(f'Config({small})')).eval()
+    out = model(torch.tensor([[1, 2, 3]]))
+    assert out.shape == (1, 3, 100) and torch.isfinite(out).all(), arch
+    sys.path.remove(directory)
+    for name in ('attention', 'kv_cache'):
+        del sys.modules[name]
+    print(arch, 'ok')
 """
-    result = subprocess.run([sys.executable, "-E", "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_lessons_run_alone(tmp_path):
+    """The lines of each model file before "the lesson ends here", with only torch, attention.py and
+    kv_cache.py importable, define a config and a model that computes logits with the architecture's
+    default config (built on the meta device: the shapes and the code path, without the memory of a
+    full-size model), and a small one that computes real logits."""
+    args = []
+    for arch in ARCHS:
+        directory = tmp_path / arch
+        directory.mkdir()
+        source = (ROOT / f"{arch}.py").read_text()
+        (directory / f"lesson_{arch}.py").write_text(source[:source.index(LESSON)])
+        for name in ("attention.py", "kv_cache.py"):
+            shutil.copy(ROOT / name, directory / name)
+        args += [arch, str(directory), SMALL[arch]]
+    result = subprocess.run([sys.executable, "-E", "-c", LESSON_RUN, *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.split() == [w for a in ARCHS for w in (a, "ok")], \
+        result.stderr
 
 
 @pytest.mark.parametrize("arch, limit", [("gpt2", 420), ("gpt_neo", 470), ("gpt_neox", 470)])
