@@ -896,6 +896,30 @@ def save_vocab_merges(tok: Tokenizer, directory) -> None:
     (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def save_tokenizer_json(tokenizer: Tokenizer, directory) -> None:
+    """A trained tokenizer as HF tokenizers' single file, tokenizer.json, laid out as Pythia's
+    (EleutherAI/pythia-*): byte-level BPE, its added tokens special, NFC normalization of the text before BPE
+    (train.py --tokenizer-json reads it back, so a run encodes with what it saves)."""
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    specials = {t.content: t.id for t in tokenizer.added_tokens}
+    text = json.dumps({
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": t.id, "content": t.content, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True} for t in tokenizer.added_tokens],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "ByteLevel", **byte_level},
+        "post_processor": {"type": "ByteLevel", **byte_level},
+        "decoder": {"type": "ByteLevel", **byte_level},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "vocab": dict(sorted({**tokenizer.vocab, **specials}.items(), key=lambda item: item[1])),
+                  "merges": [f"{left} {right}" for left, right in tokenizer.merges]},
+    }, ensure_ascii=False, indent=1) + "\n"
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.json").write_text(text, encoding="utf-8")
+
+
 # ------------------------------------------------------------------------------------------------------
 # Appendix: Unicode 16.0's letters (\p{L}) and numbers (\p{N}), as hex code point ranges
 # ------------------------------------------------------------------------------------------------------

@@ -61,13 +61,6 @@ def model_file(model_type):
         raise ValueError(f"model_type {model_type!r} is not one of {', '.join(MODEL_FILES)}")
     return importlib.import_module(MODEL_FILES[model_type])
 
-
-def read_any_config(directory):
-    """(the model file, its checked config) for a directory of any of the three architectures."""
-    raw = read_json_object(Path(directory) / "config.json")
-    module = model_file(raw.get("model_type"))
-    return module, module.read_config(raw)
-
 # ----------------------------------------------------------------------------- config.json
 
 
@@ -378,8 +371,8 @@ def load(directory, config, make_model, convert, *, device="cpu", dtype=None, qu
     are assigned in place, so the weights exist once in memory. dtype: a torch.dtype or its name, float32 by
     default, bfloat16 with `quantize` ("int8" | "int4": quantize.py quantizes every weight matrix as it is
     read) or for a checkpoint saved quantized (read as it is). tp_plan: under torchrun, each process takes
-    its share of the layers the plan names (tp.py). Returns the model in eval() mode."""
-    check_options(quantize=quantize)
+    its share of the layers the plan names (tp.py). Returns the model in eval() mode. (The callers check
+    attn and quantize first, with check_options, before any reading.)"""
     saved = config.quantization_config  # a checkpoint saved quantized: integers and scales (quantize.py)
     dtype = torch_dtype(dtype or (torch.bfloat16 if quantize or saved else None))
     check_device(device)

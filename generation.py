@@ -167,7 +167,7 @@ def generate(model, input_ids, max_new_tokens, *, attention_mask=None, temperatu
     return ids
 
 
-_MODE_LOCK = threading.Lock()  # (eval_mode's)
+_MODE_LOCK = threading.Lock()  # (eval_mode's and claimed's)
 
 
 _EVAL_USERS = {}  # id(model) -> [the generate calls using it now, the mode to give back]
@@ -454,8 +454,8 @@ def main(arch, argv=None):
         input_ids = torch.tensor([prompt], device=args.device)
         if show:
             check_input_values(input_ids, None, config.vocab_size)  # the tokenizer may know more ids
-            # the model (its hidden states and attentions), then its final LayerNorm and LM head for the lens
-            parts = model, *arch.logit_lens_layers(model)
+            # the backbone (its hidden states and attentions), then its final LayerNorm and LM head for the lens
+            parts = arch.inspected_parts(model)
             title = f"{args.model}: {args.prompt!r}"
             written = visualize.show(*parts, tokenizer, input_ids, args.show, args.show_lens, title)
             print("wrote", *written, file=sys.stderr)

@@ -380,9 +380,9 @@ def hub_state_dict(model):
     return state_dict
 
 
-def logit_lens_layers(model):
-    """The final LayerNorm and the LM head, which visualize.py's logit lens applies to every layer."""
-    return model.transformer.ln_f, model.lm_head
+def inspected_parts(model):
+    """What visualize.py draws from: the backbone, and the final LayerNorm and LM head of its logit lens."""
+    return model.transformer, model.transformer.ln_f, model.lm_head
 
 # ----------------------------------------------------------------------------- entry points
 

@@ -429,9 +429,9 @@ def hub_state_dict(model):
     return state_dict
 
 
-def logit_lens_layers(model):
-    """The final LayerNorm and the LM head, which visualize.py's logit lens applies to every layer."""
-    return model.gpt_neox.final_layer_norm, model.embed_out
+def inspected_parts(model):
+    """What visualize.py draws from: the backbone, and the final LayerNorm and LM head of its logit lens."""
+    return model.gpt_neox, model.gpt_neox.final_layer_norm, model.embed_out
 
 # ----------------------------------------------------------------------------- entry points
 

@@ -448,8 +448,8 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
     bar = hub.progress(sum(m.weight.numel() * state_dict[owner[m.weight]].element_size() for _, m in linears),
                        f"quantizing to {scheme}")
     for name, linear in linears:
-        bar.update(linear.weight.numel() * state_dict[owner[linear.weight]].element_size())
         key = owner[linear.weight]
+        bar.update(linear.weight.numel() * state_dict[key].element_size())
         tied = key != f"{name}.weight"
         weight = state_dict[key] if tied else state_dict.pop(key)
         bias = state_dict.pop(f"{name}.bias", None)

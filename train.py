@@ -31,7 +31,6 @@ import argparse
 import csv
 import errno
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -243,33 +242,13 @@ def load_tokenizer(args, text, directory):
         tokenizer = bpe_fast.train(text, args.vocab_size, special_tokens=["<|endoftext|>"])
         with tempfile.TemporaryDirectory() as tmp:
             if args.tokenizer_json:  # read back, so the run encodes with exactly what it saves
-                (Path(tmp) / "tokenizer.json").write_text(tokenizer_json(tokenizer), encoding="utf-8")
+                bpe.save_tokenizer_json(tokenizer, tmp)
                 tokenizer = bpe_fast.Tokenizer.from_pretrained(tmp)
             else:
                 tokenizer.save(tmp)  # bpe.py's writer: vocab.json + merges.txt
             return tokenizer, {f.name: f.read_bytes() for f in sorted(Path(tmp).iterdir())}
     tokenizer, files = bpe.load(bpe_fast.Tokenizer, source)  # and the files it was read from
     return tokenizer, {name: Path(path).read_bytes() for name, path in files.items()}
-
-
-def tokenizer_json(tokenizer):
-    """A trained tokenizer as HF tokenizers' single file, laid out as Pythia's (EleutherAI/pythia-*):
-    byte-level BPE, <|endoftext|> a special added token, NFC normalization of the text before BPE."""
-    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    specials = {t.content: t.id for t in tokenizer.added_tokens}
-    return json.dumps({
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": t.id, "content": t.content, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True} for t in tokenizer.added_tokens],
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "ByteLevel", **byte_level},
-        "post_processor": {"type": "ByteLevel", **byte_level},
-        "decoder": {"type": "ByteLevel", **byte_level},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "vocab": dict(sorted({**tokenizer.vocab, **specials}.items(), key=lambda item: item[1])),
-                  "merges": [f"{left} {right}" for left, right in tokenizer.merges]},
-    }, ensure_ascii=False, indent=1) + "\n"
 
 
 def check_sizes(args, given, config, tokenizer):
@@ -653,7 +632,7 @@ def train(args, given, device, state=None):
                 saved = done
             t0 = time.perf_counter()  # the eval's time is not training time
     if world > 1:
-        dist.barrier()  # every process leaves once rank 0's last source is written
+        dist.barrier()  # every process leaves once rank 0's last checkpoint is written
     return rows
 
 

@@ -23,7 +23,7 @@ COPIES = ["gpt_neo.py", "gpt_neox.py"]
 # definition there must be either marked or named here, so that a lost marker cannot pass unnoticed.
 OWN = {"read_config", "load_config", "ALIASES", "UNSUPPORTED", "ROPE_PARAMETERS", "HUB_MODELS", "PYTHIA_SIZES",
        "TRANSPOSED", "BUFFERS", "convert_hub_state_dict", "hub_state_dict", "DEFAULT_MODEL", "OFFLINE_MODEL",
-       "logit_lens_layers", "generate"}
+       "inspected_parts", "generate"}
 BOUNDARY = "the lesson ends here"
 
 
