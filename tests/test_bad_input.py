@@ -42,14 +42,16 @@ def test_a_load_of_an_unfinished_save_refuses_and_touches_nothing(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("case", ["notes", "paper"])
+@pytest.mark.parametrize("case", ["notes", "save-named", "paper"])
 def test_resume_in_a_directory_that_is_not_a_run_touches_nothing(case, tmp_path):
-    """--resume on a directory of the user's: .tmp-notes/ is not deleted, and a .tmp-committed/ that our
-    save did not write is not moved over paper.txt."""
+    """--resume on a directory of the user's: .tmp-notes/ is not deleted, nor a directory named as our
+    saves' temporary ones are (the directory is not a run: nothing there is ours), and a .tmp-committed/
+    that our save did not write is not moved over paper.txt."""
     out = tmp_path / "out"
-    if case == "notes":
-        (out / ".tmp-notes").mkdir(parents=True)
-        (out / ".tmp-notes" / "important.txt").write_text("keep me")
+    if case != "paper":
+        name = ".tmp-notes" if case == "notes" else checkpoint.TEMPORARY + "mine"
+        (out / name).mkdir(parents=True)
+        (out / name / "important.txt").write_text("keep me")
     else:
         (out / checkpoint.COMMITTED).mkdir(parents=True)
         (out / checkpoint.COMMITTED / "paper.txt").write_text("draft 2")
