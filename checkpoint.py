@@ -369,14 +369,19 @@ def load(directory, config, make_model, convert, *, device="cpu", dtype=None, qu
     """The checkpoint in `directory` as a model: make_model() builds it on the meta device (shapes, no
     memory), convert(state_dict, config) maps the Hub's names to its module names, and the file's tensors
     are assigned in place, so the weights exist once in memory. dtype: a torch.dtype or its name, float32 by
-    default, bfloat16 with `quantize` ("int8" | "int4": quantize.py quantizes every weight matrix as it is
-    read) or for a checkpoint saved quantized (read as it is). tp_plan: under torchrun, each process takes
-    its share of the layers the plan names (tp.py). Returns the model in eval() mode. (The callers check
-    attn and quantize first, with check_options, before any reading.)"""
+    default. With `quantize` ("int8" | "int4": quantize.py quantizes every weight matrix as it is read), or
+    for a checkpoint saved quantized (read as it is), and no dtype: float32 around cpu_kernels.py's
+    int8-activation kernels where the CPU has them, else bfloat16; a dtype given keeps PyTorch's weight-only
+    kernels (the reference). tp_plan: under torchrun, each process takes its share of the layers the plan
+    names (tp.py). Returns the model in eval() mode. (The callers check attn and quantize first.)"""
     saved = config.quantization_config  # a checkpoint saved quantized: integers and scales (quantize.py)
-    dtype = torch_dtype(dtype or (torch.bfloat16 if quantize or saved else None))
     check_device(device)
     tp = tensor_parallel() if tp_plan is not None else None
+    # cpu_kernels.py: not under tensor parallel, where each share of a layer would round its inputs in other blocks
+    fast = bool(quantize or saved) and dtype is None and tp is None and optional("quantize").fast_kernels(device)
+    if (quantize or saved) and dtype is None:  # fp32 around cpu_kernels.py's layers; PyTorch's want bf16
+        dtype = torch.float32 if fast else torch.bfloat16
+    dtype = torch_dtype(dtype)
     if tp:
         tp.check_heads(config.num_attention_heads)  # known before any reading: a bad N fails at once
     state_dict = read_state_dict(directory, lazy=tp is not None and tp.world_size() > 1)
@@ -387,14 +392,15 @@ def load(directory, config, make_model, convert, *, device="cpu", dtype=None, qu
         model = make_model()
     state_dict = convert(state_dict, config)
     if saved:  # integers and scales as save_pretrained wrote them: read, not quantized again
-        model = optional("quantize").load_saved(model, state_dict, saved, dtype, device, quantize)
+        model = optional("quantize").load_saved(model, state_dict, saved, dtype, device, quantize, fast)
         return remember_source(model, directory).eval()
     check_state_dict(model, state_dict)
     splits = {}
     if tp:
         state_dict, splits = tp.shard(model, tp_plan, state_dict)  # this process's share, read by slices
     if quantize is not None:  # every weight matrix quantized as it is read: no full-precision copy
-        model = optional("quantize").load_quantized(model, state_dict, quantize, dtype, device, splits=splits)
+        model = optional("quantize").load_quantized(model, state_dict, quantize, dtype, device, splits=splits,
+                                                    int8_activations=fast)
         return remember_source(model, directory).eval()
     state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
     check_finite(state_dict, dtype)

@@ -38,7 +38,10 @@ layer keep the model's dtype. Activations change with every token and have outli
 larger than the rest), so giving them one scale would be much lossier, and they are small at decode time
 anyway: the bytes that matter are the weights'. The kernels convert the integers to the activations' dtype
 on the fly. On a CPU, PyTorch's int8 and int4 kernels are fast with bf16 activations and slow with fp32
-ones, so a quantized model runs in bf16 unless you ask for another dtype.
+ones, so a quantized model runs in bf16 unless you ask for another dtype. (The exception, cpu_kernels.py,
+does round each layer's input to int8, one scale per block of 32 inputs, which keeps an outlier's harm to
+its block; it is fast with fp32 activations, and so are PyTorch's attention and argmax, several times
+faster than in bf16 on a CPU: where it runs, a quantized model's activations are fp32 by default.)
 
 What is quantized. Every nn.Linear of the model, including the LM head (the largest matrix of a small model).
 The token embedding stays in the model's dtype: a lookup reads one row per token, so its bytes are not what
@@ -49,6 +52,11 @@ Loading. `load_quantized` converts each weight as it is read from the checkpoint
 never exists in memory; only the quantized model plus one tensor at a time.
 
 Kernels (a plain dequantize-then-matmul where none exists, e.g. int4 with fp16 activations):
+    x86 CPU         cpu_kernels.py's, where the CPU has AVX-512 VNNI and from_pretrained is given no dtype:
+                    the activations too are rounded to int8 (per block of 32 inputs) and integers multiplied,
+                    ~1.5x faster at batch 1, with fp32 activations between the layers (below). Optional:
+                    without that file or such a CPU, PyTorch's below, in bf16. An explicit dtype (float32:
+                    the reference the exactness tests use) always takes PyTorch's weight-only kernels.
     int8 on CPU     torch.ops.aten._weight_int8pack_mm
     int4 on CPU     torch.ops.aten._convert_weight_to_int4pack_for_cpu + _weight_int4pack_mm_for_cpu
     int4 on CUDA    torch.ops.aten._convert_weight_to_int4pack + _weight_int4pack_mm (bf16 activations)
@@ -66,6 +74,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import hub  # (its progress bar)
+
+try:
+    import cpu_kernels  # optional: int8 activations on x86 (see that file); without it, PyTorch's kernels
+except ImportError:
+    cpu_kernels = None
 
 SCHEMES = ("int8", "int4")
 GROUP_SIZES = (32, 64, 128, 256)
@@ -161,16 +174,18 @@ def to_dtype(tensor, dtype, device, key):
 class Int8Linear(nn.Module):
     """y = (x @ q.T) * scales + bias, with q int8 (out, in) and one scale per output feature."""
 
-    def __init__(self, q, scales, bias, dtype):
+    def __init__(self, q, scales, bias, dtype, int8_activations=False):
+        """int8_activations: run cpu_kernels.py where the width allows (the caller checked the CPU)."""
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.register_buffer("weight", q)  # (out, in) int8
         self.register_buffer("scales", scales.to(q.device, dtype))  # (out,)
         self.register_buffer("bias", None if bias is None else bias.to(q.device, dtype))
         self.reduce = None  # tensor parallel's all-reduce for a layer split by its inputs (tp.py)
+        self.kernel = INT8_ACTIVATIONS if int8_activations and self.in_features % 64 == 0 else None
 
     @classmethod
-    def quantize(cls, weight, bias, dtype, key="weight", row_max=None):
+    def quantize(cls, weight, bias, dtype, key="weight", row_max=None, int8_activations=False):
         """One pass over weight (N, K), BLOCK rows at a time, into the int8 layer; NaN, inf and values beyond
         `dtype` refused. row_max: tensor parallel's, for a layer split by its inputs: weight holds a slice of
         each row, and row_max(absmax) turns its max |w| into the whole row's (a second pass), so that every
@@ -188,11 +203,13 @@ class Int8Linear(nn.Module):
             scales[rows], absmax[rows] = levels_int8(weight[rows], f[:n], None if whole is None else whole[rows])
             q[rows] = f[:n]
         check_values(absmax, dtype, key)
-        return cls(q, scales, bias, dtype)
+        return cls(q, scales, bias, dtype, int8_activations)
 
     def forward(self, x):
         x2 = x.reshape(-1, self.in_features).contiguous()  # (B*T, K): the kernels want it contiguous
-        if x.is_cpu and (x.dtype != torch.bfloat16 or self.in_features % 16 == 0):
+        if self.kernel == INT8_ACTIVATIONS:
+            y = cpu_kernels.int8_linear(x2, self.weight, self.scales)
+        elif x.is_cpu and (x.dtype != torch.bfloat16 or self.in_features % 16 == 0):
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)
         else:  # the plain form: integers converted to x's dtype, matmul, then one scale per output column.
             # PyTorch's CPU kernel with bf16 activations and an input width not a multiple of 16 returns wrong
@@ -209,13 +226,27 @@ class Int4Linear(nn.Module):
     dequantizes then multiplies (the plain path). The CPU packer wants out_features divisible by 16: GPT-2's
     50257-row LM head is padded with zero rows, whose outputs are cut off."""
 
-    def __init__(self, q_blocks, N, K, scales, bias, dtype, group_size=GROUP_SIZE, device="cpu", pairs=None):
+    def __init__(self, q_blocks, N, K, scales, bias, dtype, group_size=GROUP_SIZE, device="cpu", pairs=None,
+                 int8_activations=False):
         """q_blocks: (N, K) levels 0..15 in blocks of BLOCK rows (an iterator, consumed once), or pairs: (N, K/2)
-        uint8, two levels to a byte, the first low (a saved checkpoint's); scales (N, K/G)."""
+        uint8, two levels to a byte, the first low (a saved checkpoint's); scales (N, K/G). int8_activations:
+        run cpu_kernels.py where the width and group size allow (the caller checked the CPU)."""
         super().__init__()
         self.in_features, self.out_features, self.group_size = K, N, group_size
-        self.kernel = int4_kernel(torch.device(device), dtype)
+        self.kernel = int4_kernel(torch.device(device), dtype, K, group_size, int8_activations)
         self.reduce = None  # as Int8Linear's
+        if self.kernel == INT8_ACTIVATIONS:  # cpu_kernels.py reads the saved layout: pairs, scales (N, K/G)
+            weight = torch.empty(N, K // 2, dtype=torch.uint8, device=device)
+            start = 0
+            for q in q_blocks if pairs is None else ():  # (n, K) levels 0..15, as floats or uint8
+                weight[start:start + len(q)] = levels_to_pairs(q.to(torch.uint8))
+                start += len(q)
+            if pairs is not None:
+                weight.copy_(pairs)
+            self.register_buffer("weight", weight)
+            self.register_buffer("scales", scales.to(device, dtype).contiguous())
+            self.register_buffer("bias", None if bias is None else bias.to(device, dtype))
+            return
         padded = N + -N % 16
         if self.kernel == "cpu":  # the CPU layout packs each block of up to 64 rows on its own: (N, K/2) uint8
             weight = torch.empty(padded, K // 2, dtype=torch.uint8, device=device)
@@ -247,7 +278,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else F.pad(bias, (0, padded - N)).to(device, dtype))
 
     @classmethod
-    def quantize(cls, weight, bias, dtype, group_size=GROUP_SIZE, key="weight"):
+    def quantize(cls, weight, bias, dtype, group_size=GROUP_SIZE, key="weight", int8_activations=False):
         """One pass over weight (N, K), BLOCK rows at a time, into the int4 layer; NaN, inf and values beyond
         `dtype` refused."""
         N, K = weight.shape
@@ -261,13 +292,16 @@ class Int4Linear(nn.Module):
                 rows, n = slice(start, start + BLOCK), min(BLOCK, N - start)
                 scales[rows], absmax[rows] = levels_int4(weight[rows], group_size, f[:n])
                 yield f[:n]
-        layer = cls(blocks(), N, K, scales, bias, dtype, group_size, weight.device)
+        layer = cls(blocks(), N, K, scales, bias, dtype, group_size, weight.device,
+                    int8_activations=int8_activations)
         check_values(absmax, dtype, key)
         return layer
 
     def forward(self, x):
         x2 = x.reshape(-1, self.in_features).contiguous()  # (B*T, K): the kernels want it contiguous
-        if self.kernel == "cpu":
+        if self.kernel == INT8_ACTIVATIONS:
+            y = cpu_kernels.int4_linear(x2, self.weight, self.scales)
+        elif self.kernel == "cpu":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group_size, self.scales_and_zeros)
         elif self.kernel == "cuda":
             y = torch.ops.aten._weight_int4pack_mm(x2, self.weight, self.group_size, self.scales_and_zeros)
@@ -280,6 +314,8 @@ class Int4Linear(nn.Module):
         """(pairs (N, K/2) uint8, two levels 0..15 to a byte, the first low; scales (N, K/G)): the layer's
         integers in a saved checkpoint's layout."""
         N = self.out_features
+        if self.kernel == INT8_ACTIVATIONS:
+            return self.weight[:N], self.scales[:N]
         if self.kernel == "cpu":
             pairs = cpu_int4_to_pairs(self.weight, N)
         elif self.kernel is None:
@@ -299,8 +335,18 @@ def outputs(layer, y, shape):
     return y[:, :layer.out_features].reshape(*shape[:-1], layer.out_features)
 
 
-def int4_kernel(device, dtype):
-    """Which int4 kernel PyTorch has for weights on `device` and activations of `dtype` (None: plain path)."""
+INT8_ACTIVATIONS = "int8 activations"  # a layer's `kernel`: cpu_kernels.py's
+
+
+def fast_kernels(device):
+    """Whether cpu_kernels.py runs on `device`: a CPU that has its instructions (the file is optional)."""
+    return cpu_kernels is not None and torch.device(device).type == "cpu" and cpu_kernels.available()
+
+
+def int4_kernel(device, dtype, K=None, group_size=None, int8_activations=False):
+    """Which int4 kernel there is for weights on `device` and activations of `dtype` (None: plain path)."""
+    if int8_activations and group_size == 32 and K % 128 == 0:
+        return INT8_ACTIVATIONS
     if device.type == "cpu" and dtype in (torch.bfloat16, torch.float32):
         return "cpu"
     if device.type == "cuda" and dtype == torch.bfloat16:
@@ -308,16 +354,18 @@ def int4_kernel(device, dtype):
     return None
 
 
-def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE, key="weight", row_max=None):
+def quantized_linear(weight, bias, scheme, dtype, group_size=GROUP_SIZE, key="weight", row_max=None,
+                     int8_activations=False):
     """An Int8Linear or Int4Linear holding weight (out, in). int4 needs in_features divisible by group_size;
-    a layer whose inputs are not a whole number of groups stays int8. row_max: Int8Linear.quantize's."""
+    a layer whose inputs are not a whole number of groups stays int8. row_max: Int8Linear.quantize's.
+    int8_activations: the layer runs cpu_kernels.py where its width allows (the caller checked the CPU)."""
     check_scheme(scheme)
     if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {GROUP_SIZES} (what PyTorch's int4 kernels take), "
                          f"got {group_size}")
     if scheme == "int4" and weight.shape[1] % group_size == 0:
-        return Int4Linear.quantize(weight, bias, dtype, group_size, key)
-    return Int8Linear.quantize(weight, bias, dtype, key, row_max)
+        return Int4Linear.quantize(weight, bias, dtype, group_size, key, int8_activations)
+    return Int8Linear.quantize(weight, bias, dtype, key, row_max, int8_activations)
 
 # ----------------------------------------------------------------------------- PyTorch's CPU int4 layout
 #
@@ -429,7 +477,8 @@ def cpu_int4_layout():
 # ----------------------------------------------------------------------------- quantizing while loading
 
 
-def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GROUP_SIZE, splits=None):
+def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GROUP_SIZE, splits=None,
+                   int8_activations=False):
     """Give `model` (built on the meta device, with `state_dict` already checked against it) the checkpoint's
     tensors, every nn.Linear replaced by its quantized form. The state dict is consumed one tensor at a time:
     a weight is read, quantized and dropped before the next is read, so memory holds the quantized model plus
@@ -437,7 +486,8 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
     gets its own quantized copy; the embedding stays in `dtype`. NaN, inf, and values beyond `dtype` are
     refused, found by the pass that reads each tensor anyway. splits: {layer name: tp.Split} for the layers
     that tensor parallel split by their inputs (tp.shard's): their partial results are summed before the
-    bias, and int8 scales are the whole row's."""
+    bias, and int8 scales are the whole row's. int8_activations: the layers run cpu_kernels.py where they can
+    (the caller checked the CPU: fast_kernels)."""
     check_scheme(scheme)
     device = torch.device(device)
     owner = {}  # parameter -> the first name it has in the state dict (a tied lm_head reads wte's tensor)
@@ -461,7 +511,7 @@ def load_quantized(model, state_dict, scheme, dtype, device="cpu", group_size=GR
                              "layer; use fewer processes or int8")
         bias = None if bias is None else to_dtype(bias, dtype, device, f"{name}.bias")
         layer = quantized_linear(weight.to(device), bias, scheme, dtype, group_size, key,
-                                 split.row_max if split else None)
+                                 split.row_max if split else None, int8_activations)
         layer.reduce = split.reduce if split else None
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
@@ -740,10 +790,11 @@ def check_scales(scales, key):
                          f"holds {'negative' if low < 0 else 'only zero'} ones")
 
 
-def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
+def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None, int8_activations=False):
     """Give `model` (built on the meta device) a saved quantized checkpoint's tensors: the integers are read
     from the (memory-mapped) file into the layers' layouts, nothing is quantized again. `config` is
-    config.json's "quantization_config". Every key and shape is checked against the model."""
+    config.json's "quantization_config". Every key and shape is checked against the model.
+    int8_activations: as load_quantized's."""
     if quantize is not None:
         raise ValueError(f"the checkpoint is saved quantized already (config.json's quantization_config): "
                          f"load it without quantize={quantize!r}")
@@ -788,9 +839,10 @@ def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None):
         packed = t["weight_packed"]
         if bits == 8:
             q = (from_words(packed, K) ^ 128).view(torch.int8).to(device)  # one pass: a new tensor
-            layer = Int8Linear(q, scales[:, 0], bias, dtype)
+            layer = Int8Linear(q, scales[:, 0], bias, dtype, int8_activations)
         else:  # the bytes go straight into the kernel's layout, never unpacked
-            layer = Int4Linear((), N, K, scales, bias, dtype, group_size, device, pairs=from_words(packed, K // 2))
+            layer = Int4Linear((), N, K, scales, bias, dtype, group_size, device, pairs=from_words(packed, K // 2),
+                               int8_activations=int8_activations)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
         release(packed)

@@ -6,14 +6,17 @@
 Decoding one token reads every weight once, so the rate at which the machine reads weights bounds the
 decode rate. A plain sum over the weights understates that rate: some of PyTorch's matmul kernels read
 faster. Each reader here reads the same layers (a block's four matrices, copies cycled so that they come
-from memory, not from the cache) with one token's activations, and the table gives GB/s of weight bytes;
+from memory, not from the cache) with one token's activations, and the table gives GB/s of the bytes each reads (weights and scales);
 the fastest is the ceiling to measure a decode against ("fraction of the ceiling" in docs/speed.md):
 
   sum             torch.sum over fp32 weights
   fp32 linear     F.linear, fp32 weights and activations
-  int8 (ours)     quantize.Int8Linear: _weight_int8pack_mm, bf16 activations
-  int4 (ours)     quantize.Int4Linear: _weight_int4pack_mm_for_cpu, group 32, bf16 activations
-  int8 dynamic    fbgemm's dynamic linear: int8 weights, activations quantized to int8 per call (x86 only)
+  int8 weight-only  _weight_int8pack_mm, bf16 activations (quantize.py with dtype=float32, or without
+                   cpu_kernels.py; here bf16, its fast case)
+  int4 weight-only  _weight_int4pack_mm_for_cpu, group 32, bf16 activations (the same)
+  int8 dynamic      fbgemm's dynamic linear: int8 weights, activations quantized to int8 per call (x86 only)
+  int8 (ours)       cpu_kernels.int8_linear, int8 activations (quantize.py's default on such a CPU)
+  int4 (ours)       cpu_kernels.int4_linear, group 32, int8 activations (the same)
 """
 import argparse
 import gc
@@ -29,10 +32,24 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import cpu_kernels  # noqa: E402
 import quantize  # noqa: E402
 
 SHAPES = {"GPT-2 small": [(2304, 768), (768, 768), (3072, 768), (768, 3072)],  # (out, in)
           "GPT-NeoX-20B": [(18432, 6144), (6144, 6144), (24576, 6144), (6144, 24576)]}
+
+
+def weight_only(w, scheme):
+    """quantize.py's layer on PyTorch's weight-only kernel, bf16 activations (as without cpu_kernels.py)."""
+    kernels, quantize.cpu_kernels = quantize.cpu_kernels, None
+    try:
+        return quantize.quantized_linear(w, None, scheme, torch.bfloat16)
+    finally:
+        quantize.cpu_kernels = kernels
+
+
+def nbytes(layer):
+    return sum(t.numel() * t.element_size() for t in layer.buffers())
 
 
 def reader(name, weights):
@@ -43,11 +60,13 @@ def reader(name, weights):
         return sum(w.numel() * 4 for w in weights), lambda: [w.sum() for w in weights]
     if name == "fp32 linear":
         return sum(w.numel() * 4 for w in weights), lambda: [F.linear(x32[w.shape[1]], w) for w in weights]
+    if name in ("int8 weight-only", "int4 weight-only"):
+        layers = [(weight_only(w, name[:4]), w.shape[1]) for w in weights]
+        return sum(nbytes(layer) for layer, _ in layers), lambda: [layer(x16[k]) for layer, k in layers]
     if name in ("int8 (ours)", "int4 (ours)"):
-        scheme = name[:4]
-        layers = [(quantize.quantized_linear(w, None, scheme, torch.bfloat16), w.shape[1]) for w in weights]
-        nbytes = sum(w.numel() // (1 if scheme == "int8" else 2) for w in weights)
-        return nbytes, lambda: [layer(x16[k]) for layer, k in layers]
+        layers = [(quantize.quantized_linear(w, None, name[:4], torch.bfloat16), w.shape[1]) for w in weights]
+        assert all(layer.kernel == quantize.INT8_ACTIVATIONS for layer, _ in layers)
+        return sum(nbytes(layer) for layer, _ in layers), lambda: [layer(x16[k]) for layer, k in layers]
     packed = []  # "int8 dynamic": fbgemm's prepacked int8 weights
     for w in weights:
         scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
@@ -57,8 +76,9 @@ def reader(name, weights):
                                                      for p, k in packed]
 
 
-READERS = ["sum", "fp32 linear", "int8 (ours)", "int4 (ours)"] + (
-    ["int8 dynamic"] if "fbgemm" in torch.backends.quantized.supported_engines else [])
+READERS = ["sum", "fp32 linear", "int8 weight-only", "int4 weight-only"] + (
+    ["int8 dynamic"] if "fbgemm" in torch.backends.quantized.supported_engines else []) + (
+    ["int8 (ours)", "int4 (ours)"] if cpu_kernels.available() else [])
 
 
 def measure(name, shapes, repeats, target_bytes=2**30):

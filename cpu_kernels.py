@@ -1,0 +1,317 @@
+"""Optional CPU kernels for quantized models: int8 and int4 weights times int8 activations (x86 AVX-512 VNNI).
+
+Why. At batch 1 a decode step reads every weight once, so it is as fast as the weights can be read.
+PyTorch's weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, what quantize.py runs
+by default elsewhere) read at about half of what this machine's memory delivers (`python bench/ceiling.py`):
+they turn every weight into a float before multiplying. The fast CPU engines (llama.cpp, fbgemm) quantize
+the *activations* too and multiply integers, 64 bytes per instruction (`vpdpbusd`: u8 x s8, four products
+summed into each of 16 int32 lanes). That is what these two kernels do:
+
+    x (one row, K values) -> levels qx in -127..127, one scale sx per block of 32 inputs (llama.cpp's Q8_0):
+        sx = max|x_block| / 127,   qx = round(x / sx)
+    int8 weights, one scale sw per row:        y[n] = sw[n] * sum_b sx[b] * sum_{k in b} qw[n, k] * qx[k]
+    int4 weights, one scale per group of 32:   y[n] = sum_b sw[n, b] * sx[b] * sum_{k in b} qw[n, k] * qx[k]
+
+`reference_int8` and `reference_int4` below compute exactly this with PyTorch ops; tests/test_cpu_kernels.py
+checks the kernels against them, and the quantized models against transformers' (docs/quantization.md).
+Rounding the activations changes the numbers (about 0.5% relative error per layer output, measured in
+perplexity in docs/quantization.md): quantize.py uses these kernels only for bf16 activations on CPU, the
+quantized models' default, and keeps PyTorch's weight-only kernels for `dtype=torch.float32`, the path the
+exactness tests and the comparison with transformers use.
+
+Quirks of the integer instruction, each undone once per call, not per weight: it multiplies an *unsigned*
+byte by a signed one. int8 weights are read as w + 128 (flipping the top bit), so each row's sum gains
+128 * sum(qx), subtracted at the end; int4 levels are stored as q + 8 (0..15, compressed-tensors' layout),
+so each block's sum gains 8 * sum(qx_block), subtracted per block.
+
+Optional: the C++ below is compiled on first use (torch.utils.cpp_extension, ~20 s, once per version, under
+~/.cache/torch_extensions). Where the CPU lacks AVX-512 VNNI, or no C++ compiler or ninja is found, or
+`GPT_KERNELS=0` is set, `available()` is False and quantize.py runs PyTorch's kernels.
+"""
+import hashlib
+import os
+import sys
+import warnings
+
+import torch
+
+SOURCE = r"""
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+// One row of activations x (K) -> levels q (K, in the order the kernel reads them) and, for each of the 16
+// int32 lanes of each 64-level load, the scale of the block its inputs belong to (ls) and, for int4, the
+// offset to subtract (lo = 8 * scale * sum of the lane's levels). Returns sum_b sx[b] * sum(q_b) (int8's).
+// int8: inputs are read 64 at a time, lane l of a load holding inputs 4l..4l+3 of it. A lane's inputs over 8
+// loads in a row (512 inputs) form one block of 32, so the lane adds integers for 8 loads before its one scale
+// multiplies them: block b of super-block s is {512 s + 64 c + 4 b + t : c < 8, t < 4} (a short last super-
+// block, of fewer than 8 loads, has smaller blocks). int4: blocks of 32 consecutive inputs (the weights' groups).
+static inline int64_t block_of(int64_t k, bool int4) { return int4 ? k / 32 : (k / 512) * 16 + (k % 64) / 4; }
+
+// One row of activations x (K) -> levels q (K, in the order the kernel reads them) and, for each of the 16
+// int32 lanes of each super-block, the scale of the lane's block (ls); int4: the scale of each block (ls) and
+// the offset each of its 4 lanes subtracts (lo = 8 * scale * sum of the block's levels / 4). Returns
+// sum_b sx[b] * sum(q_b) (int8's offset).
+template <typename T>
+static float quantize_row(const T* x, int64_t K, bool int4, int8_t* q, float* ls, float* lo) {
+  const int64_t B = int4 ? K / 32 : ((K + 511) / 512) * 16;
+  std::vector<float> amax(B, 0.f);
+  for (int64_t k = 0; k < K; k++) {
+    float& a = amax[block_of(k, int4)];
+    a = std::max(a, std::fabs(static_cast<float>(x[k])));
+  }
+  std::vector<int> sum(B, 0);
+  for (int64_t k = 0; k < K; k++) {
+    const int64_t b = block_of(k, int4);
+    const float inv = amax[b] > 0.f ? 127.f / amax[b] : 0.f;
+    const int8_t v = static_cast<int8_t>(std::nearbyint(static_cast<float>(x[k]) * inv));
+    sum[b] += v;
+    // int4: 128 inputs are one 64-byte load of packed pairs, low nibbles the even inputs, high the odd
+    // ones: their levels go [64 evens | 64 odds]
+    q[int4 ? (k / 128) * 128 + (k % 2) * 64 + (k % 128) / 2 : k] = v;
+  }
+  float total = 0.f;
+  for (int64_t b = 0; b < B; b++) {
+    const float scale = amax[b] / 127.f;
+    total += scale * sum[b];
+    ls[b] = scale;  // int8: super-block b / 16, lane b % 16
+    if (int4) lo[b] = 2.f * scale * sum[b];
+  }
+  return total;
+}
+
+// int8 weights W (N, K), row n: sum over super-blocks of ls * (integer dot of w + 128 and q), two in flight
+static inline __m512i int8_dot(const int8_t* w, const int8_t* q, int loads) {
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  __m512i d[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+  for (int c = 0; c < loads; c++) {
+#ifdef PREFETCH
+    _mm_prefetch((const char*)(w + 64 * c + PREFETCH), _MM_HINT_T0);
+#endif
+    d[c % 4] = _mm512_dpbusd_epi32(d[c % 4], _mm512_xor_si512(_mm512_loadu_si512(w + 64 * c), flip),
+                                   _mm512_loadu_si512(q + 64 * c));
+  }
+  return _mm512_add_epi32(_mm512_add_epi32(d[0], d[1]), _mm512_add_epi32(d[2], d[3]));
+}
+
+static inline float int8_row(const int8_t* w, int64_t K, const int8_t* q, const float* ls) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 1024 <= K; k += 1024) {
+    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(int8_dot(w + k, q + k, 8)), _mm512_loadu_ps(ls + k / 32), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(int8_dot(w + k + 512, q + k + 512, 8)),
+                           _mm512_loadu_ps(ls + k / 32 + 16), acc1);
+  }
+  for (; k < K; k += 512) {
+    const int loads = (int)std::min<int64_t>(8, (K - k) / 64);
+    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(int8_dot(w + k, q + k, loads)), _mm512_loadu_ps(ls + k / 32), acc0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+static inline __m128 load4(const float* s) { return _mm_loadu_ps(s); }
+static inline __m128 load4(const c10::BFloat16* s) {  // bf16 is fp32's top half
+  return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i*)s)), 16));
+}
+
+// int4 pairs P (N, K/2): byte j = level(2j) | level(2j + 1) << 4; scales sw (N, K/32). Row n, 128 inputs a
+// load, lane l holding inputs 8l..8l+7 (4 even, 4 odd), so block 4c + l / 4 of load c:
+// sum over loads of sw * (sx * dot(levels, q) - lo), two loads in flight
+template <typename S>
+static inline __m512 int4_load(const uint8_t* p, const S* sw, const int8_t* q, const float* ls, const float* lo,
+                               __m512 acc) {
+  const __m512i low = _mm512_set1_epi8(0x0f);
+  const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);  // 4 blocks, 4 lanes each
+  const __m512i b = _mm512_loadu_si512(p);
+  __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b, low), _mm512_loadu_si512(q));
+  d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(b, 4), low), _mm512_loadu_si512(q + 64));
+  const __m512 sx = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(ls)));
+  const __m512 off = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(lo)));
+  const __m512 s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(load4(sw)));
+  return _mm512_fmadd_ps(s, _mm512_fmsub_ps(_mm512_cvtepi32_ps(d), sx, off), acc);
+}
+
+template <typename S>
+static inline float int4_row(const uint8_t* p, const S* sw, int64_t K, const int8_t* q, const float* ls,
+                             const float* lo) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 256 <= K; k += 256) {
+    acc0 = int4_load(p + k / 2, sw + k / 32, q + k, ls + k / 32, lo + k / 32, acc0);
+    acc1 = int4_load(p + k / 2 + 64, sw + k / 32 + 4, q + k + 128, ls + k / 32 + 4, lo + k / 32 + 4, acc1);
+  }
+  for (; k < K; k += 128) acc0 = int4_load(p + k / 2, sw + k / 32, q + k, ls + k / 32, lo + k / 32, acc0);
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+// x (M, K) float or bf16, w int8 (N, K) or int4 pairs uint8 (N, K/2), sw float (N,) or (N, K/32) -> (M, N)
+template <typename T, typename S>
+static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sw, bool int4) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  const int64_t L = int4 ? K / 32 : ((K + 511) / 512) * 16;  // scales per row
+  std::vector<int8_t> q(M * K);
+  std::vector<float> ls(M * L), lo(int4 ? M * L : 0), total(M);
+  const T* X = x.data_ptr<T>();
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; m++)
+      total[m] = quantize_row(X + m * K, K, int4, q.data() + m * K, ls.data() + m * L,
+                              int4 ? lo.data() + m * L : nullptr);
+  });
+  at::Tensor y = at::empty({M, N}, x.options());
+  T* Y = y.data_ptr<T>();
+  const S* W_scale = sw.data_ptr<S>();
+  const int8_t* W8 = int4 ? nullptr : w.data_ptr<int8_t>();
+  const uint8_t* W4 = int4 ? w.data_ptr<uint8_t>() : nullptr;
+  // one row at a time, each thread a run of rows: the weights stream through memory in order, once, and
+  // each row stays in the cache for all M activations
+  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; n++)
+      for (int64_t m = 0; m < M; m++) {
+        const int8_t* qm = q.data() + m * K;
+        const float* lsm = ls.data() + m * L;
+        const float v = int4 ? int4_row(W4 + n * (K / 2), W_scale + n * (K / 32), K, qm, lsm, lo.data() + m * L)
+                             : static_cast<float>(W_scale[n]) * (int8_row(W8 + n * K, K, qm, lsm) - 128.f * total[m]);
+        Y[m * N + n] = static_cast<T>(v);
+      }
+  });
+  return y;
+}
+
+static void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sw, bool int4) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && w.is_contiguous() && sw.is_contiguous(), "contiguous 2-D x");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x: float32 or bfloat16");
+  TORCH_CHECK(sw.scalar_type() == at::kFloat || sw.scalar_type() == at::kBFloat16, "scales: float32 or bfloat16");
+  const int64_t K = x.size(1);
+  TORCH_CHECK(K % (int4 ? 128 : 64) == 0, "input width must be a multiple of ", int4 ? 128 : 64);
+  TORCH_CHECK(w.size(1) == (int4 ? K / 2 : K) && w.scalar_type() == (int4 ? at::kByte : at::kChar), "weights");
+  TORCH_CHECK(sw.numel() == (int4 ? w.size(0) * (K / 32) : w.size(0)), "scales' shape");
+}
+
+static at::Tensor dispatch(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sw, bool int4) {
+  check(x, w, sw, int4);
+  using bf16 = c10::BFloat16;
+  const bool xb = x.scalar_type() == at::kBFloat16, sb = sw.scalar_type() == at::kBFloat16;
+  if (xb) return sb ? linear<bf16, bf16>(x, w, sw, int4) : linear<bf16, float>(x, w, sw, int4);
+  return sb ? linear<float, bf16>(x, w, sw, int4) : linear<float, float>(x, w, sw, int4);
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sw) {
+  return dispatch(x, w, sw, false);
+}
+
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& pairs, const at::Tensor& sw) {
+  return dispatch(x, pairs, sw, true);
+}
+
+TORCH_LIBRARY(gpt_kernels, m) {
+  m.def("int8_linear(Tensor x, Tensor w, Tensor scales) -> Tensor");
+  m.def("int4_linear(Tensor x, Tensor pairs, Tensor scales) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(gpt_kernels, CPU, m) {
+  m.impl("int8_linear", int8_linear);
+  m.impl("int4_linear", int4_linear);
+}
+"""
+
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-fopenmp"]
+NEEDS = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"}  # /proc/cpuinfo's names
+
+
+def cpu_has_vnni():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return NEEDS <= set(flags)
+
+
+STATE = {}  # "ok": whether the kernels are built and loaded (found once per process)
+
+
+def available():
+    """Whether the kernels can run here: x86 with AVX-512 VNNI, built (once, then cached) and loaded."""
+    if "ok" not in STATE:
+        STATE["ok"] = os.environ.get("GPT_KERNELS", "1") != "0" and cpu_has_vnni() and build()
+    return STATE["ok"]
+
+
+def build():
+    """Compile SOURCE (once per version of it: a directory named by its hash) and load it; False, with a
+    warning, where that fails."""
+    from torch.utils import cpp_extension
+    version = hashlib.sha256((SOURCE + " ".join(FLAGS) + torch.__version__).encode()).hexdigest()[:16]
+    root = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/torch_extensions"))
+    directory = os.path.join(root, f"gpt_kernels-{version}")
+    if not os.path.exists(os.path.join(directory, "gpt_kernels.so")):
+        print(f"cpu_kernels.py: compiling the int8-activation kernels, once (~20 s) into {directory}",
+              file=sys.stderr, flush=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cpp_extension.load_inline("gpt_kernels", SOURCE, extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                                      build_directory=directory, is_python_module=False)
+    except Exception as e:  # no compiler, no ninja, no space...: PyTorch's kernels it is
+        warnings.warn(f"cpu_kernels.py: could not build the int8-activation kernels ({str(e).splitlines()[0]}); "
+                      "quantized layers use PyTorch's kernels")
+        return False
+    torch.library.register_fake("gpt_kernels::int8_linear")(shape_of)  # what torch.compile traces
+    torch.library.register_fake("gpt_kernels::int4_linear")(shape_of)
+    return True
+
+
+def shape_of(x, w, scales):
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
+def int8_linear(x, w, scales):
+    """x (M, K) fp32/bf16, w int8 (N, K), scales fp32/bf16 (N,) -> (M, N) in x's dtype. K a multiple of 64."""
+    return torch.ops.gpt_kernels.int8_linear(x, w, scales)
+
+
+def int4_linear(x, pairs, scales):
+    """x (M, K), pairs uint8 (N, K/2) (byte j: level 2j low, 2j + 1 high), scales fp32/bf16 (N, K/32). K % 128 == 0."""
+    return torch.ops.gpt_kernels.int4_linear(x, pairs, scales)
+
+# ----------------------------------------------------------------------------- the same arithmetic, in PyTorch
+
+
+def blocks_int8(K):
+    """The block of each of K inputs in the int8 kernel: the 32 inputs one int32 lane reads over 8 loads of 64
+    (a short last super-block of fewer than 8 loads has smaller blocks)."""
+    k = torch.arange(K)
+    return (k // 512) * 16 + (k % 64) // 4
+
+
+def quantize_activations(x, blocks):
+    """x (M, K) -> (levels (M, K) fp32 in -127..127, each input's block scale (M, K)); blocks: (K,) block ids."""
+    x = x.float()
+    amax = x.new_zeros(x.shape[0], int(blocks.max()) + 1).scatter_reduce(1, blocks.expand_as(x), x.abs(), "amax")
+    n127 = torch.full_like(amax, 127)  # (a tensor: PyTorch multiplies by 1/127 for a scalar, off in the last bit)
+    inv = torch.where(amax > 0, n127 / amax, torch.zeros_like(amax))
+    return (x * inv[:, blocks]).round(), (amax / n127)[:, blocks]
+
+
+def reference(x, w, blocks):
+    """sum over blocks of sx * (integer dot of qx and w): (M, N) fp64; w (N, K) levels, blocks (K,)."""
+    qx, sx = quantize_activations(x, blocks)
+    dots = torch.zeros(x.shape[0], w.shape[0], int(blocks.max()) + 1, dtype=torch.float64)
+    dots.index_add_(2, blocks, qx.double()[:, None, :] * w.double()[None])  # exact integers
+    first = torch.zeros(int(blocks.max()) + 1, dtype=torch.long).scatter_(0, blocks.flip(0), torch.arange(len(blocks)).flip(0))
+    return dots * sx.double()[:, None, first]  # (M, N, blocks)
+
+
+def reference_int8(x, w, scales):
+    return (reference(x, w, blocks_int8(w.shape[1])).sum(-1) * scales.double()).to(x.dtype)
+
+
+def reference_int4(x, pairs, scales):
+    levels = torch.stack([pairs & 15, pairs >> 4], dim=-1).reshape(pairs.shape[0], -1).double() - 8  # (N, K)
+    blocks = torch.arange(levels.shape[1]) // 32
+    return (reference(x, levels, blocks) * scales.double()).sum(-1).to(x.dtype)

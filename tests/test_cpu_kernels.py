@@ -1,0 +1,213 @@
+"""cpu_kernels.py: the int8-activation kernels compute what their PyTorch reference computes (the same rounding
+of the activations, then exact integer dots), are exact where that rounding is, and quantized models run them
+by default where the CPU has them: the same logits as the reference in their place, compiled and eager alike,
+saved and reloaded bit for bit. Where they cannot run (no such CPU, the file not copied, a failed build, a
+dtype asked for), PyTorch's weight-only kernels do, as before.
+
+How much the rounding of activations costs in perplexity is measured in bench/quantize.py, not here."""
+import tempfile
+import warnings
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import save_checkpoint
+from test_quantize import tiny
+
+import cpu_kernels
+import quantize
+
+needs_kernels = pytest.mark.skipif(not quantize.fast_kernels("cpu"), reason="no AVX-512 VNNI here (or no "
+                                   "compiler): test_without_* check the path such a machine runs")
+
+
+@st.composite
+def activations(draw, M, K):
+    """x (M, K): blocks of very different sizes, an outlier, a block of zeros (its scale is 0)."""
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    x = torch.randn(M, K) * draw(st.sampled_from([1e-3, 1.0, 50.0]))
+    if draw(st.booleans()):
+        x[:, draw(st.integers(0, K - 1))] *= 200
+    if draw(st.booleans()):
+        x[:, :32] = 0
+    return x
+
+
+def check_against(out, expected, magnitude, dtype):
+    """fp32: summation order only (relative to the sum of |terms|); bf16 output: plus its rounding."""
+    slack = 1e-5 * magnitude + 1e-30 + (2**-8 * expected.abs() if dtype == torch.bfloat16 else 0)
+    assert ((out.double() - expected.double()).abs() <= slack).all()
+
+
+@needs_kernels
+@given(M=st.integers(1, 4), N=st.integers(1, 70), blocks=st.integers(1, 26), data=st.data(),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), scales=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_int8_kernel_equals_its_reference(M, N, blocks, data, dtype, scales):
+    """Input widths of 64 to 1664: whole super-blocks of 512 and short last ones (768, 1600)."""
+    K = 64 * blocks
+    w = torch.randn(N, K) * data.draw(st.sampled_from([0.02, 3.0]))
+    q, s, _ = quantize.quantize_int8(w)
+    x = data.draw(activations(M, K)).to(dtype)
+    out = cpu_kernels.int8_linear(x, q, s.to(scales))
+    assert out.shape == (M, N) and out.dtype == dtype
+    magnitude = x.double().abs() @ quantize.dequantize_int8(q, s.to(scales)).double().abs().T
+    check_against(out, cpu_kernels.reference_int8(x, q, s.to(scales)).double(), magnitude, dtype)
+
+
+@needs_kernels
+@given(M=st.integers(1, 4), N=st.integers(1, 70), loads=st.integers(1, 13), data=st.data(),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), scales=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_int4_kernel_equals_its_reference(M, N, loads, data, dtype, scales):
+    K = 128 * loads
+    w = torch.randn(N, K) * data.draw(st.sampled_from([0.02, 3.0]))
+    q, s, _ = quantize.quantize_int4(w, 32)
+    pairs, s = quantize.levels_to_pairs(q).contiguous(), s.to(scales).contiguous()
+    x = data.draw(activations(M, K)).to(dtype)
+    out = cpu_kernels.int4_linear(x, pairs, s)
+    assert out.shape == (M, N) and out.dtype == dtype
+    magnitude = x.double().abs() @ quantize.dequantize_int4(q, s, 32).double().abs().T
+    check_against(out, cpu_kernels.reference_int4(x, pairs, s).double(), magnitude, dtype)
+
+
+def on_the_grid(M, K, blocks, seed):
+    """x (M, K) that rounding to int8 leaves exact: each block's values are integer multiples of a power of
+    two, its largest exactly 127 of them. Rounded in any other blocks, it would not be exact."""
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.randint(-126, 127, (M, K), generator=g).float()
+    step = 2.0 ** torch.randint(-12, 4, (M, int(blocks.max()) + 1), generator=g).float()
+    for b in range(int(blocks.max()) + 1):
+        where = (blocks == b).nonzero()[:, 0]
+        levels[:, where[torch.randint(len(where), (1,), generator=g)]] = 127
+    return levels * step[:, blocks]
+
+
+@needs_kernels
+@pytest.mark.parametrize("scheme,K", [("int8", 768), ("int8", 1600), ("int4", 768), ("int4", 128)])
+def test_the_kernels_are_exact_where_the_activations_round_exactly(scheme, K):
+    """The same check without the reference: on such inputs the kernel is the plain matmul with the
+    dequantized weight, so the blocks it scales by are the ones cpu_kernels.py documents."""
+    w = torch.randn(40, K) * 0.02
+    if scheme == "int8":
+        q, s, _ = quantize.quantize_int8(w)
+        x = on_the_grid(3, K, cpu_kernels.blocks_int8(K), seed=K)
+        out, expected = cpu_kernels.int8_linear(x, q, s), x.double() @ quantize.dequantize_int8(q, s).double().T
+    else:
+        q, s, _ = quantize.quantize_int4(w, 32)
+        x = on_the_grid(3, K, torch.arange(K) // 32, seed=K)
+        out = cpu_kernels.int4_linear(x, quantize.levels_to_pairs(q).contiguous(), s.contiguous())
+        expected = x.double() @ quantize.dequantize_int4(q, s, 32).double().T
+    check_against(out, expected, x.double().abs() @ w.double().abs().T * 2, torch.float32)
+
+# ----------------------------------------------------------------------------- in the models
+
+
+def load(arch, scheme, n_embd=128, **kwargs):
+    module, ref = tiny(arch, 90, n_embd)
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(ref, d)
+        return module, module.from_pretrained(d, quantize=scheme, **kwargs)
+
+
+def quantized_layers(model):
+    return [m for m in model.modules() if isinstance(m, (quantize.Int8Linear, quantize.Int4Linear))]
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_quantized_models_run_the_kernels_by_default(arch, scheme, monkeypatch):
+    """No dtype: fp32 activations, and every layer computes on its real inputs what the kernels' PyTorch
+    reference computes. (Whole models are not compared with the reference to 1e-4: rounding to int8 is a
+    step function, and a difference in the last bit of a layer's input moves a level now and then; what the
+    rounding costs is measured on trained weights, in bench/quantize.py.) A dtype asked for: PyTorch's kernels."""
+    module, model = load(arch, scheme)
+    assert next(model.parameters()).dtype == torch.float32
+    assert all(m.kernel == quantize.INT8_ACTIVATIONS for m in quantized_layers(model))
+    calls = []
+
+    def checked(kernel, reference, dequantize):
+        def run(x, w, scales):
+            out = kernel(x, w, scales)
+            magnitude = x.double().abs() @ dequantize(w, scales).double().abs().T
+            check_against(out, reference(x, w, scales).double(), magnitude, x.dtype)
+            calls.append(x.shape)
+            return out
+        return run
+    monkeypatch.setattr(cpu_kernels, "int8_linear", checked(cpu_kernels.int8_linear, cpu_kernels.reference_int8,
+                                                            quantize.dequantize_int8))
+    monkeypatch.setattr(cpu_kernels, "int4_linear", checked(
+        cpu_kernels.int4_linear, cpu_kernels.reference_int4,
+        lambda pairs, s: quantize.dequantize_int4(quantize.pairs_to_levels(pairs), s, 32)))
+    ids = torch.randint(0, 90, (2, 11), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # a left-padded row
+    _, weight_only = load(arch, scheme, dtype=torch.float32)
+    assert not any(m.kernel == quantize.INT8_ACTIVATIONS for m in quantized_layers(weight_only))
+    with torch.no_grad():
+        fast, reference = model(ids, mask), weight_only(ids, mask)
+    assert len(calls) == len(quantized_layers(model)) and fast.shape == reference.shape
+
+
+@needs_kernels
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_compiled_decoding_runs_the_kernels(scheme):
+    """torch.compile traces the kernels as opaque ops (their fake implementations): the eager tokens."""
+    module, model = load("gpt2", scheme)
+    ids = torch.tensor([[0, 0, 5, 17, 42, 8], [3, 9, 11, 60, 2, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
+    eager = module.generate(model, ids, 6, attention_mask=mask, temperature=0)
+    compiled = module.generate(model, ids, 6, attention_mask=mask, temperature=0, compile=True)
+    assert torch.equal(compiled, eager)
+
+
+@needs_kernels
+def test_an_int4_model_saved_from_the_kernels_layout_reloads_in_either(tmp_path):
+    """The kernels read the saved layout itself (pairs, scales per row and group): a save from it reloads
+    bit for bit, and into PyTorch's layout (dtype given) as the same integers."""
+    module, model = load("gpt_neox", "int4")
+    module.save_pretrained(model, tmp_path / "q")
+    again = module.from_pretrained(tmp_path / "q")
+    pytorchs = module.from_pretrained(tmp_path / "q", dtype=torch.float32)
+    for a, b, c in zip(quantized_layers(model), quantized_layers(again), quantized_layers(pytorchs)):
+        assert b.kernel == quantize.INT8_ACTIVATIONS != c.kernel
+        assert all(torch.equal(x, y) for x, y in zip(a.pairs(), b.pairs()))
+        assert torch.equal(a.pairs()[0], c.pairs()[0]) and torch.equal(a.pairs()[1].float(), c.pairs()[1].float())
+
+# ----------------------------------------------------------------------------- where they cannot run
+
+
+def test_without_the_file_quantized_models_run_pytorchs_kernels_in_bf16(monkeypatch):
+    """quantize.py copied without cpu_kernels.py (or on a machine it does not serve): as before."""
+    monkeypatch.setattr(quantize, "cpu_kernels", None)
+    assert not quantize.fast_kernels("cpu")
+    for scheme in quantize.SCHEMES:
+        _, model = load("gpt2", scheme)
+        _, asked = load("gpt2", scheme, dtype=torch.bfloat16)
+        assert next(model.parameters()).dtype == torch.bfloat16
+        assert not any(m.kernel == quantize.INT8_ACTIVATIONS for m in quantized_layers(model))
+        ids = torch.tensor([[1, 5, 9, 40]])
+        with torch.no_grad():
+            assert torch.equal(model(ids), asked(ids))
+
+
+def test_without_vnni_or_a_compiler_the_kernels_are_not_available(monkeypatch):
+    """A CPU without the instructions, GPT_KERNELS=0, or a build that fails (a warning says why): False."""
+    monkeypatch.setattr(cpu_kernels, "STATE", {})
+    monkeypatch.setattr(cpu_kernels, "cpu_has_vnni", lambda: False)
+    assert not cpu_kernels.available()
+    monkeypatch.setattr(cpu_kernels, "STATE", {})
+    monkeypatch.setattr(cpu_kernels, "cpu_has_vnni", lambda: True)
+    monkeypatch.setenv("GPT_KERNELS", "0")
+    assert not cpu_kernels.available()
+    monkeypatch.delenv("GPT_KERNELS")
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions\nmore")
+    monkeypatch.setattr(cpu_kernels, "STATE", {})
+    monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", no_compiler)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tempfile.mkdtemp()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not cpu_kernels.available()
+    assert any("could not build the int8-activation kernels (Ninja is required" in str(w.message) for w in caught)
