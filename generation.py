@@ -290,7 +290,8 @@ def parse_args(arch, argv=None):
     p.add_argument("--seed", type=int, default=1337, help="the sampling generator's seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
     p.add_argument("--dtype", default=None, choices=checkpoint.DTYPES,
-                   help="the weights' and activations' dtype (float32; bfloat16 with --quantize)")
+                   help="the weights' and activations' dtype (float32; with --quantize: float32 around "
+                   "int8-activation kernels where the CPU has them, else bfloat16)")
     p.add_argument("--quantize", default=None, help="int8 or int4: weight-only quantization (quantize.py)")
     p.add_argument("--attn", default="sdpa", choices=BACKENDS, help="the attention backend")
     p.add_argument("--compile", action="store_true",
@@ -341,12 +342,17 @@ def speed_line(times, compiled):
 
 
 def dtype_note(args, model):
-    """What the CLI chose that the user did not say: --quantize runs in bfloat16 unless --dtype says
-    otherwise, and that changes the numbers as much as the integers do."""
+    """What the CLI chose that the user did not say: --quantize rounds the activations to int8 inside the
+    layers (cpu_kernels.py, where the CPU has it) or runs in bfloat16, unless --dtype says otherwise; that
+    changes the numbers as much as the integers do."""
     if args.quantize is None or args.dtype is not None:
         return ""
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return f" ({args.quantize} weights, {dtype} activations: --quantize's default; --dtype float32 for fp32)"
+    kernels = {getattr(m, "kernel", None) for m in model.modules()}
+    if checkpoint.optional("quantize").INT8_ACTIVATIONS in kernels:
+        activations = "int8 activations in the layers (cpu_kernels.py), float32 between"
+    else:
+        activations = str(next(model.parameters()).dtype).removeprefix("torch.") + " activations"
+    return f" ({args.quantize} weights, {activations}: --quantize's default; --dtype float32: weight-only)"
 
 
 def choose_threads(requested, weight_bytes):
