@@ -244,7 +244,8 @@ class Int4Linear(nn.Module):
             if pairs is not None:
                 weight.copy_(pairs)
             self.register_buffer("weight", weight)
-            self.register_buffer("scales", scales.to(device, dtype).contiguous())
+            # bf16 whatever the activations (half the bytes to read; PyTorch's kernels store them so too)
+            self.register_buffer("scales", scales.to(device, torch.bfloat16).contiguous())
             self.register_buffer("bias", None if bias is None else bias.to(device, dtype))
             return
         padded = N + -N % 16
