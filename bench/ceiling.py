@@ -10,7 +10,9 @@ from memory, not from the cache) with one token's activations, and the table giv
 the fastest is the ceiling to measure a decode against ("fraction of the ceiling" in docs/speed.md):
 
   sum             torch.sum over fp32 weights
-  fp32 linear     F.linear, fp32 weights and activations
+  fp32 linear     F.linear, fp32 weights and activations (the models' fp32 path: MKL's gemv on this build)
+  fp32 oneDNN     oneDNN's linear on a weight prepacked for it (torch.ops.mkldnn._linear_pointwise): the
+                  fastest fp32 reader PyTorch ships here, which the models do not use (see docs/speed.md)
   int8 weight-only  _weight_int8pack_mm, bf16 activations (quantize.py with dtype=float32, or without
                    cpu_kernels.py; here bf16, its fast case)
   int4 weight-only  _weight_int4pack_mm_for_cpu, group 32, bf16 activations (the same)
@@ -60,6 +62,10 @@ def reader(name, weights):
         return sum(w.numel() * 4 for w in weights), lambda: [w.sum() for w in weights]
     if name == "fp32 linear":
         return sum(w.numel() * 4 for w in weights), lambda: [F.linear(x32[w.shape[1]], w) for w in weights]
+    if name == "fp32 oneDNN":
+        packed = [(torch.ops.mkldnn._reorder_linear_weight(w, 1), w.shape[1]) for w in weights]
+        return sum(w.numel() * 4 for w in weights), lambda: [
+            torch.ops.mkldnn._linear_pointwise(x32[k], p, None, "none", [], "") for p, k in packed]
     if name in ("int8 weight-only", "int4 weight-only"):
         layers = [(weight_only(w, name[:4]), w.shape[1]) for w in weights]
         return sum(nbytes(layer) for layer, _ in layers), lambda: [layer(x16[k]) for layer, k in layers]
@@ -76,7 +82,8 @@ def reader(name, weights):
                                                      for p, k in packed]
 
 
-READERS = ["sum", "fp32 linear", "int8 weight-only", "int4 weight-only"] + (
+READERS = ["sum", "fp32 linear"] + (["fp32 oneDNN"] if torch.backends.mkldnn.is_available() else []) + [
+    "int8 weight-only", "int4 weight-only"] + (
     ["int8 dynamic"] if "fbgemm" in torch.backends.quantized.supported_engines else []) + (
     ["int8 (ours)", "int4 (ours)"] if cpu_kernels.available() else [])
 

@@ -165,12 +165,17 @@ def speed(threads, repeats=5):
           f"on {os.cpu_count()} cores; torch {torch.__version__}\n")
     print("| torch threads | fp16 -> fp32 | int8 layer | ratio | int4 layer | ratio |")
     print("|---:|---:|---:|---:|---:|---:|")
+    fast = quantize.fast_kernels("cpu")  # the layers quantize= builds by default here
+    dtype = torch.float32 if fast else torch.bfloat16
     for n in threads:
-        torch.set_num_threads(n)
+        if n == "cli":  # what `python gpt_neox.py` chooses for a big model: the cores free now
+            import generation
+            n = f"{generation.choose_threads(None, 40e9)} (the CLI's choice)"
+        torch.set_num_threads(int(n.split()[0]) if isinstance(n, str) else n)
         rates = {}
         for name, fn in [("convert", lambda: w.float()),
-                         ("int8", lambda: quantize.quantized_linear(w, None, "int8", torch.bfloat16)),
-                         ("int4", lambda: quantize.quantized_linear(w, None, "int4", torch.bfloat16))]:
+                         ("int8", lambda: quantize.quantized_linear(w, None, "int8", dtype, int8_activations=fast)),
+                         ("int4", lambda: quantize.quantized_linear(w, None, "int4", dtype, int8_activations=fast))]:
             rates[name] = w.numel() / best(fn)
         c = rates["convert"]
         print(f"| {n} | {c / 1e6:,.0f} M/s | {rates['int8'] / 1e6:,.0f} M/s | {rates['int8'] / c:.2f} "
@@ -314,7 +319,8 @@ def main(argv=None):
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--shipped", action="store_true", help="evaluate the models shipped in models/ instead")
     p.add_argument("--speed", action="store_true", help="time the quantizer instead (see speed())")
-    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="with --speed: torch thread counts")
+    p.add_argument("--threads", nargs="+", type=lambda v: v if v == "cli" else int(v), default=[1, 2, "cli"],
+                   help="with --speed: torch thread counts ('cli': what the CLIs choose, the cores free now)")
     args = p.parse_args(argv)
     if args.speed:
         return speed(args.threads)
