@@ -13,7 +13,7 @@ the fastest is the ceiling to measure a decode against ("fraction of the ceiling
   fp32 linear     F.linear, fp32 weights and activations (the models' fp32 path: MKL's gemv on this build)
   fp32 oneDNN     oneDNN's linear on a weight prepacked for it (torch.ops.mkldnn._linear_pointwise): the
                   fastest fp32 reader PyTorch ships here, which the models do not use (see docs/speed.md)
-  int8 weight-only  _weight_int8pack_mm, bf16 activations (quantize.py with dtype=float32, or without
+  int8 weight-only  _weight_int8pack_mm, bf16 activations (quantize.py with a dtype given, or without
                    cpu_kernels.py; here bf16, its fast case)
   int4 weight-only  _weight_int4pack_mm_for_cpu, group 32, bf16 activations (the same)
   int8 dynamic      fbgemm's dynamic linear: int8 weights, activations quantized to int8 per call (x86 only)
@@ -41,15 +41,6 @@ SHAPES = {"GPT-2 small": [(2304, 768), (768, 768), (3072, 768), (768, 3072)],  #
           "GPT-NeoX-20B": [(18432, 6144), (6144, 6144), (24576, 6144), (6144, 24576)]}
 
 
-def weight_only(w, scheme):
-    """quantize.py's layer on PyTorch's weight-only kernel, bf16 activations (as without cpu_kernels.py)."""
-    kernels, quantize.cpu_kernels = quantize.cpu_kernels, None
-    try:
-        return quantize.quantized_linear(w, None, scheme, torch.bfloat16)
-    finally:
-        quantize.cpu_kernels = kernels
-
-
 def nbytes(layer):
     return sum(t.numel() * t.element_size() for t in layer.buffers())
 
@@ -67,12 +58,13 @@ def reader(name, weights):
         return sum(w.numel() * 4 for w in weights), lambda: [
             torch.ops.mkldnn._linear_pointwise(x32[k], p, None, "none", [], "") for p, k in packed]
     if name in ("int8 weight-only", "int4 weight-only"):
-        layers = [(weight_only(w, name[:4]), w.shape[1]) for w in weights]
+        layers = [(quantize.quantized_linear(w, None, name[:4], torch.bfloat16), w.shape[1]) for w in weights]
         return sum(nbytes(layer) for layer, _ in layers), lambda: [layer(x16[k]) for layer, k in layers]
     if name in ("int8 (ours)", "int4 (ours)"):
-        layers = [(quantize.quantized_linear(w, None, name[:4], torch.bfloat16), w.shape[1]) for w in weights]
+        layers = [(quantize.quantized_linear(w, None, name[:4], torch.float32, int8_activations=True), w.shape[1])
+                  for w in weights]  # as from_pretrained(quantize=...) builds them here: fp32 activations
         assert all(layer.kernel == quantize.INT8_ACTIVATIONS for layer, _ in layers)
-        return sum(nbytes(layer) for layer, _ in layers), lambda: [layer(x16[k]) for layer, k in layers]
+        return sum(nbytes(layer) for layer, _ in layers), lambda: [layer(x32[k]) for layer, k in layers]
     packed = []  # "int8 dynamic": fbgemm's prepacked int8 weights
     for w in weights:
         scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
