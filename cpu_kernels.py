@@ -9,15 +9,17 @@ summed into each of 16 int32 lanes). That is what these two kernels do:
 
     x (one row, K values) -> levels qx in -127..127, one scale sx per block of 32 inputs (llama.cpp's Q8_0):
         sx = max|x_block| / 127,   qx = round(x / sx)
+    (int4: 32 consecutive inputs, the weights' groups; int8: the 32 inputs one int32 lane reads, 4 from
+    each of 8 loads of 64, so that the lane sums integers over 8 loads before a scale multiplies them)
     int8 weights, one scale sw per row:        y[n] = sw[n] * sum_b sx[b] * sum_{k in b} qw[n, k] * qx[k]
     int4 weights, one scale per group of 32:   y[n] = sum_b sw[n, b] * sx[b] * sum_{k in b} qw[n, k] * qx[k]
 
 `reference_int8` and `reference_int4` below compute exactly this with PyTorch ops; tests/test_cpu_kernels.py
-checks the kernels against them, and the quantized models against transformers' (docs/quantization.md).
-Rounding the activations changes the numbers (about 0.5% relative error per layer output, measured in
-perplexity in docs/quantization.md): quantize.py uses these kernels only for bf16 activations on CPU, the
-quantized models' default, and keeps PyTorch's weight-only kernels for `dtype=torch.float32`, the path the
-exactness tests and the comparison with transformers use.
+checks the kernels against them, alone and on every layer's inputs inside the three models. Rounding the
+activations changes the numbers (~0.5% relative error per layer output; perplexity within ±0.06% of the
+weight-only path's, docs/quantization.md): quantize.py runs these kernels when from_pretrained is given
+no dtype (fp32 activations between the layers), and PyTorch's weight-only kernels for a dtype given
+(`float32`: the path the exactness tests and the comparison with transformers use).
 
 Quirks of the integer instruction, each undone once per call, not per weight: it multiplies an *unsigned*
 byte by a signed one. int8 weights are read as w + 128 (flipping the top bit), so each row's sum gains
@@ -44,9 +46,6 @@ SOURCE = r"""
 #include <cmath>
 #include <vector>
 
-// One row of activations x (K) -> levels q (K, in the order the kernel reads them) and, for each of the 16
-// int32 lanes of each 64-level load, the scale of the block its inputs belong to (ls) and, for int4, the
-// offset to subtract (lo = 8 * scale * sum of the lane's levels). Returns sum_b sx[b] * sum(q_b) (int8's).
 // int8: inputs are read 64 at a time, lane l of a load holding inputs 4l..4l+3 of it. A lane's inputs over 8
 // loads in a row (512 inputs) form one block of 32, so the lane adds integers for 8 loads before its one scale
 // multiplies them: block b of super-block s is {512 s + 64 c + 4 b + t : c < 8, t < 4} (a short last super-
