@@ -113,6 +113,23 @@ static inline float int8_row(const int8_t* w, int64_t K, const int8_t* q, const 
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
+// The same for 4 tokens at once (a prompt): each load of the row and its top-bit flip serve the 4
+static inline void int8_row_4(const int8_t* w, int64_t K, const int8_t* q, const float* ls, int64_t L, float* out) {
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int64_t k = 0; k < K; k += 512) {
+    const int loads = (int)std::min<int64_t>(8, (K - k) / 64);
+    __m512i d[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int c = 0; c < loads; c++) {
+      const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(w + k + 64 * c), flip);
+      for (int t = 0; t < 4; t++) d[t] = _mm512_dpbusd_epi32(d[t], wv, _mm512_loadu_si512(q + t * K + k + 64 * c));
+    }
+    for (int t = 0; t < 4; t++)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[t]), _mm512_loadu_ps(ls + t * L + k / 32), acc[t]);
+  }
+  for (int t = 0; t < 4; t++) out[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
 static inline __m128 load4(const float* s) { return _mm_loadu_ps(s); }
 static inline __m128 load4(const c10::BFloat16* s) {  // bf16 is fp32's top half
   return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i*)s)), 16));
@@ -171,6 +188,14 @@ static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
   at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; n++)
       for (int64_t m = 0; m < M; m++) {
+        if (!int4 && m + 4 <= M) {  // a prompt: 4 tokens at a time
+          float out[4];
+          int8_row_4(W8 + n * K, K, q.data() + m * K, ls.data() + m * L, L, out);
+          for (int t = 0; t < 4; t++)
+            Y[(m + t) * N + n] = static_cast<T>(static_cast<float>(W_scale[n]) * (out[t] - 128.f * total[m + t]));
+          m += 3;
+          continue;
+        }
         const int8_t* qm = q.data() + m * K;
         const float* lsm = ls.data() + m * L;
         const float v = int4 ? int4_row(W4 + n * (K / 2), W_scale + n * (K / 32), K, qm, lsm, lo.data() + m * L)

@@ -41,7 +41,7 @@ def check_against(out, expected, magnitude, dtype):
 
 
 @needs_kernels
-@given(M=st.integers(1, 4), N=st.integers(1, 70), blocks=st.integers(1, 26), data=st.data(),
+@given(M=st.integers(1, 10), N=st.integers(1, 70), blocks=st.integers(1, 26), data=st.data(),
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), scales=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_int8_kernel_equals_its_reference(M, N, blocks, data, dtype, scales):
     """Input widths of 64 to 1664: whole super-blocks of 512 and short last ones (768, 1600)."""
