@@ -88,13 +88,9 @@ static float quantize_row(const T* x, int64_t K, bool int4, int8_t* q, float* ls
 static inline __m512i int8_dot(const int8_t* w, const int8_t* q, int loads) {
   const __m512i flip = _mm512_set1_epi8((char)0x80);
   __m512i d[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-  for (int c = 0; c < loads; c++) {
-#ifdef PREFETCH
-    _mm_prefetch((const char*)(w + 64 * c + PREFETCH), _MM_HINT_T0);
-#endif
+  for (int c = 0; c < loads; c++)
     d[c % 4] = _mm512_dpbusd_epi32(d[c % 4], _mm512_xor_si512(_mm512_loadu_si512(w + 64 * c), flip),
                                    _mm512_loadu_si512(q + 64 * c));
-  }
   return _mm512_add_epi32(_mm512_add_epi32(d[0], d[1]), _mm512_add_epi32(d[2], d[3]));
 }
 
@@ -186,22 +182,22 @@ static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
   // one row at a time, each thread a run of rows: the weights stream through memory in order, once, and
   // each row stays in the cache for all M activations
   at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; n++)
-      for (int64_t m = 0; m < M; m++) {
-        if (!int4 && m + 4 <= M) {  // a prompt: 4 tokens at a time
-          float out[4];
-          int8_row_4(W8 + n * K, K, q.data() + m * K, ls.data() + m * L, L, out);
-          for (int t = 0; t < 4; t++)
-            Y[(m + t) * N + n] = static_cast<T>(static_cast<float>(W_scale[n]) * (out[t] - 128.f * total[m + t]));
-          m += 3;
-          continue;
-        }
+    for (int64_t n = begin; n < end; n++) {
+      int64_t m = 0;
+      float dots[4];
+      for (; !int4 && m + 4 <= M; m += 4) {  // a prompt: 4 tokens at a time
+        int8_row_4(W8 + n * K, K, q.data() + m * K, ls.data() + m * L, L, dots);
+        for (int t = 0; t < 4; t++)
+          Y[(m + t) * N + n] = static_cast<T>(static_cast<float>(W_scale[n]) * (dots[t] - 128.f * total[m + t]));
+      }
+      for (; m < M; m++) {
         const int8_t* qm = q.data() + m * K;
         const float* lsm = ls.data() + m * L;
         const float v = int4 ? int4_row(W4 + n * (K / 2), W_scale + n * (K / 32), K, qm, lsm, lo.data() + m * L)
                              : static_cast<float>(W_scale[n]) * (int8_row(W8 + n * K, K, qm, lsm) - 128.f * total[m]);
         Y[m * N + n] = static_cast<T>(v);
       }
+    }
   });
   return y;
 }
@@ -314,21 +310,20 @@ def blocks_int8(K):
 
 
 def quantize_activations(x, blocks):
-    """x (M, K) -> (levels (M, K) fp32 in -127..127, each input's block scale (M, K)); blocks: (K,) block ids."""
+    """x (M, K) -> (levels (M, K) fp32 in -127..127, scales (M, B)); blocks: (K,) each input's block, 0..B-1."""
     x = x.float()
     amax = x.new_zeros(x.shape[0], int(blocks.max()) + 1).scatter_reduce(1, blocks.expand_as(x), x.abs(), "amax")
     n127 = torch.full_like(amax, 127)  # (a tensor: PyTorch multiplies by 1/127 for a scalar, off in the last bit)
     inv = torch.where(amax > 0, n127 / amax, torch.zeros_like(amax))
-    return (x * inv[:, blocks]).round(), (amax / n127)[:, blocks]
+    return (x * inv[:, blocks]).round(), amax / n127
 
 
 def reference(x, w, blocks):
-    """sum over blocks of sx * (integer dot of qx and w): (M, N) fp64; w (N, K) levels, blocks (K,)."""
+    """Per block, sx * (integer dot of qx and w): (M, N, B) fp64; w (N, K) levels, blocks (K,)."""
     qx, sx = quantize_activations(x, blocks)
-    dots = torch.zeros(x.shape[0], w.shape[0], int(blocks.max()) + 1, dtype=torch.float64)
+    dots = torch.zeros(x.shape[0], w.shape[0], sx.shape[1], dtype=torch.float64)
     dots.index_add_(2, blocks, qx.double()[:, None, :] * w.double()[None])  # exact integers
-    first = torch.zeros(int(blocks.max()) + 1, dtype=torch.long).scatter_(0, blocks.flip(0), torch.arange(len(blocks)).flip(0))
-    return dots * sx.double()[:, None, first]  # (M, N, blocks)
+    return dots * sx.double()[:, None, :]
 
 
 def reference_int8(x, w, scales):

@@ -237,12 +237,13 @@ class Int4Linear(nn.Module):
         self.reduce = None  # as Int8Linear's
         if self.kernel == INT8_ACTIVATIONS:  # cpu_kernels.py reads the saved layout: pairs, scales (N, K/G)
             weight = torch.empty(N, K // 2, dtype=torch.uint8, device=device)
-            start = 0
-            for q in q_blocks if pairs is None else ():  # (n, K) levels 0..15, as floats or uint8
-                weight[start:start + len(q)] = levels_to_pairs(q.to(torch.uint8))
-                start += len(q)
             if pairs is not None:
                 weight.copy_(pairs)
+            else:
+                start = 0
+                for q in q_blocks:  # (n, K) levels 0..15, as floats or uint8
+                    weight[start:start + len(q)] = levels_to_pairs(q.to(torch.uint8))
+                    start += len(q)
             self.register_buffer("weight", weight)
             # bf16 whatever the activations (half the bytes to read; PyTorch's kernels store them so too)
             self.register_buffer("scales", scales.to(device, torch.bfloat16).contiguous())
@@ -344,7 +345,7 @@ def fast_kernels(device):
     return cpu_kernels is not None and torch.device(device).type == "cpu" and cpu_kernels.available()
 
 
-def int4_kernel(device, dtype, K=None, group_size=None, int8_activations=False):
+def int4_kernel(device, dtype, K, group_size, int8_activations):
     """Which int4 kernel there is for weights on `device` and activations of `dtype` (None: plain path)."""
     if int8_activations and group_size == 32 and K % 128 == 0:
         return INT8_ACTIVATIONS

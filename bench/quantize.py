@@ -169,7 +169,6 @@ def speed(threads, repeats=5):
     dtype = torch.float32 if fast else torch.bfloat16
     for n in threads:
         if n == "cli":  # what `python gpt_neox.py` chooses for a big model: the cores free now
-            import generation
             n = f"{generation.choose_threads(None, 40e9)} (the CLI's choice)"
         torch.set_num_threads(int(n.split()[0]) if isinstance(n, str) else n)
         rates = {}
