@@ -36,6 +36,7 @@ import sys
 import warnings
 
 import torch
+from torch import nn
 
 SOURCE = r"""
 #include <ATen/ATen.h>
@@ -202,6 +203,62 @@ static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
   return y;
 }
 
+// fp32 weights W (N, K), rows r..r+3 against one row of x: four dot products, each load of x serving the four
+// rows (the 4 rows are 4 K floats in a row of memory: the weights still stream in order)
+static inline void fp32_rows_4(const float* w, const float* x, int64_t K, float* out) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + k);
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), xv, a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + K + k), xv, a1);
+    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 2 * K + k), xv, a2);
+    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 3 * K + k), xv, a3);
+  }
+  out[0] = _mm512_reduce_add_ps(a0), out[1] = _mm512_reduce_add_ps(a1);
+  out[2] = _mm512_reduce_add_ps(a2), out[3] = _mm512_reduce_add_ps(a3);
+  for (; k < K; k++)  // the last K % 16 inputs
+    for (int t = 0; t < 4; t++) out[t] += w[t * K + k] * x[k];
+}
+
+// One row of W against one row of x, for the 1-3 rows left over
+static inline float fp32_row(const float* w, const float* x, int64_t K) {
+  __m512 a = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 m = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+    a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + k), _mm512_maskz_loadu_ps(m, x + k), a);
+  }
+  return _mm512_reduce_add_ps(a);
+}
+
+// w (N, K) by rows: each thread a run of rows, 4 at a time
+static void fp32_by_rows(const float* X, const float* W, const float* B, int64_t M, int64_t K, int64_t N, float* Y) {
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = 0; m < M; m++) {
+      int64_t n = begin;
+      for (; n + 4 <= end; n += 4) fp32_rows_4(W + n * K, X + m * K, K, Y + m * N + n);
+      for (; n < end; n++) Y[m * N + n] = fp32_row(W + n * K, X + m * K, K);
+      for (n = begin; B && n < end; n++) Y[m * N + n] += B[n];
+    }
+  });
+}
+
+// x (M, K) float, w (N, K) float, optional bias (N,) -> (M, N)
+at::Tensor fp32_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.is_contiguous() && w.is_contiguous(), "contiguous 2-D x and w");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat, "x and w: float32");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(w.size(1) == K && K >= 1, "w: (N, K)");
+  const float* B = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N, "bias: (N,) float32");
+    B = bias->data_ptr<float>();
+  }
+  at::Tensor y = at::empty({M, N}, x.options());
+  fp32_by_rows(x.data_ptr<float>(), w.data_ptr<float>(), B, M, K, N, y.data_ptr<float>());
+  return y;
+}
+
 static void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sw, bool int4) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && w.is_contiguous() && sw.is_contiguous(), "contiguous 2-D x");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x: float32 or bfloat16");
@@ -231,10 +288,12 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& pairs, const at::T
 TORCH_LIBRARY(gpt_kernels, m) {
   m.def("int8_linear(Tensor x, Tensor w, Tensor scales) -> Tensor");
   m.def("int4_linear(Tensor x, Tensor pairs, Tensor scales) -> Tensor");
+  m.def("fp32_linear(Tensor x, Tensor w, Tensor? bias) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(gpt_kernels, CPU, m) {
   m.impl("int8_linear", int8_linear);
   m.impl("int4_linear", int4_linear);
+  m.impl("fp32_linear", fp32_linear);
 }
 """
 
@@ -283,10 +342,11 @@ def build():
         return False
     torch.library.register_fake("gpt_kernels::int8_linear")(shape_of)  # what torch.compile traces
     torch.library.register_fake("gpt_kernels::int4_linear")(shape_of)
+    torch.library.register_fake("gpt_kernels::fp32_linear")(shape_of)
     return True
 
 
-def shape_of(x, w, scales):
+def shape_of(x, w, scales_or_bias):
     return x.new_empty(x.shape[0], w.shape[0])
 
 
@@ -298,6 +358,41 @@ def int8_linear(x, w, scales):
 def int4_linear(x, pairs, scales):
     """x (M, K), pairs uint8 (N, K/2) (byte j: level 2j low, 2j + 1 high), scales fp32/bf16 (N, K/32). K % 128 == 0."""
     return torch.ops.gpt_kernels.int4_linear(x, pairs, scales)
+
+def fp32_linear(x, w, bias=None):
+    """x (M, K) fp32, w (N, K) fp32, bias (N,) or None -> (M, N): F.linear, reading w at about twice the
+    rate of PyTorch's gemv on this build at one token (bench/ceiling.py); exact up to the order of the sums."""
+    return torch.ops.gpt_kernels.fp32_linear(x, w, bias)
+
+
+MAX_TOKENS = 8  # fp32_linear's tokens per call: decoding; past that, PyTorch's gemm (prompts, training)
+
+
+class Float32Linear(nn.Linear):
+    """nn.Linear whose forward, at a few tokens on a CPU in float32 with no gradient to keep (decoding), runs
+    fp32_linear; anything else (a prompt, training, another dtype or device) runs nn.Linear's own."""
+
+    def forward(self, x):
+        w, b = self.weight, self.bias
+        fits = (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and w.is_contiguous()
+                and x.shape[:-1].numel() <= MAX_TOKENS
+                and (b is None or b.dtype == torch.float32)
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
+        if not fits:
+            return super().forward(x)
+        y = fp32_linear(x.reshape(-1, x.shape[-1]).contiguous(), w, None if b is None else b.contiguous())
+        return y.view(*x.shape[:-1], w.shape[0])
+
+
+def use_fp32_kernel(model):
+    """Every nn.Linear of `model` becomes a Float32Linear: the same module (its weights, hooks, names), whose
+    forward decodes with fp32_linear. (checkpoint.load does this where available() and no dtype is given.)"""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = Float32Linear
+            if module.weight.dtype == torch.float32 and not module.weight.is_contiguous():
+                module.weight.data = module.weight.data.contiguous()  # GPT-2's, transposed on load: rows, in order
+    return model
 
 # ----------------------------------------------------------------------------- the same arithmetic, in PyTorch
 

@@ -40,8 +40,8 @@ import torch  # noqa: E402
 import gpt2  # noqa: E402
 
 # precision: (the gguf file, our from_pretrained's quantize)
-PRECISIONS = {"fp32": ("gpt2-124m-f32.gguf", None), "int8 / Q8_0": ("gpt2-124m-q8_0.gguf", "int8"),
-              "int4 / Q4_0": ("gpt2-124m-q4_0.gguf", "int4")}
+PRECISIONS = {"fp32": ("gpt2-124m-f32.gguf", None), "int8": ("gpt2-124m-q8_0.gguf", "int8"),
+              "int4": ("gpt2-124m-q4_0.gguf", "int4")}  # (llama.cpp's F32, Q8_0, Q4_0)
 STEPS = 64  # decode steps timed, as llama-bench's tg64
 
 
@@ -68,22 +68,24 @@ def main():
     p.add_argument("--gguf-dir", required=True, type=Path, help="the three gguf files (see above)")
     p.add_argument("--hf-dir", default="/tmp/kp/gpt2-124m", help="our checkpoint: the same weights")
     p.add_argument("--repeats", type=int, default=5, help="rounds, each precision once per round")
+    p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
     args = p.parse_args()
+    precisions = {name: PRECISIONS[name] for name in args.precisions}
     torch.set_num_threads(2)
-    for gguf, _ in PRECISIONS.values():
+    for gguf, _ in precisions.values():
         if not (args.gguf_dir / gguf).is_file():
             sys.exit(f"error: {args.gguf_dir / gguf} is missing (the docstring says how to make it)")
 
     models = {}
-    for name, (_, quantize) in PRECISIONS.items():
+    for name, (_, quantize) in precisions.items():
         t0 = time.perf_counter()
         models[name] = gpt2.from_pretrained(args.hf_dir, quantize=quantize)
         our_rate(models[name])  # warm-up: compiles the step
         print(f"loaded and compiled ours, {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
-    rates = {name: {"llama.cpp": [], "ours": []} for name in PRECISIONS}
+    rates = {name: {"llama.cpp": [], "ours": []} for name in precisions}
     for r in range(args.repeats):
-        for name, (gguf, _) in PRECISIONS.items():
+        for name, (gguf, _) in precisions.items():
             rates[name]["llama.cpp"].append(llama_rate(args.llama_bench, args.gguf_dir / gguf))
             rates[name]["ours"].append(our_rate(models[name]))
             print(f"round {r + 1} {name}: llama.cpp {rates[name]['llama.cpp'][-1]:.1f}, "

@@ -1,20 +1,26 @@
 """cpu_kernels.py: the int8-activation kernels compute what their PyTorch reference computes (the same rounding
 of the activations, then exact integer dots), are exact where that rounding is, and quantized models run them
 by default where the CPU has them: the same logits as the reference in their place, compiled and eager alike,
-saved and reloaded bit for bit. Where they cannot run (no such CPU, the file not copied, a failed build, a
-dtype asked for), PyTorch's weight-only kernels do, as before.
+saved and reloaded bit for bit. The fp32 kernel computes F.linear (to fp32's rounding of the sums), and fp32
+models decode with it by default: transformers' logits and tokens. Where they cannot run (no such CPU, the
+file not copied, a failed build, a dtype asked for), PyTorch's kernels do, as before.
 
 How much the rounding of activations costs in perplexity is measured in bench/quantize.py, not here."""
+import sys
 import tempfile
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from reference import save_checkpoint
+from safetensors.torch import load_file
 from test_quantize import tiny
+from torch import nn
 
+import checkpoint
 import cpu_kernels
 import quantize
 
@@ -99,6 +105,26 @@ def test_the_kernels_are_exact_where_the_activations_round_exactly(scheme, K):
         expected = x.double() @ quantize.dequantize_int4(q, s, 32).double().T
     check_against(out, expected, x.double().abs() @ w.double().abs().T * 2, torch.float32)
 
+
+@needs_kernels
+@given(M=st.integers(1, 9), N=st.integers(1, 70), K=st.one_of(st.integers(1, 200), st.sampled_from([768, 3077])),
+       bias=st.booleans(), transposed=st.booleans(), seed=st.integers(0, 2**16))
+def test_fp32_kernel_equals_f_linear(M, N, K, bias, transposed, seed):
+    """Any width (a last partial load of 16), any number of rows (a last 1-3), with and without a bias; the
+    error bound of any order of summing K + 1 fp32 terms. A weight stored by columns is refused (the op's
+    check): use_fp32_kernel stores GPT-2's by rows."""
+    g = torch.Generator().manual_seed(seed)
+    x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    b = b if bias else None
+    if transposed and N > 1 and K > 1:
+        with pytest.raises(RuntimeError, match="contiguous"):
+            cpu_kernels.fp32_linear(x, w.T.contiguous().T, b)
+    out = cpu_kernels.fp32_linear(x, w, b)
+    expected = F.linear(x.double(), w.double(), None if b is None else b.double())
+    magnitude = x.double().abs() @ w.double().abs().T + (0 if b is None else b.double().abs())
+    assert out.shape == (M, N) and out.dtype == torch.float32
+    assert ((out.double() - expected).abs() <= (K + 1) * 2**-24 * magnitude * 1.01 + 1e-30).all()
+
 # ----------------------------------------------------------------------------- in the models
 
 
@@ -174,6 +200,46 @@ def test_an_int4_model_saved_from_the_kernels_layout_reloads_in_either(tmp_path)
         assert all(torch.equal(x, y) for x, y in zip(a.pairs(), b.pairs()))
         assert torch.equal(a.pairs()[0], c.pairs()[0]) and torch.equal(a.pairs()[1].float(), c.pairs()[1].float())
 
+
+def linears(model):
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
+def test_fp32_models_decode_with_the_fp32_kernel(arch, monkeypatch, tmp_path):
+    """No dtype: every nn.Linear is a Float32Linear. A few tokens without gradients (decoding) run the fp32
+    kernel, with transformers' logits; a prompt of more tokens, or a forward that keeps gradients, runs
+    nn.Linear's; the tokens are those of the plain model (dtype given); a save is the file it came from."""
+    module, ref = tiny(arch, 90, 128)
+    save_checkpoint(ref, tmp_path / "ref")
+    model = module.from_pretrained(tmp_path / "ref")
+    plain = module.from_pretrained(tmp_path / "ref", dtype=torch.float32)
+    assert all(type(m) is cpu_kernels.Float32Linear for m in linears(model))
+    assert all(type(m) is nn.Linear for m in linears(plain))
+    calls = []
+
+    def counted(x, w, bias=None):
+        calls.append(x.shape[0])
+        return cpu_kernels.torch.ops.gpt_kernels.fp32_linear(x, w, bias)
+    monkeypatch.setattr(cpu_kernels, "fp32_linear", counted)
+    short, long = torch.tensor([[3, 17, 42, 8, 60]]), torch.randint(0, 90, (2, 12), generator=torch.Generator())
+    with torch.no_grad():
+        for ids, runs in ((short, len(linears(model))), (long, 0)):
+            calls.clear()
+            ours, expected = model(ids), ref(ids).logits
+            assert len(calls) == runs and (ours - expected).abs().max() <= 1e-4
+    calls.clear()
+    model(short).sum().backward()  # gradients kept: nn.Linear's forward
+    assert not calls and linears(model)[-1].weight.grad is not None
+    model.zero_grad(set_to_none=True)
+    prompt = torch.tensor([[3, 17, 42], [9, 9, 1]])
+    assert torch.equal(module.generate(model, prompt, 8, temperature=0),
+                       module.generate(plain, prompt, 8, temperature=0))
+    module.save_pretrained(model, tmp_path / "again")
+    saved, original = load_file(tmp_path / "again" / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
+    assert all(torch.equal(saved[k], original[k]) for k in saved) and set(saved) <= set(original)
+
 # ----------------------------------------------------------------------------- where they cannot run
 
 
@@ -189,6 +255,16 @@ def test_without_the_file_quantized_models_run_pytorchs_kernels_in_bf16(monkeypa
         ids = torch.tensor([[1, 5, 9, 40]])
         with torch.no_grad():
             assert torch.equal(model(ids), asked(ids))
+
+
+def test_without_the_file_fp32_models_run_nn_linear(monkeypatch, tmp_path):
+    """cpu_kernels.py not copied beside the model file (or not available): plain nn.Linear, as before."""
+    module, ref = tiny("gpt2", 90, 64)
+    save_checkpoint(ref, tmp_path)
+    monkeypatch.setitem(sys.modules, "cpu_kernels", None)  # import cpu_kernels: ModuleNotFoundError
+    assert checkpoint.cpu_kernels_on("cpu") is None
+    model = module.from_pretrained(tmp_path)
+    assert all(type(m) is nn.Linear for m in linears(model))
 
 
 def test_without_vnni_or_a_compiler_the_kernels_are_not_available(monkeypatch):
