@@ -368,12 +368,13 @@ def check_options(attn="sdpa", quantize=None):
 def load(directory, config, make_model, convert, *, device="cpu", dtype=None, quantize=None, tp_plan=None):
     """The checkpoint in `directory` as a model: make_model() builds it on the meta device (shapes, no
     memory), convert(state_dict, config) maps the Hub's names to its module names, and the file's tensors
-    are assigned in place, so the weights exist once in memory. dtype: a torch.dtype or its name, float32 by
-    default (with no dtype given, decoding runs cpu_kernels.py's fp32 kernel where the CPU has it). With `quantize` ("int8" | "int4": quantize.py quantizes every weight matrix as it is read), or
-    for a checkpoint saved quantized (read as it is), and no dtype: float32 around cpu_kernels.py's
-    int8-activation kernels where the CPU has them, else bfloat16; a dtype given keeps PyTorch's weight-only
-    kernels (the reference). tp_plan: under torchrun, each process takes its share of the layers the plan
-    names (tp.py). Returns the model in eval() mode. (The callers check attn and quantize first.)"""
+    are assigned in place, so the weights exist once in memory. dtype: a torch.dtype or its name; none given:
+    float32, decoding with cpu_kernels.py's fp32 kernel where the CPU has it. With `quantize` ("int8" |
+    "int4": quantize.py quantizes every weight matrix as it is read), or for a checkpoint saved quantized
+    (read as it is), and no dtype: float32 around cpu_kernels.py's int8-activation kernels where the CPU has
+    them, else bfloat16. A dtype given keeps PyTorch's kernels (the reference). tp_plan: under torchrun, each
+    process takes its share of the layers the plan names (tp.py). Returns the model in eval() mode. (The
+    callers check attn and quantize first.)"""
     saved = config.quantization_config  # a checkpoint saved quantized: integers and scales (quantize.py)
     check_device(device)
     given = dtype

@@ -1,4 +1,4 @@
-"""Optional CPU kernels for quantized models: int8 and int4 weights times int8 activations (x86 AVX-512 VNNI).
+"""Optional CPU kernels for decoding: int8 and int4 weights times int8 activations, and fp32 (x86 AVX-512 VNNI).
 
 Why. At batch 1 a decode step reads every weight once, so it is as fast as the weights can be read.
 PyTorch's weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, what quantize.py runs
@@ -26,9 +26,17 @@ byte by a signed one. int8 weights are read as w + 128 (flipping the top bit), s
 128 * sum(qx), subtracted at the end; int4 levels are stored as q + 8 (0..15, compressed-tensors' layout),
 so each block's sum gains 8 * sum(qx_block), subtracted per block.
 
-Optional: the C++ below is compiled on first use (torch.utils.cpp_extension, ~20 s, once per version, under
+fp32 (`fp32_linear`, `Float32Linear`): at batch 1 PyTorch's fp32 `F.linear` reads weights at ~0.4 of what
+the machine can here (this build's MKL on an AMD CPU). The kernel below is the plain loop done well: four
+weight rows at a time against one token, each load of the token serving the four (`vfmadd`, 16 floats
+each), the rows in memory order, each thread a run of them. No rounding but fp32's own (the order of the
+sums). checkpoint.load makes every nn.Linear a Float32Linear when no dtype is given: it runs the kernel
+while decoding (up to 64 tokens, no gradient) and nn.Linear's forward otherwise; GPT-2's Conv1D weights,
+transposed views on load, are then stored by rows.
+
+Optional: the C++ below is compiled on first use (torch.utils.cpp_extension, ~25 s, once per version, under
 ~/.cache/torch_extensions). Where the CPU lacks AVX-512 VNNI, or no C++ compiler or ninja is found, or
-`GPT_KERNELS=0` is set, `available()` is False and quantize.py runs PyTorch's kernels.
+`GPT_KERNELS=0` is set, `available()` is False and the models run PyTorch's kernels.
 """
 import hashlib
 import os
@@ -231,15 +239,16 @@ static inline float fp32_row(const float* w, const float* x, int64_t K) {
   return _mm512_reduce_add_ps(a);
 }
 
-// w (N, K) by rows: each thread a run of rows, 4 at a time
+// w (N, K) by rows: each thread a run of rows, 4 at a time, each 4 for all M tokens while they are in the cache
 static void fp32_by_rows(const float* X, const float* W, const float* B, int64_t M, int64_t K, int64_t N, float* Y) {
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = 0; m < M; m++) {
-      int64_t n = begin;
-      for (; n + 4 <= end; n += 4) fp32_rows_4(W + n * K, X + m * K, K, Y + m * N + n);
-      for (; n < end; n++) Y[m * N + n] = fp32_row(W + n * K, X + m * K, K);
-      for (n = begin; B && n < end; n++) Y[m * N + n] += B[n];
-    }
+    int64_t n = begin;
+    for (; n + 4 <= end; n += 4)
+      for (int64_t m = 0; m < M; m++) fp32_rows_4(W + n * K, X + m * K, K, Y + m * N + n);
+    for (; n < end; n++)
+      for (int64_t m = 0; m < M; m++) Y[m * N + n] = fp32_row(W + n * K, X + m * K, K);
+    for (int64_t m = 0; B && m < M; m++)
+      for (n = begin; n < end; n++) Y[m * N + n] += B[n];
   });
 }
 
@@ -328,7 +337,7 @@ def build():
     root = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/torch_extensions"))
     directory = os.path.join(root, f"gpt_kernels-{version}")
     if not os.path.exists(os.path.join(directory, "gpt_kernels.so")):
-        print(f"cpu_kernels.py: compiling the int8-activation kernels, once (~20 s) into {directory}",
+        print(f"cpu_kernels.py: compiling the CPU kernels, once (~25 s) into {directory}",
               file=sys.stderr, flush=True)
     try:
         os.makedirs(directory, exist_ok=True)
@@ -337,8 +346,8 @@ def build():
             cpp_extension.load_inline("gpt_kernels", SOURCE, extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
                                       build_directory=directory, is_python_module=False)
     except Exception as e:  # no compiler, no ninja, no space...: PyTorch's kernels it is
-        warnings.warn(f"cpu_kernels.py: could not build the int8-activation kernels ({str(e).splitlines()[0]}); "
-                      "quantized layers use PyTorch's kernels")
+        warnings.warn(f"cpu_kernels.py: could not build its kernels ({str(e).splitlines()[0]}); "
+                      "the models use PyTorch's kernels")
         return False
     torch.library.register_fake("gpt_kernels::int8_linear")(shape_of)  # what torch.compile traces
     torch.library.register_fake("gpt_kernels::int4_linear")(shape_of)
@@ -365,12 +374,13 @@ def fp32_linear(x, w, bias=None):
     return torch.ops.gpt_kernels.fp32_linear(x, w, bias)
 
 
-MAX_TOKENS = 8  # fp32_linear's tokens per call: decoding; past that, PyTorch's gemm (prompts, training)
+MAX_TOKENS = 64  # fp32_linear's tokens per call (decoding, short prompts); past that, PyTorch's gemm
 
 
 class Float32Linear(nn.Linear):
-    """nn.Linear whose forward, at a few tokens on a CPU in float32 with no gradient to keep (decoding), runs
-    fp32_linear; anything else (a prompt, training, another dtype or device) runs nn.Linear's own."""
+    """nn.Linear whose forward, at up to MAX_TOKENS tokens on a CPU in float32 with no gradient to keep
+    (decoding), runs fp32_linear; anything else (a long prompt, training, another dtype or device) runs
+    nn.Linear's own."""
 
     def forward(self, x):
         w, b = self.weight, self.bias

@@ -1,6 +1,7 @@
 """GPT-NeoX-20B on a machine without a GPU: load fp16 -> int8/int4, save, reload, decode (and GPT-2 small's shapes).
 
     python bench/big.py --layers 2                        # the 20B's shapes cut to 2 layers (~3 GB of fp16)
+    python bench/big.py --layers 2 --schemes fp32 int8     # the same in fp32 (no save) and int8
     nice -n 10 python bench/big.py                        # all 44 layers: ~41 GB on disk, checked first
     python bench/big.py --shape gpt2                      # GPT-2 small's shapes (124M)
     python bench/big.py --dir /big/disk/neox --keep       # where the checkpoint goes; keep it afterwards
@@ -21,7 +22,7 @@ benchmark's own directory), then measures, each in a fresh process:
   decode    greedy batch-1 tokens/s after an 8-token prompt (the prompt step excluded; the median step, so a
             compiled run's first steps do not count), per torch thread
             count, and its ratio to the ceiling; and where a decode step's time goes (torch.profiler)
-  kernels   every quantized layer run once on one token's input, nothing else: what PyTorch's int8/int4
+  kernels   every quantized (fp32: nn.Linear) layer run once on one token's input, nothing else: what the
             kernels allow on this machine; the decode step against it is what the rest of the model costs
 
 The 20B's config says hidden_act "gelu_fast"; until the model files take that name the generated config.json
@@ -169,7 +170,7 @@ if {decode}:
     prompt = torch.arange(100, 108)[None]
     # The kernels alone: every quantized layer once on one token's input, nothing else of the model.
     import quantize
-    layers = [m for m in model.modules() if isinstance(m, (quantize.Int8Linear, quantize.Int4Linear))]
+    layers = [m for m in model.modules() if isinstance(m, (quantize.Int8Linear, quantize.Int4Linear, torch.nn.Linear))]
     dtype = next(model.parameters()).dtype  # the embedding's, LayerNorms': the activations'
     inputs = [torch.randn(1, 1, m.in_features, dtype=dtype) for m in layers]
     for threads in {thread_counts}:
@@ -232,7 +233,8 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=None, help="blocks (default: all: 44, or 12 for gpt2)")
     p.add_argument("--dir", type=Path, default=None, help="where the fp16 checkpoint goes "
                    "(default bench/.cache/<shape>-<layers>; the quantized ones beside it)")
-    p.add_argument("--schemes", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
+    p.add_argument("--schemes", nargs="+", default=["int8", "int4"], choices=["fp32", "int8", "int4"],
+                   help="fp32: loaded as float32 (no save; it would be twice the fp16 files), decoded")
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch thread counts to decode with")
     p.add_argument("--tokens", type=int, default=8, help="new tokens per decode run")
     p.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
@@ -243,7 +245,7 @@ def main(argv=None):
     directory = args.dir or ROOT / "bench" / ".cache" / f"{args.shape}-{layers}"
     module = "gpt_neox" if args.shape == "neox-20b" else "gpt2"
     fp16 = sum(nbytes(s) for s in shards(args.shape, layers))
-    copies = sum({"int8": 0.55, "int4": 0.30}[s] for s in args.schemes)  # a saved copy's size against fp16's
+    copies = sum({"fp32": 0, "int8": 0.55, "int4": 0.30}[s] for s in args.schemes)  # a saved copy's size against fp16's
     need = fp16 * (copies + (not (directory / "config.json").exists()))
     directory.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory.parent).free
@@ -264,18 +266,25 @@ def main(argv=None):
                   and "wpe" not in k)
     try:
         for scheme in args.schemes:
-            saved = directory.parent / f"{directory.name}-{scheme}"
-            shutil.rmtree(saved, ignore_errors=True)
-            r = stage(module, directory, scheme, save=saved, threads=args.threads[:1])
-            print(f"\n{scheme}: load {r['load_s']:.1f} s ({fp16 / r['load_s'] / 1e9:.2f} GB/s of checkpoint, "
-                  f"{weights / r['load_s'] / 1e6:.0f} M weights/s quantized); peak resident "
-                  f"{gb(r['peak'] - r['base'])} over the start, for a {gb(r['model_bytes'])} model (target "
-                  f"<= {gb(r['model_bytes'] * 1.1 + 1e9)}); at the end file pages {gb(r['file_pages'])}, "
-                  f"anonymous {gb(r['anon'])}; save {r['save_s']:.1f} s")
-            drop_page_cache(saved)  # the reload reads the disk, not what the save left in memory
-            r = stage(module, saved, decode=True, threads=args.threads, tokens=args.tokens, compile=args.compile)
-            print(f"{scheme}: reload from disk {r['load_s']:.1f} s, peak resident {gb(r['peak'] - r['base'])} "
-                  f"over the start; {gb(r['read_bytes'])} read per token")
+            if scheme == "fp32":  # loaded and decoded in one process: fp16 -> float32, cpu_kernels.py's kernel
+                r = stage(module, directory, decode=True, threads=args.threads, tokens=args.tokens,
+                          compile=args.compile)
+                print(f"\nfp32: load {r['load_s']:.1f} s, peak resident {gb(r['peak'] - r['base'])} over the "
+                      f"start; {gb(r['read_bytes'])} read per token")
+            else:
+                saved = directory.parent / f"{directory.name}-{scheme}"
+                shutil.rmtree(saved, ignore_errors=True)
+                r = stage(module, directory, scheme, save=saved, threads=args.threads[:1])
+                print(f"\n{scheme}: load {r['load_s']:.1f} s ({fp16 / r['load_s'] / 1e9:.2f} GB/s of checkpoint, "
+                      f"{weights / r['load_s'] / 1e6:.0f} M weights/s quantized); peak resident "
+                      f"{gb(r['peak'] - r['base'])} over the start, for a {gb(r['model_bytes'])} model (target "
+                      f"<= {gb(r['model_bytes'] * 1.1 + 1e9)}); at the end file pages {gb(r['file_pages'])}, "
+                      f"anonymous {gb(r['anon'])}; save {r['save_s']:.1f} s")
+                drop_page_cache(saved)  # the reload reads the disk, not what the save left in memory
+                r = stage(module, saved, decode=True, threads=args.threads, tokens=args.tokens,
+                          compile=args.compile)
+                print(f"{scheme}: reload from disk {r['load_s']:.1f} s, peak resident {gb(r['peak'] - r['base'])} "
+                      f"over the start; {gb(r['read_bytes'])} read per token")
             for threads in args.threads:
                 t = r[f"threads{threads}"]
                 print(f"  {threads} thread(s): decode {1 / t['step_s']:.2f} tok/s, ceiling (every weight read "

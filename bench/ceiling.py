@@ -6,8 +6,9 @@
 Decoding one token reads every weight once, so the rate at which the machine reads weights bounds the
 decode rate. A plain sum over the weights understates that rate: some of PyTorch's matmul kernels read
 faster. Each reader here reads the same layers (a block's four matrices, copies cycled so that they come
-from memory, not from the cache) with one token's activations, and the table gives GB/s of the bytes each reads (weights and scales);
-the fastest is the ceiling to measure a decode against ("fraction of the ceiling" in docs/speed.md):
+from memory, not from the cache) with one token's activations; the readers take turns, a pass each per
+round (median of the rounds), and the table gives GB/s of the bytes each reads (weights and scales); the
+fastest is the ceiling to measure a decode against ("fraction of the ceiling" in docs/speed.md):
 
   sum             torch.sum over fp32 weights
   fp32 linear     F.linear, fp32 weights and activations (the models' fp32 path: MKL's gemv on this build)
@@ -17,6 +18,7 @@ the fastest is the ceiling to measure a decode against ("fraction of the ceiling
                    cpu_kernels.py; here bf16, its fast case)
   int4 weight-only  _weight_int4pack_mm_for_cpu, group 32, bf16 activations (the same)
   int8 dynamic      fbgemm's dynamic linear: int8 weights, activations quantized to int8 per call (x86 only)
+  fp32 (ours)       cpu_kernels.fp32_linear, fp32 (from_pretrained's default here, decoding)
   int8 (ours)       cpu_kernels.int8_linear, int8 activations (quantize.py's default on such a CPU)
   int4 (ours)       cpu_kernels.int4_linear, group 32, int8 activations (the same)
 """
@@ -53,6 +55,9 @@ def reader(name, weights):
         return sum(w.numel() * 4 for w in weights), lambda: [w.sum() for w in weights]
     if name == "fp32 linear":
         return sum(w.numel() * 4 for w in weights), lambda: [F.linear(x32[w.shape[1]], w) for w in weights]
+    if name == "fp32 (ours)":
+        return sum(w.numel() * 4 for w in weights), lambda: [cpu_kernels.fp32_linear(x32[w.shape[1]], w)
+                                                             for w in weights]
     if name == "fp32 oneDNN":
         packed = [(torch.ops.mkldnn._reorder_linear_weight(w, 1), w.shape[1]) for w in weights]
         return sum(w.numel() * 4 for w in weights), lambda: [
@@ -77,45 +82,52 @@ def reader(name, weights):
 READERS = ["sum", "fp32 linear"] + (["fp32 oneDNN"] if torch.backends.mkldnn.is_available() else []) + [
     "int8 weight-only", "int4 weight-only"] + (
     ["int8 dynamic"] if "fbgemm" in torch.backends.quantized.supported_engines else []) + (
-    ["int8 (ours)", "int4 (ours)"] if cpu_kernels.available() else [])
+    ["fp32 (ours)", "int8 (ours)", "int4 (ours)"] if cpu_kernels.available() else [])
 
 
-def measure(name, shapes, repeats, target_bytes=2**30):
-    """GB/s of one reader over copies of the layers that add up to `target_bytes` of what it reads (twice
-    this machine's last-level cache and more: every call reads from memory), median of `repeats` passes."""
+def copies_of(name, shapes, target_bytes):
+    """One reader's copies of the layers, adding up to `target_bytes` of what it reads (several times this
+    machine's last-level cache: every call reads from memory): (bytes, [functions])."""
     torch.manual_seed(0)
     copies = []
     while not copies or sum(c[0] for c in copies) < target_bytes:
         copies.append(reader(name, [torch.randn(o, i) * 0.02 for o, i in shapes]))
-    for _, read in copies:  # warm-up: every copy once
-        read()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _, read in copies:
-            read()
-        times.append(time.perf_counter() - start)
-    return sum(c[0] for c in copies) / statistics.median(times) / 1e9, len(copies)
+    return sum(c[0] for c in copies), [read for _, read in copies]
+
+
+def measure(shapes, repeats, target_bytes):
+    """GB/s of every reader, median of `repeats` rounds; each round runs every reader's pass in turn, so
+    that a change in the machine's speed (a shared VM) falls on all of them alike."""
+    readers = {name: copies_of(name, shapes, target_bytes) for name in READERS}
+    times = {name: [] for name in READERS}
+    for round in range(repeats + 1):  # round 0: warm-up
+        for name, (_, reads) in readers.items():
+            start = time.perf_counter()
+            for read in reads:
+                read()
+            if round:
+                times[name].append(time.perf_counter() - start)
+    return {name: readers[name][0] / statistics.median(times[name]) / 1e9 for name in READERS}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--mib", type=int, default=384, help="MiB each reader reads per pass (all held at once)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.threads} threads; GB/s of weight bytes at batch 1, copies cycled through memory")
     for title, shapes in SHAPES.items():
         if args.quick and title != "GPT-2 small":
             continue
-        rates = {}
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (torch's quantized-tensor API says it is deprecated)
-            for name in READERS:
-                rates[name], copies = measure(name, shapes, 3 if args.quick else 7)
-                gc.collect()
+            rates = measure(shapes, 3 if args.quick else 7, args.mib * 2**20)
+        gc.collect()
         best = max(rates, key=rates.get)
-        print(f"\n{title}: a block's matrices, copies cycled (1 GiB of what each reader reads)")
+        print(f"\n{title}: a block's matrices, copies cycled ({args.mib} MiB of what each reader reads), "
+              "the readers in turn")
         for name, rate in rates.items():
             print(f"  {name:14} {rate:6.1f} GB/s  {rate / rates[best]:.2f} of the best")
         print(f"  ceiling: {rates[best]:.1f} GB/s ({best})", flush=True)

@@ -209,7 +209,7 @@ def linears(model):
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
 def test_fp32_models_decode_with_the_fp32_kernel(arch, monkeypatch, tmp_path):
     """No dtype: every nn.Linear is a Float32Linear. A few tokens without gradients (decoding) run the fp32
-    kernel, with transformers' logits; a prompt of more tokens, or a forward that keeps gradients, runs
+    kernel, with transformers' logits; more than MAX_TOKENS tokens, or a forward that keeps gradients, run
     nn.Linear's; the tokens are those of the plain model (dtype given); a save is the file it came from."""
     module, ref = tiny(arch, 90, 128)
     save_checkpoint(ref, tmp_path / "ref")
@@ -223,7 +223,7 @@ def test_fp32_models_decode_with_the_fp32_kernel(arch, monkeypatch, tmp_path):
         calls.append(x.shape[0])
         return cpu_kernels.torch.ops.gpt_kernels.fp32_linear(x, w, bias)
     monkeypatch.setattr(cpu_kernels, "fp32_linear", counted)
-    short, long = torch.tensor([[3, 17, 42, 8, 60]]), torch.randint(0, 90, (2, 12), generator=torch.Generator())
+    short, long = torch.tensor([[3, 17, 42, 8, 60]]), torch.randint(0, 90, (2, 40), generator=torch.Generator())
     with torch.no_grad():
         for ids, runs in ((short, len(linears(model))), (long, 0)):
             calls.clear()
@@ -286,4 +286,4 @@ def test_without_vnni_or_a_compiler_the_kernels_are_not_available(monkeypatch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert not cpu_kernels.available()
-    assert any("could not build the int8-activation kernels (Ninja is required" in str(w.message) for w in caught)
+    assert any("could not build its kernels (Ninja is required" in str(w.message) for w in caught)
