@@ -29,10 +29,11 @@ so each block's sum gains 8 * sum(qx_block), subtracted per block.
 fp32 (`fp32_linear`, `Float32Linear`): at batch 1 PyTorch's fp32 `F.linear` reads weights at ~0.4 of what
 the machine can here (this build's MKL on an AMD CPU). The kernel below is the plain loop done well: four
 weight rows at a time against one token, each load of the token serving the four (`vfmadd`, 16 floats
-each), the rows in memory order, each thread a run of them. No rounding but fp32's own (the order of the
-sums). checkpoint.load makes every nn.Linear a Float32Linear when no dtype is given: it runs the kernel
-while decoding (up to 64 tokens, no gradient) and nn.Linear's forward otherwise; GPT-2's Conv1D weights,
-transposed views on load, are then stored by rows.
+each), the rows in memory order, each thread a run of them; for a weight stored by columns (GPT-2's
+Conv1D, a transposed view of the file), four rows of w.T at a time added into each thread's partial sums.
+No rounding but fp32's own (the order of the sums). checkpoint.load makes every nn.Linear a Float32Linear
+when no dtype is given: it runs the kernel while decoding (up to 64 tokens, no gradient) and nn.Linear's
+forward otherwise.
 
 Optional: the C++ below is compiled on first use (torch.utils.cpp_extension, ~25 s, once per version, under
 ~/.cache/torch_extensions). Where the CPU lacks AVX-512 VNNI, or no C++ compiler or ninja is found, or
@@ -252,9 +253,51 @@ static void fp32_by_rows(const float* X, const float* W, const float* B, int64_t
   });
 }
 
-// x (M, K) float, w (N, K) float, optional bias (N,) -> (M, N)
+// p (N) += x[0] * w[0, :] + ... + x[3] * w[3, :], for 4 rows of length N in a row of memory
+static inline void fp32_axpy_4(const float* w, int64_t N, const float* x, float* p) {
+  const __m512 x0 = _mm512_set1_ps(x[0]), x1 = _mm512_set1_ps(x[1]), x2 = _mm512_set1_ps(x[2]), x3 = _mm512_set1_ps(x[3]);
+  int64_t n = 0;
+  for (; n + 16 <= N; n += 16) {
+    __m512 a = _mm512_loadu_ps(p + n);
+    a = _mm512_fmadd_ps(_mm512_loadu_ps(w + n), x0, a);
+    a = _mm512_fmadd_ps(_mm512_loadu_ps(w + N + n), x1, a);
+    a = _mm512_fmadd_ps(_mm512_loadu_ps(w + 2 * N + n), x2, a);
+    a = _mm512_fmadd_ps(_mm512_loadu_ps(w + 3 * N + n), x3, a);
+    _mm512_storeu_ps(p + n, a);
+  }
+  for (; n < N; n++) p[n] += w[n] * x[0] + w[N + n] * x[1] + w[2 * N + n] * x[2] + w[3 * N + n] * x[3];
+}
+
+// w (N, K) stored by columns, i.e. wt = w.T (K, N) by rows (GPT-2's Conv1D weights, as the file holds them):
+// y[m, :] = sum over k of x[m, k] * wt[k, :]. Each thread takes a run of rows of wt (one stretch of memory,
+// read in order, 4 rows at a time) into its own partial sums; the partial sums are added at the end.
+static void fp32_by_columns(const float* X, const float* WT, const float* B, int64_t M, int64_t K, int64_t N,
+                            float* Y) {
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), K / 64));
+  std::vector<float> partial(parts * M * N, 0.f);
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; p++) {
+      const int64_t k1 = K * (p + 1) / parts;
+      int64_t k = K * p / parts;
+      for (; k + 4 <= k1; k += 4)
+        for (int64_t m = 0; m < M; m++) fp32_axpy_4(WT + k * N, N, X + m * K + k, partial.data() + (p * M + m) * N);
+      for (; k < k1; k++)  // the last 1-3 rows of the run
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t n = 0; n < N; n++) partial[(p * M + m) * N + n] += X[m * K + k] * WT[k * N + n];
+    }
+  });
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) {
+      float v = B ? B[n] : 0.f;
+      for (int64_t p = 0; p < parts; p++) v += partial[(p * M + m) * N + n];
+      Y[m * N + n] = v;
+    }
+}
+
+// x (M, K) float, w (N, K) float stored by rows or by columns, optional bias (N,) -> (M, N)
 at::Tensor fp32_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.is_contiguous() && w.is_contiguous(), "contiguous 2-D x and w");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.is_contiguous(), "contiguous 2-D x, 2-D w");
+  TORCH_CHECK(w.is_contiguous() || w.t().is_contiguous(), "w: stored by rows or by columns");
   TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat, "x and w: float32");
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   TORCH_CHECK(w.size(1) == K && K >= 1, "w: (N, K)");
@@ -264,7 +307,10 @@ at::Tensor fp32_linear(const at::Tensor& x, const at::Tensor& w, const c10::opti
     B = bias->data_ptr<float>();
   }
   at::Tensor y = at::empty({M, N}, x.options());
-  fp32_by_rows(x.data_ptr<float>(), w.data_ptr<float>(), B, M, K, N, y.data_ptr<float>());
+  if (w.is_contiguous())
+    fp32_by_rows(x.data_ptr<float>(), w.data_ptr<float>(), B, M, K, N, y.data_ptr<float>());
+  else
+    fp32_by_columns(x.data_ptr<float>(), w.data_ptr<float>(), B, M, K, N, y.data_ptr<float>());
   return y;
 }
 
@@ -369,8 +415,9 @@ def int4_linear(x, pairs, scales):
     return torch.ops.gpt_kernels.int4_linear(x, pairs, scales)
 
 def fp32_linear(x, w, bias=None):
-    """x (M, K) fp32, w (N, K) fp32, bias (N,) or None -> (M, N): F.linear, reading w at about twice the
-    rate of PyTorch's gemv on this build at one token (bench/ceiling.py); exact up to the order of the sums."""
+    """x (M, K) fp32, w (N, K) fp32 stored by rows or by columns (a transposed view, as GPT-2's weights are),
+    bias (N,) or None -> (M, N): F.linear, reading w at about twice the rate of PyTorch's gemv on this build
+    at one token (bench/ceiling.py); exact up to the order of the sums."""
     return torch.ops.gpt_kernels.fp32_linear(x, w, bias)
 
 
@@ -384,7 +431,8 @@ class Float32Linear(nn.Linear):
 
     def forward(self, x):
         w, b = self.weight, self.bias
-        fits = (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and w.is_contiguous()
+        fits = (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
+                and (w.is_contiguous() or w.t().is_contiguous())
                 and x.shape[:-1].numel() <= MAX_TOKENS
                 and (b is None or b.dtype == torch.float32)
                 and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
@@ -400,8 +448,6 @@ def use_fp32_kernel(model):
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = Float32Linear
-            if module.weight.dtype == torch.float32 and not module.weight.is_contiguous():
-                module.weight.data = module.weight.data.contiguous()  # GPT-2's, transposed on load: rows, in order
     return model
 
 # ----------------------------------------------------------------------------- the same arithmetic, in PyTorch

@@ -1,6 +1,6 @@
 """Benchmark: every CPU speed figure of docs/speed.md and docs/quantization.md, in one run.
 
-    python bench/cpu.py --llama-bench PATH/llama-bench --gguf-dir DIR --hf-dir DIR    # ~1 hour on 2 cores
+    python bench/cpu.py --llama-bench PATH/llama-bench --gguf-dir DIR --hf-dir DIR    # 12 min on 2 cores
     python bench/cpu.py --skip 20b llama.cpp                                          # without those two
 
 Runs the benchmarks below one after another, each command printed above its output. Each one alternates
@@ -13,7 +13,8 @@ in turn, idle then busy), so a change in a shared machine's speed falls on both 
               llama.cpp's F32 / Q8_0 / Q4_0 (needs llama.cpp built: see that file)
   layers      bench/big.py --layers 2: the 20B's shapes, 2 blocks, fp32, int8 and int4 decode against the
               time to read their weights once
-  20b         bench/big.py --schemes int4: the 20B at full size, 44 blocks (~41 GB of disk, written first)
+  20b         bench/big.py --schemes int4: the 20B at full size, 44 blocks (~53 GB of disk; its 41 GB
+              checkpoint written first, ~3 min)
   threads     bench/threads.py: the CLI's default threads against fixed ones, idle and busy
   quantizer   bench/quantize.py --speed: the quantizer against a plain fp16 -> fp32 pass
   accuracy    bench/quantize.py --shipped: perplexity and top-1 agreement of every scheme

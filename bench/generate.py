@@ -108,7 +108,8 @@ def load_both(arch, directory, dtype, device):
 
     import transformers
     module = importlib.import_module(arch)
-    ours = module.from_pretrained(directory, dtype=dtype, device=device)
+    # fp32: no dtype given, as a user loads it (cpu_kernels.py's fp32 kernel decodes, where the CPU has it)
+    ours = module.from_pretrained(directory, dtype=None if dtype == torch.float32 else dtype, device=device)
     try:
         ref = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype,
                                                                 attn_implementation="sdpa")
@@ -180,13 +181,7 @@ def decode_runs(module, ours, ref, batch, prompt_len, new_tokens, device, use_co
 def prefill_runs(module, ours, ref, length, device, extra=None):
     g = torch.Generator().manual_seed(length)
     ids = torch.randint(0, ref.config.vocab_size, (1, length), generator=g).to(device)
-    if hasattr(module, "last_logits"):
-        def run_ours():
-            return generation.last_logits(ours, ids, None, ours.make_cache())
-    else:  # not ported yet: the whole (B, T, V) logits
-        def run_ours():
-            return ours(ids, kv_cache=ours.make_cache())[:, -1]
-    runs = {"ours": run_ours,
+    runs = {"ours": lambda: generation.last_logits(ours, ids, None, ours.make_cache()),
             "transformers": lambda: ref(ids, use_cache=True, logits_to_keep=1).logits[:, -1]}
     for name, (is_ours, model) in (extra or {}).items():
         runs[name] = ((lambda m=model: generation.last_logits(m, ids, None, m.make_cache())) if is_ours else
@@ -248,7 +243,8 @@ import torch._dynamo  # code, not weights (building modules imports it): in the 
 if {side!r}.startswith('ours'):
     import {arch} as module
     scheme = {side!r}.split()[1] if ' ' in {side!r} else None
-    load = lambda: module.from_pretrained({directory!r}, dtype=None if scheme else torch.{dtype}, quantize=scheme)
+    load = lambda: module.from_pretrained({directory!r}, dtype=None if scheme or "{dtype}" == "float32" else torch.{dtype},
+                                          quantize=scheme)
 else:
     import transformers
     transformers.logging.set_verbosity_error()
