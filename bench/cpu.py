@@ -29,6 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+NAMES = ["ceiling", "llama.cpp", "layers", "20b", "threads", "quantizer", "accuracy"]
+
+
 def commands(args):
     """{name: the command line} in the order they run."""
     py = [sys.executable]
@@ -48,7 +51,7 @@ def main():
     p.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench binary (for llama.cpp)")
     p.add_argument("--gguf-dir", type=Path, help="the three gguf files (bench/llama_cpp.py says how)")
     p.add_argument("--hf-dir", type=Path, help="the same GPT-2 124M weights as a Hub checkpoint")
-    p.add_argument("--skip", nargs="+", default=[], choices=list(commands(p.parse_args([]))))
+    p.add_argument("--skip", nargs="+", default=[], choices=NAMES)
     args = p.parse_args()
     if "llama.cpp" not in args.skip and not (args.llama_bench and args.gguf_dir and args.hf_dir):
         p.error("llama.cpp needs --llama-bench, --gguf-dir and --hf-dir (or --skip llama.cpp)")
