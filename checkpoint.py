@@ -416,13 +416,11 @@ def load(directory, config, make_model, convert, *, device="cpu", dtype=None, qu
 def cpu_kernels_on(device):
     """cpu_kernels.py, where it runs on `device`: the file is beside this one (it is optional) and the CPU has
     its instructions; else None."""
-    if torch.device(device).type != "cpu":
-        return None
     try:
         kernels = importlib.import_module("cpu_kernels")
     except ModuleNotFoundError:
         return None
-    return kernels if kernels.available() else None
+    return kernels if kernels.runs_on(device) else None
 
 
 def remember_source(model, directory):

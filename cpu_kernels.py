@@ -375,6 +375,11 @@ def available():
     return STATE["ok"]
 
 
+def runs_on(device):
+    """Whether the kernels run for tensors on `device`: a CPU, and available()."""
+    return torch.device(device).type == "cpu" and available()
+
+
 def build():
     """Compile SOURCE (once per version of it: a directory named by its hash) and load it; False, with a
     warning, where that fails."""
@@ -413,6 +418,7 @@ def int8_linear(x, w, scales):
 def int4_linear(x, pairs, scales):
     """x (M, K), pairs uint8 (N, K/2) (byte j: level 2j low, 2j + 1 high), scales fp32/bf16 (N, K/32). K % 128 == 0."""
     return torch.ops.gpt_kernels.int4_linear(x, pairs, scales)
+
 
 def fp32_linear(x, w, bias=None):
     """x (M, K) fp32, w (N, K) fp32 stored by rows or by columns (a transposed view, as GPT-2's weights are),

@@ -342,7 +342,7 @@ INT8_ACTIVATIONS = "int8 activations"  # a layer's `kernel`: cpu_kernels.py's
 
 def fast_kernels(device):
     """Whether cpu_kernels.py runs on `device`: a CPU that has its instructions (the file is optional)."""
-    return cpu_kernels is not None and torch.device(device).type == "cpu" and cpu_kernels.available()
+    return cpu_kernels is not None and cpu_kernels.runs_on(device)
 
 
 def int4_kernel(device, dtype, K, group_size, int8_activations):

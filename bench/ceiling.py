@@ -51,16 +51,16 @@ def reader(name, weights):
     """(the bytes one call reads, a function that reads them once) for one copy of the layers."""
     x32 = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
     x16 = {k: v.bfloat16() for k, v in x32.items()}
+    fp32_bytes = sum(w.numel() * 4 for w in weights)
     if name == "sum":
-        return sum(w.numel() * 4 for w in weights), lambda: [w.sum() for w in weights]
+        return fp32_bytes, lambda: [w.sum() for w in weights]
     if name == "fp32 linear":
-        return sum(w.numel() * 4 for w in weights), lambda: [F.linear(x32[w.shape[1]], w) for w in weights]
+        return fp32_bytes, lambda: [F.linear(x32[w.shape[1]], w) for w in weights]
     if name == "fp32 (ours)":
-        return sum(w.numel() * 4 for w in weights), lambda: [cpu_kernels.fp32_linear(x32[w.shape[1]], w)
-                                                             for w in weights]
+        return fp32_bytes, lambda: [cpu_kernels.fp32_linear(x32[w.shape[1]], w) for w in weights]
     if name == "fp32 oneDNN":
         packed = [(torch.ops.mkldnn._reorder_linear_weight(w, 1), w.shape[1]) for w in weights]
-        return sum(w.numel() * 4 for w in weights), lambda: [
+        return fp32_bytes, lambda: [
             torch.ops.mkldnn._linear_pointwise(x32[k], p, None, "none", [], "") for p, k in packed]
     if name in ("int8 weight-only", "int4 weight-only"):
         layers = [(quantize.quantized_linear(w, None, name[:4], torch.bfloat16), w.shape[1]) for w in weights]

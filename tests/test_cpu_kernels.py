@@ -46,6 +46,16 @@ def check_against(out, expected, magnitude, dtype):
     assert ((out.double() - expected.double()).abs() <= slack).all()
 
 
+def check_kernel(kernel, reference, x, w, scales, dequantized):
+    """kernel(x, w, scales): (M, N) in x's dtype, equal to reference(x, w, scales) within check_against's
+    slack, against the magnitude of x times the dequantized weight."""
+    out = kernel(x, w, scales)
+    assert out.shape == (x.shape[0], w.shape[0]) and out.dtype == x.dtype
+    magnitude = x.double().abs() @ dequantized.double().abs().T
+    check_against(out, reference(x, w, scales).double(), magnitude, x.dtype)
+    return out
+
+
 @needs_kernels
 @given(M=st.integers(1, 10), N=st.integers(1, 70), blocks=st.integers(1, 26), data=st.data(),
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), scales=st.sampled_from([torch.float32, torch.bfloat16]))
@@ -54,11 +64,9 @@ def test_int8_kernel_equals_its_reference(M, N, blocks, data, dtype, scales):
     K = 64 * blocks
     w = torch.randn(N, K) * data.draw(st.sampled_from([0.02, 3.0]))
     q, s, _ = quantize.quantize_int8(w)
+    s = s.to(scales)
     x = data.draw(activations(M, K)).to(dtype)
-    out = cpu_kernels.int8_linear(x, q, s.to(scales))
-    assert out.shape == (M, N) and out.dtype == dtype
-    magnitude = x.double().abs() @ quantize.dequantize_int8(q, s.to(scales)).double().abs().T
-    check_against(out, cpu_kernels.reference_int8(x, q, s.to(scales)).double(), magnitude, dtype)
+    check_kernel(cpu_kernels.int8_linear, cpu_kernels.reference_int8, x, q, s, quantize.dequantize_int8(q, s))
 
 
 @needs_kernels
@@ -70,10 +78,7 @@ def test_int4_kernel_equals_its_reference(M, N, loads, data, dtype, scales):
     q, s, _ = quantize.quantize_int4(w, 32)
     pairs, s = quantize.levels_to_pairs(q).contiguous(), s.to(scales).contiguous()
     x = data.draw(activations(M, K)).to(dtype)
-    out = cpu_kernels.int4_linear(x, pairs, s)
-    assert out.shape == (M, N) and out.dtype == dtype
-    magnitude = x.double().abs() @ quantize.dequantize_int4(q, s, 32).double().abs().T
-    check_against(out, cpu_kernels.reference_int4(x, pairs, s).double(), magnitude, dtype)
+    check_kernel(cpu_kernels.int4_linear, cpu_kernels.reference_int4, x, pairs, s, quantize.dequantize_int4(q, s, 32))
 
 
 def on_the_grid(M, K, blocks, seed):
@@ -153,9 +158,7 @@ def test_quantized_models_run_the_kernels_by_default(arch, scheme, monkeypatch):
 
     def checked(kernel, reference, dequantize):
         def run(x, w, scales):
-            out = kernel(x, w, scales)
-            magnitude = x.double().abs() @ dequantize(w, scales).double().abs().T
-            check_against(out, reference(x, w, scales).double(), magnitude, x.dtype)
+            out = check_kernel(kernel, reference, x, w, scales, dequantize(w, scales))
             calls.append(x.shape)
             return out
         return run
@@ -220,7 +223,7 @@ def test_fp32_models_decode_with_the_fp32_kernel(arch, monkeypatch, tmp_path):
 
     def counted(x, w, bias=None):
         calls.append(x.shape[0])
-        return cpu_kernels.torch.ops.gpt_kernels.fp32_linear(x, w, bias)
+        return torch.ops.gpt_kernels.fp32_linear(x, w, bias)
     monkeypatch.setattr(cpu_kernels, "fp32_linear", counted)
     short, long = torch.tensor([[3, 17, 42, 8, 60]]), torch.randint(0, 90, (2, 40), generator=torch.Generator())
     with torch.no_grad():
