@@ -65,38 +65,85 @@ constexpr int64_t PREFETCH = 4096;
 // loads in a row (512 inputs) form one block of 32, so the lane adds integers for 8 loads before its one scale
 // multiplies them: block b of super-block s is {512 s + 64 c + 4 b + t : c < 8, t < 4} (a short last super-
 // block, of fewer than 8 loads, has smaller blocks). int4: blocks of 32 consecutive inputs (the weights' groups).
-static inline int64_t block_of(int64_t k, bool int4) { return int4 ? k / 32 : (k / 512) * 16 + (k % 64) / 4; }
 
-// One row of activations x (K) -> levels q (K, in the order the kernel reads them) and, for each of the 16
-// int32 lanes of each super-block, the scale of the lane's block (ls); int4: the scale of each block (ls) and
-// the offset each of its 4 lanes subtracts (lo = 8 * scale * sum of the block's levels / 4). Returns
-// sum_b sx[b] * sum(q_b) (int8's offset).
+// 16 activations as floats (bf16 is fp32's top half)
+static inline __m512 load_x(const float* x) { return _mm512_loadu_ps(x); }
+static inline __m512 load_x(const c10::BFloat16* x) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)x)), 16));
+}
+
+// round(x * inv) -> int32 levels (round half to even, as torch.round)
+static inline __m512i levels(__m512 x, __m512 inv) {
+  return _mm512_cvt_roundps_epi32(_mm512_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// In each 128 bits (4 lanes), every lane gets the max / the sum of the 4
+static inline __m512 max_of_4(__m512 v) {
+  v = _mm512_max_ps(v, _mm512_permute_ps(v, 0x4e));  // (lanes 2, 3, 0, 1)
+  return _mm512_max_ps(v, _mm512_permute_ps(v, 0xb1));  // (1, 0, 3, 2)
+}
+static inline __m512i sum_of_4(__m512i v) {
+  v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)0x4e));
+  return _mm512_add_epi32(v, _mm512_shuffle_epi32(v, (_MM_PERM_ENUM)0xb1));
+}
+
+// One row of activations x (K) -> int8 levels q (K, in order), the scale of each block (ls: super-block s, lane
+// b at 16 s + b); returns sum_b sx[b] * sum(q_b), the offset of the weights' + 128. Vector j (inputs 16 j..16 j
+// + 15) of each load of 64 holds blocks 4 j..4 j + 3, 4 lanes each: the same lanes in every load of the super-
+// block, so a block's max is the max of its 4 lanes over the loads.
 template <typename T>
-static float quantize_row(const T* x, int64_t K, bool int4, int8_t* q, float* ls, float* lo) {
-  const int64_t B = int4 ? K / 32 : ((K + 511) / 512) * 16;
-  std::vector<float> amax(B, 0.f);
-  for (int64_t k = 0; k < K; k++) {
-    float& a = amax[block_of(k, int4)];
-    a = std::max(a, std::fabs(static_cast<float>(x[k])));
-  }
-  std::vector<int> sum(B, 0);
-  for (int64_t k = 0; k < K; k++) {
-    const int64_t b = block_of(k, int4);
-    const float inv = amax[b] > 0.f ? 127.f / amax[b] : 0.f;
-    const int8_t v = static_cast<int8_t>(std::nearbyint(static_cast<float>(x[k]) * inv));
-    sum[b] += v;
-    // int4: 128 inputs are one 64-byte load of packed pairs, low nibbles the even inputs, high the odd
-    // ones: their levels go [64 evens | 64 odds]
-    q[int4 ? (k / 128) * 128 + (k % 2) * 64 + (k % 128) / 2 : k] = v;
-  }
+static float quantize_row_int8(const T* x, int64_t K, int8_t* q, float* ls) {
   float total = 0.f;
-  for (int64_t b = 0; b < B; b++) {
-    const float scale = amax[b] / 127.f;
-    total += scale * sum[b];
-    ls[b] = scale;  // int8: super-block b / 16, lane b % 16
-    if (int4) lo[b] = 2.f * scale * sum[b];
+  for (int64_t s = 0; s < K; s += 512) {
+    const int loads = (int)std::min<int64_t>(8, (K - s) / 64);
+    __m512 inv[4];
+    for (int j = 0; j < 4; j++) {
+      __m512 amax = _mm512_setzero_ps();
+      for (int c = 0; c < loads; c++) amax = _mm512_max_ps(amax, _mm512_abs_ps(load_x(x + s + 64 * c + 16 * j)));
+      amax = max_of_4(amax);  // each lane: its block's max
+      const __mmask16 nonzero = _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ);
+      inv[j] = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(127.f), amax);
+      __m512i sum = _mm512_setzero_si512();
+      for (int c = 0; c < loads; c++) {
+        const __m512i v = levels(load_x(x + s + 64 * c + 16 * j), inv[j]);
+        _mm_storeu_si128((__m128i*)(q + s + 64 * c + 16 * j), _mm512_cvtsepi32_epi8(v));
+        sum = _mm512_add_epi32(sum, v);
+      }
+      alignas(64) float a[16];
+      alignas(64) int32_t n[16];
+      _mm512_store_ps(a, amax);
+      _mm512_store_si512(n, sum_of_4(sum));
+      for (int b = 0; b < 4; b++) {  // block 4 j + b: lanes 4 b..4 b + 3
+        const float scale = a[4 * b] / 127.f;
+        ls[s / 32 + 4 * j + b] = scale;
+        total += scale * n[4 * b];
+      }
+    }
   }
   return total;
+}
+
+// int4: blocks of 32 consecutive inputs (the weights' groups) -> levels in the order the kernel reads them (128
+// inputs are one 64-byte load of packed pairs, low nibbles the even inputs, high the odd ones: their levels go
+// [64 evens | 64 odds]), the scale of each block (ls) and the offset it subtracts (lo = 8 * scale * sum of the
+// block's levels, per lane of 4: 2 * ...)
+template <typename T>
+static void quantize_row_int4(const T* x, int64_t K, int8_t* q, float* ls, float* lo) {
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  for (int64_t k = 0; k < K; k += 32) {
+    const __m512 x0 = load_x(x + k), x1 = load_x(x + k + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+    const __m512i ve = levels(_mm512_permutex2var_ps(x0, even, x1), inv);
+    const __m512i vo = levels(_mm512_permutex2var_ps(x0, odd, x1), inv);
+    int8_t* at = q + (k / 128) * 128 + (k % 128) / 2;
+    _mm_storeu_si128((__m128i*)at, _mm512_cvtsepi32_epi8(ve));
+    _mm_storeu_si128((__m128i*)(at + 64), _mm512_cvtsepi32_epi8(vo));
+    const float scale = amax / 127.f;
+    ls[k / 32] = scale;
+    lo[k / 32] = 2.f * scale * _mm512_reduce_add_epi32(_mm512_add_epi32(ve, vo));
+  }
 }
 
 // int8 weights W (N, K), row n: sum over super-blocks of ls * (integer dot of w + 128 and q), two in flight
@@ -216,8 +263,8 @@ static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
   const T* X = x.data_ptr<T>();
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; m++)
-      total[m] = quantize_row(X + m * K, K, int4, q.data() + m * K, ls.data() + m * L,
-                              int4 ? lo.data() + m * L : nullptr);
+      if (int4) quantize_row_int4(X + m * K, K, q.data() + m * K, ls.data() + m * L, lo.data() + m * L);
+      else total[m] = quantize_row_int8(X + m * K, K, q.data() + m * K, ls.data() + m * L);
   });
   at::Tensor y = at::empty({M, N}, x.options());
   T* Y = y.data_ptr<T>();
