@@ -114,10 +114,11 @@ class Evil:
 
 def recording_compile(graphs):
     """A stand-in for torch.compile: dynamo captures the graphs as usual (fullgraph=True still refuses a
-    graph break), they are appended to `graphs` and run as captured, without inductor (cheap, any config)."""
+    graph break), they are appended to `graphs` and run as captured, without inductor (cheap, any config;
+    so inductor's `options` are dropped)."""
     real_compile = torch.compile
 
-    def compile(fn, **kwargs):
+    def compile(fn, options=None, **kwargs):
         def backend(graph_module, example_inputs):
             graphs.append(graph_module)
             return graph_module.forward
