@@ -187,6 +187,8 @@ def checkpoint_dir(name_or_path, revision=None, hub_models=None, offline=None):
                              "directory; pass a Hub id to download that revision")
         check_no_unfinished_save(path)
         return path
+    if isinstance(name_or_path, os.PathLike):  # a Path names a directory, never a Hub id
+        raise FileNotFoundError(f"no such directory: {name_or_path}")
     repo_id = hub_models.get(name_or_path, name_or_path)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or name_or_path.startswith((".", "/", "~")):
         if "/" in name_or_path or name_or_path.startswith("."):

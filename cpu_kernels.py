@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 SOURCE = r"""
+#include <torch/extension.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -253,21 +254,18 @@ static void int4_rows(const uint8_t* P, const S* sw, int64_t K, int64_t M, int64
       Y[m * N + n] = static_cast<T>(int4_row(P + n * (K / 2), sw + n * (K / 32), K, q + m * K, ls + m * L, lo + m * L));
 }
 
-// x (M, K) float or bf16, w int8 (N, K) or int4 pairs uint8 (N, K/2), sw float (N,) or (N, K/32) -> (M, N)
+// x (M, K) float or bf16, w int8 (N, K) or int4 pairs uint8 (N, K/2), sw float (N,) or (N, K/32) -> Y (M, N)
 template <typename T, typename S>
-static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sw, bool int4) {
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+static void linear_into(const T* X, int64_t M, int64_t K, const at::Tensor& w, const at::Tensor& sw, bool int4, T* Y) {
+  const int64_t N = w.size(0);
   const int64_t L = int4 ? K / 32 : ((K + 511) / 512) * 16;  // scales per row
   std::vector<int8_t> q(M * K);
   std::vector<float> ls(M * L), lo(int4 ? M * L : 0), total(M);
-  const T* X = x.data_ptr<T>();
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; m++)
       if (int4) quantize_row_int4(X + m * K, K, q.data() + m * K, ls.data() + m * L, lo.data() + m * L);
       else total[m] = quantize_row_int8(X + m * K, K, q.data() + m * K, ls.data() + m * L);
   });
-  at::Tensor y = at::empty({M, N}, x.options());
-  T* Y = y.data_ptr<T>();
   const S* W_scale = sw.data_ptr<S>();
   const int8_t* W8 = int4 ? nullptr : w.data_ptr<int8_t>();
   const uint8_t* W4 = int4 ? w.data_ptr<uint8_t>() : nullptr;
@@ -279,6 +277,12 @@ static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
     else
       int8_rows(W8, W_scale, K, M, N, q.data(), ls.data(), total.data(), L, begin, end, Y);
   });
+}
+
+template <typename T, typename S>
+static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sw, bool int4) {
+  at::Tensor y = at::empty({x.size(0), w.size(0)}, x.options());
+  linear_into<T, S>(x.data_ptr<T>(), x.size(0), x.size(1), w, sw, int4, y.data_ptr<T>());
   return y;
 }
 
@@ -406,6 +410,169 @@ TORCH_LIBRARY_IMPL(gpt_kernels, CPU, m) {
   m.impl("int4_linear", int4_linear);
   m.impl("fp32_linear", fp32_linear);
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The whole one-token decode step, batch 1, in C++ (Step below; cpu_kernels.decode_step builds one from a
+// model). The same arithmetic as the model files' forward on one token, with the kernels above for every
+// matmul: what it saves is the ~1 ms per token that running the step as ~100 separate PyTorch calls costs
+// (the Python between them, dynamo's guards, inductor's small kernels).
+
+struct Linear {  // one nn.Linear (or quantize.py's layer): y (N) = x (K) @ W.T + bias
+  int64_t kind;  // 0: fp32 W (N, K) by rows; 1: fp32 by columns (GPT-2's Conv1D); 2: int8; 3: int4 pairs
+  at::Tensor w, scales, bias;
+};
+
+static void run_linear(const Linear& l, const float* x, float* y) {
+  const int64_t N = l.w.size(0), K = l.w.size(1) * (l.kind == 3 ? 2 : 1);
+  const float* B = l.bias.defined() ? l.bias.data_ptr<float>() : nullptr;
+  if (l.kind == 0) return fp32_by_rows(x, l.w.data_ptr<float>(), B, 1, K, N, y);
+  if (l.kind == 1) return fp32_by_columns(x, l.w.data_ptr<float>(), B, 1, K, N, y);
+  if (l.scales.scalar_type() == at::kBFloat16) linear_into<float, c10::BFloat16>(x, 1, K, l.w, l.scales, l.kind == 3, y);
+  else linear_into<float, float>(x, 1, K, l.w, l.scales, l.kind == 3, y);
+  if (B) for (int64_t n = 0; n < N; n++) y[n] += B[n];
+}
+
+// nn.LayerNorm of one row: (x - mean) / sqrt(var + eps) * w + b, mean and var over the row
+static void layer_norm(const float* x, int64_t C, const at::Tensor& w, const at::Tensor& b, double eps, float* y) {
+  double mean = 0, var = 0;
+  for (int64_t c = 0; c < C; c++) mean += x[c];
+  mean /= C;
+  for (int64_t c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
+  const float rstd = 1.0 / std::sqrt(var / C + eps), mu = mean;
+  const float *W = w.data_ptr<float>(), *B = b.data_ptr<float>();
+  for (int64_t c = 0; c < C; c++) y[c] = (x[c] - mu) * rstd * W[c] + B[c];
+}
+
+static inline float dot(const float* a, const float* b, int64_t n) {
+  __m512 s = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s);
+  }
+  return _mm512_reduce_add_ps(s);
+}
+
+struct Block {
+  at::Tensor norm1_w, norm1_b, norm2_w, norm2_b;
+  double eps1, eps2, scale;
+  std::vector<Linear> qkv;  // one fused projection, or q, k, v apart (GPT-Neo)
+  Linear out, fc, proj;
+  at::Tensor K, V;  // the KV cache's buffers (1, nh, L, hd), written at slot pos
+};
+
+struct Step {
+  int64_t C, nh, hd, layout;  // layout of q, k, v in the projection's output: 0 [q | k | v], 1 per head [q k v]
+  bool parallel;              // x + attn(ln1(x)) + mlp(ln2(x)) (GPT-NeoX), else one after the other
+  std::string gelu;           // "tanh" or "none": F.gelu's approximate
+  at::Tensor wte, wpe, inv_freq;  // wpe: learned positions (or undefined); inv_freq: rotary's (or undefined)
+  std::vector<Block> blocks;
+  at::Tensor norm_w, norm_b;
+  double eps = 1e-5;
+  Linear head;
+  at::Tensor x, h, qkv, att, a, f;  // scratch: (C), (C), (3C), (C), (C), (the MLP's width)
+
+  Step(int64_t C, int64_t nh, int64_t layout, bool parallel, std::string gelu, at::Tensor wte,
+       c10::optional<at::Tensor> wpe, c10::optional<at::Tensor> inv_freq)
+      : C(C), nh(nh), hd(C / nh), layout(layout), parallel(parallel), gelu(gelu), wte(wte) {
+    if (wpe) this->wpe = *wpe;
+    if (inv_freq) this->inv_freq = *inv_freq;
+    for (at::Tensor* t : {&x, &h, &att, &a}) *t = at::empty({C}, wte.options());
+    qkv = at::empty({3 * C}, wte.options());
+  }
+
+  static Linear linear(std::tuple<int64_t, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>> l) {
+    Linear out{std::get<0>(l), std::get<1>(l)};
+    if (std::get<2>(l)) out.scales = *std::get<2>(l);
+    if (std::get<3>(l)) out.bias = *std::get<3>(l);
+    return out;
+  }
+
+  using Lin = std::tuple<int64_t, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>>;
+  void add_block(std::vector<at::Tensor> norms, double eps1, double eps2, std::vector<Lin> qkv_, Lin out,
+                 Lin fc, Lin proj, double scale, at::Tensor K, at::Tensor V) {
+    Block b{norms[0], norms[1], norms[2], norms[3], eps1, eps2, scale};
+    for (auto& l : qkv_) b.qkv.push_back(linear(l));
+    b.out = linear(out), b.fc = linear(fc), b.proj = linear(proj), b.K = K, b.V = V;
+    if (!f.defined() || f.numel() < b.fc.w.size(0)) f = at::empty({b.fc.w.size(0)}, wte.options());
+    blocks.push_back(b);
+  }
+
+  void set_head(at::Tensor w, at::Tensor b, double eps_, Lin l) { norm_w = w, norm_b = b, eps = eps_, head = linear(l); }
+
+  // Attention of the new token at slot pos over slots 0..pos, each head: its keys and values are written
+  // into the cache first (rotated first, with rotary), then softmax(q . k * scale) @ v.
+  void attend(Block& b, int64_t pos, const std::vector<float>& cos, const std::vector<float>& sin) {
+    const int64_t L = b.K.size(2), half = cos.size();  // half of the rotary dims
+    float *QKV = qkv.data_ptr<float>(), *Kc = b.K.data_ptr<float>(), *Vc = b.V.data_ptr<float>(), *O = att.data_ptr<float>();
+    at::parallel_for(0, nh, std::max<int64_t>(1, 32768 / ((pos + 1) * hd)), [&](int64_t begin, int64_t end) {
+      std::vector<float> p(pos + 1);
+      for (int64_t head = begin; head < end; head++) {
+        float* q = QKV + (layout == 0 ? head * hd : head * 3 * hd);
+        float* k = QKV + (layout == 0 ? C + head * hd : head * 3 * hd + hd);
+        float* v = QKV + (layout == 0 ? 2 * C + head * hd : head * 3 * hd + 2 * hd);
+        for (float* t : {q, k})  // rotary (GPT-NeoX): dims i and i + r/2 of the first r turn by one angle
+          for (int64_t i = 0; i < half; i++) {
+            const float x1 = t[i], x2 = t[i + half];
+            t[i] = x1 * cos[i] - x2 * sin[i];
+            t[i + half] = x2 * cos[i] + x1 * sin[i];
+          }
+        float *kh = Kc + (head * L) * hd, *vh = Vc + (head * L) * hd;
+        std::copy(k, k + hd, kh + pos * hd);
+        std::copy(v, v + hd, vh + pos * hd);
+        float top = -INFINITY, sum = 0.f;
+        for (int64_t j = 0; j <= pos; j++) top = std::max(top, p[j] = dot(q, kh + j * hd, hd) * (float)b.scale);
+        for (int64_t j = 0; j <= pos; j++) sum += (p[j] = std::exp(p[j] - top));
+        float* o = O + head * hd;
+        std::fill(o, o + hd, 0.f);
+        for (int64_t j = 0; j <= pos; j++) {
+          const float pj = p[j] / sum;
+          for (int64_t d = 0; d < hd; d++) o[d] += pj * vh[j * hd + d];
+        }
+      }
+    });
+  }
+
+  at::Tensor run(int64_t token, int64_t pos) {
+    TORCH_CHECK(token >= 0 && token < wte.size(0) && pos >= 0 && pos < blocks[0].K.size(2), "token or position out of range");
+    float *X = x.data_ptr<float>(), *H = h.data_ptr<float>(), *A = a.data_ptr<float>(), *F = f.data_ptr<float>();
+    const float* E = wte.data_ptr<float>() + token * C;
+    for (int64_t c = 0; c < C; c++) X[c] = E[c] + (wpe.defined() ? wpe.data_ptr<float>()[pos * C + c] : 0.f);
+    std::vector<float> cos, sin;  // rotary's angles at this position, as the model's: pos * inv_freq, in fp32
+    for (int64_t i = 0; inv_freq.defined() && i < inv_freq.numel(); i++) {
+      const float angle = (float)pos * inv_freq.data_ptr<float>()[i];
+      cos.push_back(std::cos(angle));
+      sin.push_back(std::sin(angle));
+    }
+    for (Block& b : blocks) {
+      layer_norm(X, C, b.norm1_w, b.norm1_b, b.eps1, H);
+      if (b.qkv.size() == 1) run_linear(b.qkv[0], H, qkv.data_ptr<float>());
+      else for (int i = 0; i < 3; i++) run_linear(b.qkv[i], H, qkv.data_ptr<float>() + i * C);
+      attend(b, pos, cos, sin);
+      run_linear(b.out, att.data_ptr<float>(), A);
+      if (!parallel) for (int64_t c = 0; c < C; c++) X[c] += A[c];
+      layer_norm(X, C, b.norm2_w, b.norm2_b, b.eps2, H);  // (parallel: from the block's input, X unchanged)
+      const int64_t I = b.fc.w.size(0);
+      run_linear(b.fc, H, F);
+      at::Tensor act = f.narrow(0, 0, I);
+      at::gelu_(act, gelu);
+      run_linear(b.proj, F, H);
+      for (int64_t c = 0; c < C; c++) X[c] = parallel ? X[c] + A[c] + H[c] : X[c] + H[c];
+    }
+    layer_norm(X, C, norm_w, norm_b, eps, H);
+    at::Tensor logits = at::empty({1, head.w.size(0)}, wte.options());
+    run_linear(head, H, logits.data_ptr<float>());
+    return logits;
+  }
+};
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  pybind11::class_<Step>(m, "Step")
+      .def(pybind11::init<int64_t, int64_t, int64_t, bool, std::string, at::Tensor, c10::optional<at::Tensor>,
+                          c10::optional<at::Tensor>>())
+      .def("add_block", &Step::add_block)
+      .def("set_head", &Step::set_head)
+      .def("run", &Step::run, pybind11::call_guard<pybind11::gil_scoped_release>());
+}
 """
 
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-fopenmp"]
@@ -450,8 +617,8 @@ def build():
         os.makedirs(directory, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cpp_extension.load_inline("gpt_kernels", SOURCE, extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-                                      build_directory=directory, is_python_module=False)
+            STATE["module"] = cpp_extension.load_inline(
+                "gpt_kernels", SOURCE, extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], build_directory=directory)
     except Exception as e:  # no compiler, no ninja, no space...: PyTorch's kernels it is
         warnings.warn(f"cpu_kernels.py: could not build its kernels ({str(e).splitlines()[0]}); "
                       "the models use PyTorch's kernels")
@@ -511,6 +678,91 @@ def use_fp32_kernel(model):
         if type(module) is nn.Linear:
             module.__class__ = Float32Linear
     return model
+
+# ----------------------------------------------------------------------------- the whole one-token step
+
+
+GELUS = {"gelu": "none", "gelu_python": "none", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu_accurate": "tanh",
+         "gelu_python_tanh": "tanh", "gelu_pytorch_tanh": "tanh"}  # checkpoint.ACTIVATIONS' GELUs: F.gelu's
+
+
+def decode_step(model, buffer):
+    """The model's one-token decode step over `buffer` (kv_cache.FullBuffer), batch 1, run whole in C++ (Step in
+    SOURCE): `step(token, pos)` -> the logits (1, V) of `token` at position `pos`, its keys and values written
+    into the buffer's slot `pos`. The same arithmetic as the model's forward, ~1 ms a token faster (the step as
+    ~100 PyTorch calls costs that much here). None where it does not apply: kernels not available, another
+    architecture or a module it does not know (a hook, a subclass, tensor parallel, a dtype but float32)."""
+    if not available() or buffer.k[0].shape[0] != 1:
+        return None
+    parts = model_parts(model)
+    if parts is None:
+        return None
+    c = model.config
+    rotary = c.MODEL_TYPE == "gpt_neox"
+    if rotary:  # as gpt_neox.rotary_cos_sin: dim pair i turns by position * base^(-2i / r)
+        inv_freq = 1.0 / (c.rotary_emb_base ** (torch.arange(0, c.rotary_ndims, 2, dtype=torch.float) / c.rotary_ndims))
+    step = STATE["module"].Step(parts["wte"].shape[1], buffer.k[0].shape[1], 1 if rotary else 0,
+                                bool(rotary and c.use_parallel_residual), parts["gelu"], parts["wte"], parts["wpe"],
+                                inv_freq if rotary else None)
+    for i, (ln1, qkv, out, ln2, fc, proj, scale) in enumerate(parts["blocks"]):
+        step.add_block([ln1.weight, ln1.bias, ln2.weight, ln2.bias], ln1.eps, ln2.eps, [linear(m) for m in qkv],
+                       linear(out), linear(fc), linear(proj), scale, buffer.k[i], buffer.v[i])
+    step.set_head(parts["ln_f"].weight, parts["ln_f"].bias, parts["ln_f"].eps, linear(parts["head"]))
+    return step.run
+
+
+def model_parts(model):
+    """What Step reads of the three architectures' models, or None for one it cannot run."""
+    c = model.config
+    kind = c.MODEL_TYPE
+    act = getattr(c, "hidden_act" if kind == "gpt_neox" else "activation_function", None)
+    if act not in GELUS or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return None
+    if kind == "gpt2":
+        body = model.transformer
+        blocks = [(b.ln_1, [b.attn.c_attn], b.attn.c_proj, b.ln_2, b.mlp.c_fc, b.mlp.c_proj, b.attn.scale)
+                  for b in body.h]
+        parts = dict(wte=body.wte.weight, wpe=body.wpe.weight, ln_f=body.ln_f, head=model.lm_head)
+    elif kind == "gpt_neo":
+        body = model.transformer
+        blocks = [(b.ln_1, [b.attn.attention.q_proj, b.attn.attention.k_proj, b.attn.attention.v_proj],
+                   b.attn.attention.out_proj, b.ln_2, b.mlp.c_fc, b.mlp.c_proj, 1.0) for b in body.h]
+        parts = dict(wte=body.wte.weight, wpe=body.wpe.weight, ln_f=body.ln_f, head=model.lm_head)
+    elif kind == "gpt_neox":
+        body = model.gpt_neox
+        blocks = [(b.input_layernorm, [b.attention.query_key_value], b.attention.dense, b.post_attention_layernorm,
+                   b.mlp.dense_h_to_4h, b.mlp.dense_4h_to_h, b.attention.scale) for b in body.layers]
+        parts = dict(wte=body.embed_in.weight, wpe=None, ln_f=body.final_layer_norm, head=model.embed_out)
+    else:
+        return None
+    norms = [n for ln1, _, _, ln2, *_ in blocks for n in (ln1, ln2)] + [parts["ln_f"]]
+    layers = [m for ln1, qkv, out, ln2, fc, proj, _ in blocks for m in (*qkv, out, fc, proj)] + [parts["head"]]
+    floats = [parts["wte"], parts["wpe"]] + [t for n in norms for t in (n.weight, n.bias)]
+    if not all(type(n) is nn.LayerNorm for n in norms) or not all(map(supported, layers)) or not all(
+            t is None or (t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu") for t in floats):
+        return None
+    return dict(parts, blocks=blocks, gelu=GELUS[act])
+
+
+def supported(layer):
+    """Whether Step runs this layer: an fp32 nn.Linear (or Float32Linear), or quantize.py's int8/int4 layer on
+    these kernels, not split by tensor parallel."""
+    if type(layer) in (nn.Linear, Float32Linear):
+        w, b = layer.weight, layer.bias
+        return (w.dtype == torch.float32 and (w.is_contiguous() or w.t().is_contiguous())
+                and (b is None or (b.dtype == torch.float32 and b.is_contiguous())))
+    return (getattr(layer, "kernel", None) == "int8 activations" and layer.reduce is None
+            and (layer.bias is None or layer.bias.dtype == torch.float32))
+
+
+def linear(layer):
+    """(kind, weight, scales, bias) for Step: 0 fp32 by rows, 1 by columns, 2 int8, 3 int4 (quantize.py's)."""
+    if type(layer) in (nn.Linear, Float32Linear):
+        return (0 if layer.weight.is_contiguous() else 1, layer.weight, None, layer.bias)
+    N = layer.out_features  # (rows past it: an int4 layer's padding or rows cut off, dropped as outputs does)
+    bias = None if layer.bias is None else layer.bias[:N].contiguous()
+    return (2 if layer.weight.dtype == torch.int8 else 3, layer.weight[:N], layer.scales[:N], bias)
+
 
 # ----------------------------------------------------------------------------- the same arithmetic, in PyTorch
 

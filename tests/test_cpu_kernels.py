@@ -13,16 +13,19 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
-from reference import save_checkpoint
+from reference import recording_compile, save_checkpoint
 from safetensors.torch import load_file
+from test_fast_paths import configs, reference_and_ours, windows_cover
 from test_quantize import tiny
 from torch import nn
 
 import checkpoint
 import cpu_kernels
+import generation
 import quantize
+from kv_cache import FullBuffer
 
 needs_kernels = pytest.mark.skipif(not quantize.fast_kernels("cpu"), reason="no AVX-512 VNNI here (or no "
                                    "compiler): test_without_* check the path such a machine runs")
@@ -241,6 +244,121 @@ def test_fp32_models_decode_with_the_fp32_kernel(arch, monkeypatch, tmp_path):
     module.save_pretrained(model, tmp_path / "again")
     saved, original = load_file(tmp_path / "again" / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
     assert all(torch.equal(saved[k], original[k]) for k in saved) and set(saved) <= set(original)
+
+# ----------------------------------------------------------------------------- the whole step in C++
+
+
+def decode_in_cpp(model, ids, T):
+    """The prompt ids[:, :T] eagerly into a StaticCache, then ids[T:] one at a time through the C++ step:
+    the logits (n, V) of positions T..len - 1."""
+    cache = model.make_cache(static_len=ids.size(1))
+    with torch.no_grad():
+        generation.last_logits(model, ids[:, :T], None, cache)
+    step = cpu_kernels.decode_step(model, FullBuffer(cache))
+    assert step is not None, "the C++ step refused a model it should run"
+    return torch.cat([step(int(ids[0, t]), t) for t in range(T, ids.size(1))])
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
+@given(data=st.data())
+def test_the_step_in_cpp_gives_transformers_logits(arch, data):
+    """fp32, configs of every shape test_fast_paths draws (head sizes 4 and 8, rotary on 25-100% of a head,
+    parallel and sequential residuals, local and global layers): each decoded token's logits equal
+    transformers' logits at its position, run over the whole sequence at once."""
+    config, n_positions = data.draw(configs(arch))
+    ref, module, ours = reference_and_ours(config)
+    length = data.draw(st.integers(2, n_positions))
+    T = data.draw(st.integers(1, length - 1))
+    ids = torch.tensor([data.draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=length, max_size=length))])
+    assume(windows_cover(ours, length))  # (the full buffer refuses shorter windows: test_fast_paths)
+    with torch.no_grad():
+        expected = ref(ids).logits[0, T:]  # (length - T, V)
+    assert (decode_in_cpp(ours, ids, T) - expected).abs().max() <= 1e-4
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_the_step_in_cpp_runs_quantized_models(arch, scheme):
+    """int8 and int4 layers on the kernels: the C++ step's logits are the model's own forward's (eager, over
+    the same full buffer), up to where rounding activations to int8 lands a value on the next level. (16
+    tokens: GPT-Neo's local window here.)"""
+    module, model = load(arch, scheme)
+    ids = torch.randint(0, 90, (1, 16), generator=torch.Generator().manual_seed(0))
+    got = decode_in_cpp(model, ids, 6)
+    cache = model.make_cache(static_len=16)
+    with torch.no_grad():
+        generation.last_logits(model, ids[:, :6], None, cache)
+        buffer = FullBuffer(cache)
+        written = [(torch.arange(16) <= t).long()[None] for t in range(6, 16)]  # the mask generate passes
+        expected = torch.cat([generation.last_logits(model, ids[:, t:t + 1], written[t - 6], buffer)
+                              for t in range(6, 16)])
+    assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("scheme", [None, "int4"])
+def test_compiled_generate_runs_the_step_in_cpp_for_one_prompt(arch, scheme, monkeypatch):
+    """generate(compile=True) on one unpadded prompt: every decode step in C++ (counted), the plain path's
+    tokens; a padded batch: the compiled graph (the stand-in compiler here), never the C++ step."""
+    module, model = load(arch, scheme)
+    runs, graphs = [], []
+    decode_step = cpu_kernels.decode_step
+
+    def counted(model, buffer):
+        run = decode_step(model, buffer)
+        return lambda token, pos: runs.append(pos) or run(token, pos)
+    monkeypatch.setattr(cpu_kernels, "decode_step", counted)
+    monkeypatch.setattr(torch, "compile", recording_compile(graphs))
+    torch._dynamo.reset()  # a fresh cache: graphs counts this model's only
+    prompt = torch.tensor([[3, 17, 42, 8]])
+    fast = module.generate(model, prompt, 9, temperature=0, compile=True)
+    assert torch.equal(fast, module.generate(model, prompt, 9, temperature=0))
+    assert runs == list(range(4, 12)) and not graphs  # 8 decode steps, the first also checked eagerly
+    batch, mask = torch.tensor([[0, 3, 17, 42], [5, 9, 11, 60]]), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    runs.clear()
+    fast = module.generate(model, batch, 5, attention_mask=mask, temperature=0, compile=True)
+    assert torch.equal(fast, module.generate(model, batch, 5, attention_mask=mask, temperature=0))
+    assert not runs and len(graphs) == 1
+
+
+@needs_kernels
+def test_a_changed_model_is_caught_on_the_first_token(monkeypatch):
+    """A model whose code no longer matches the C++ step (its activation swapped in place): the first token's
+    check warns, and the compiled step runs the changed model from then on: its plain tokens."""
+    module, model = load("gpt2", None)
+    for block in model.transformer.h:
+        block.mlp.act = torch.relu
+    monkeypatch.setattr(torch, "compile", recording_compile([]))
+    torch._dynamo.reset()
+    prompt = torch.tensor([[3, 17, 42, 8]])
+    with pytest.warns(UserWarning, match="disagrees with the model's forward"):
+        fast = module.generate(model, prompt, 9, temperature=0, compile=True)
+    assert torch.equal(fast, module.generate(model, prompt, 9, temperature=0))
+
+
+@needs_kernels
+def test_the_step_in_cpp_refuses_what_it_does_not_run():
+    """None (the compiled step then) for a module with a hook, a layer of another type, another dtype, a
+    batch of two, and an activation it does not have."""
+    module, model = load("gpt_neox", None)
+
+    def refused(model, batch=1):
+        cache = model.make_cache(static_len=8)
+        with torch.no_grad():
+            generation.last_logits(model, torch.zeros(batch, 2, dtype=torch.long), None, cache)
+        return cpu_kernels.decode_step(model, FullBuffer(cache)) is None
+    assert not refused(model) and refused(model, batch=2)
+    handle = model.gpt_neox.layers[0].mlp.register_forward_hook(lambda *args: None)
+    assert refused(model)
+    handle.remove()
+    model.config.hidden_act = "relu"
+    assert refused(model)
+    model.config.hidden_act = "gelu"
+    assert refused(load("gpt_neox", None, dtype=torch.bfloat16)[1])
+    assert refused(load("gpt_neox", "int8", dtype=torch.float32)[1])  # PyTorch's int8 kernels: not Step's
 
 # ----------------------------------------------------------------------------- where they cannot run
 

@@ -320,6 +320,8 @@ def test_missing_and_corrupt_files_are_clear_errors(arch, tmp_path):
     module = importlib.import_module(arch)
     with pytest.raises(FileNotFoundError, match="no such directory"):
         module.from_pretrained(str(tmp_path / "nope" / "dir"))
+    with pytest.raises(FileNotFoundError, match="no such directory"):  # a Path, not a str: not a Hub id either
+        module.from_pretrained(tmp_path / "nope")
     with pytest.raises(ValueError, match=f"unknown model '{UNKNOWN[arch]}'"):
         module.from_pretrained(UNKNOWN[arch])
     save_checkpoint(harness(arch).reference(tiny(arch)), tmp_path)
