@@ -260,7 +260,7 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     with eval_mode(model), claimed(kv_cache, generator):  # sampling never drops out
         logits = last_logits(model, input_ids, attention_mask, kv_cache)  # the prompt, eagerly: (B, V)
         buffer = FullBuffer(kv_cache)
-        step = step_in_cpp(model, buffer, mask[:, :T], step)
+        step = step_in_cpp(model, buffer, input_ids, mask[:, :T], logits, step)
         with written_out_attention(model, input_ids.device):
             for i in range(max_new_tokens):
                 next_id, done = choose_next(logits, done, temperature, top_k, top_p, eos, vocab_size, generator)
@@ -274,39 +274,36 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     return ids
 
 
-def step_in_cpp(model, buffer, prompt_mask, compiled):
-    """On a CPU with cpu_kernels.py, for one unpadded prompt: a StepInCpp, called as the compiled step is.
-    Elsewhere (or for a model it does not run), `compiled`."""
-    kernels = checkpoint.cpu_kernels_on(prompt_mask.device)
-    run = kernels.decode_step(model, buffer) if kernels and prompt_mask.shape[0] == 1 and prompt_mask.all() else None
-    return compiled if run is None else StepInCpp(run, compiled)
+def step_in_cpp(model, buffer, prompt, prompt_mask, prompt_logits, compiled):
+    """On a CPU with cpu_kernels.py, for one unpadded prompt: the one-token step run whole in C++
+    (cpu_kernels.decode_step: the same arithmetic as the model's forward, ~1 ms a token less than the
+    compiled graph's ~100 PyTorch calls), called as the compiled step is. Elsewhere, `compiled`.
 
+    It is checked once, on the prompt's last token, against the logits the model's own forward gave there:
+    a model whose code was changed since gives others, and the compiled step (which traces the code as it
+    is) runs instead, with a warning."""
+    kernels = checkpoint.cpu_kernels_on(prompt.device)
+    run = kernels.decode_step(model, buffer) if kernels and len(prompt) == 1 and prompt_mask.all() else None
+    if run is None:
+        return compiled
+    T = prompt.size(1)
+    last = [(k[:, :, T - 1].clone(), v[:, :, T - 1].clone()) for k, v in zip(buffer.k, buffer.v)]
+    logits = run(int(prompt[0, -1]), T - 1)  # (it writes that token's keys and values again)
+    # int8 activations: a value one rounding apart may land on the next level, ~1% of the logits' range
+    quantized = any(hasattr(m, "kernel") for m in model.modules())
+    tolerance = (0.05 if quantized else 1e-4) * float(prompt_logits.abs().max())
+    if not torch.allclose(logits, prompt_logits, rtol=0, atol=tolerance):
+        warnings.warn("the C++ decode step (cpu_kernels.py) disagrees with the model's forward, whose code "
+                      "may have changed: the compiled step runs instead")
+        for (k, v), (k_last, v_last) in zip(zip(buffer.k, buffer.v), last):
+            k[:, :, T - 1], v[:, :, T - 1] = k_last, v_last  # the model's own keys and values back
+        return compiled
 
-class StepInCpp:
-    """The one-token step run whole in C++ (cpu_kernels.decode_step: the same arithmetic as the model's
-    forward, ~1 ms a token less than the compiled graph's ~100 PyTorch calls). Its first token is checked
-    against the model's own forward: a model whose code was changed since gives other logits, and from then
-    on the compiled step (which traces the code as it is) runs instead, with a warning."""
-
-    def __init__(self, run, compiled):
-        self.run, self.compiled, self.checked = run, compiled, False
-
-    def __call__(self, model, ids, mask, buffer):
-        if self.run is None:
-            return self.compiled(model, ids, mask, buffer)
-        fast = self.run(int(ids), int(buffer.pos))  # writes the token's keys and values at slot pos
-        if self.checked:
-            buffer.advance(1)
-            return fast
-        self.checked = True
-        logits = last_logits(model, ids, mask, buffer)  # the model's own (its keys and values overwrite)
-        # int8 activations: a value one rounding apart may land on the next level, ~1% of the logits' range
-        quantized = any(hasattr(m, "kernel") for m in model.modules())
-        if not torch.allclose(fast, logits, rtol=0, atol=(0.05 if quantized else 1e-4) * float(logits.abs().max())):
-            warnings.warn("the C++ decode step (cpu_kernels.py) disagrees with the model's forward, whose code "
-                          "may have changed: the compiled step runs instead")
-            self.run = None
+    def step(model, ids, mask, buffer):
+        logits = run(int(ids), int(buffer.pos))
+        buffer.advance(1)
         return logits
+    return step
 
 
 @contextmanager

@@ -245,6 +245,35 @@ def test_fp32_models_decode_with_the_fp32_kernel(arch, monkeypatch, tmp_path):
     saved, original = load_file(tmp_path / "again" / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
     assert all(torch.equal(saved[k], original[k]) for k in saved) and set(saved) <= set(original)
 
+def thp_eligible(address):
+    """/proc/self/smaps' THPeligible of the mapping that holds `address` (1: Linux may back it with 2 MB pages)."""
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            if "-" in line.split()[0] and ":" not in line.split()[0]:
+                start, end = (int(a, 16) for a in line.split()[0].split("-"))
+                inside = start <= address < end
+            elif inside and line.startswith("THPeligible:"):
+                return int(line.split()[1])
+
+
+@needs_kernels
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "[never]" in open(
+    "/sys/kernel/mm/transparent_hugepage/enabled").read(), reason="no transparent huge pages here")
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_the_kernels_weights_sit_in_memory_asked_in_2_mb_pages(scheme, tmp_path):
+    """Quantized and reloaded alike, every kernel layer's weights are in memory that Linux may back with 2 MB
+    pages; tensors carved from one chunk are 64-byte aligned and do not overlap."""
+    module, model = load("gpt_neox", scheme)
+    module.save_pretrained(model, tmp_path / "q")
+    for m in (model, module.from_pretrained(tmp_path / "q")):
+        assert all(thp_eligible(layer.weight.data_ptr()) == 1 for layer in quantized_layers(m))
+    a, b = quantize.empty_in_large_pages((3, 5), torch.int8), quantize.empty_in_large_pages((7,), torch.float32)
+    a.fill_(1), b.fill_(2)
+    assert a.shape == (3, 5) and b.dtype == torch.float32 and (a == 1).all() and (b == 2).all()
+    assert a.data_ptr() % 64 == b.data_ptr() % 64 == 0 and a.data_ptr() + 15 <= b.data_ptr()
+
+
 # ----------------------------------------------------------------------------- the whole step in C++
 
 
@@ -316,7 +345,7 @@ def test_compiled_generate_runs_the_step_in_cpp_for_one_prompt(arch, scheme, mon
     prompt = torch.tensor([[3, 17, 42, 8]])
     fast = module.generate(model, prompt, 9, temperature=0, compile=True)
     assert torch.equal(fast, module.generate(model, prompt, 9, temperature=0))
-    assert runs == list(range(4, 12)) and not graphs  # 8 decode steps, the first also checked eagerly
+    assert runs == list(range(3, 12)) and not graphs  # the prompt's last token (the check), 8 steps
     batch, mask = torch.tensor([[0, 3, 17, 42], [5, 9, 11, 60]]), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     runs.clear()
     fast = module.generate(model, batch, 5, attention_mask=mask, temperature=0, compile=True)
@@ -325,18 +354,23 @@ def test_compiled_generate_runs_the_step_in_cpp_for_one_prompt(arch, scheme, mon
 
 
 @needs_kernels
-def test_a_changed_model_is_caught_on_the_first_token(monkeypatch):
-    """A model whose code no longer matches the C++ step (its activation swapped in place): the first token's
-    check warns, and the compiled step runs the changed model from then on: its plain tokens."""
+def test_a_changed_model_is_caught_on_the_prompts_last_token(monkeypatch):
+    """A model whose code no longer matches the C++ step (its activation swapped in place): the check on the
+    prompt's last token warns, and the compiled step runs the changed model: its plain tokens."""
     module, model = load("gpt2", None)
     for block in model.transformer.h:
         block.mlp.act = torch.relu
     monkeypatch.setattr(torch, "compile", recording_compile([]))
     torch._dynamo.reset()
     prompt = torch.tensor([[3, 17, 42, 8]])
+    cache, plain = model.make_cache(static_len=13), model.make_cache(static_len=13)
     with pytest.warns(UserWarning, match="disagrees with the model's forward"):
-        fast = module.generate(model, prompt, 9, temperature=0, compile=True)
+        fast = module.generate(model, prompt, 9, temperature=0, compile=True, kv_cache=cache)
     assert torch.equal(fast, module.generate(model, prompt, 9, temperature=0))
+    with torch.no_grad():
+        generation.last_logits(model, prompt, None, plain)
+    assert all(torch.equal(a[:, :, :4], b[:, :, :4]) for a, b in zip(cache.k + cache.v, plain.k + plain.v)), \
+        "the check's keys and values of the prompt's last token were left in the cache"
 
 
 @needs_kernels
