@@ -241,7 +241,8 @@ def generate_compiled(model, input_ids, max_new_tokens, *, attention_mask=None, 
     """generate(compile=True), in gpt-fast's way: the prompt runs eagerly into a StaticCache; from then on
     every step has the same shapes (one token against the cache's whole buffer: kv_cache.FullBuffer), so
     one torch.compile'd graph of `last_logits` serves every token. Same arguments and tokens as generate;
-    the first call compiles, which takes a while."""
+    the first call compiles, which takes a while. On an x86 CPU with cpu_kernels.py, one unpadded prompt
+    decodes through the same buffer with the step run whole in C++ instead (step_in_cpp: nothing to compile)."""
     check_sampling(temperature, top_k, top_p)
     check_generation(model, input_ids, max_new_tokens, attention_mask, vocab_size, eos_token_id, kv_cache)
     B, T = input_ids.shape
@@ -347,7 +348,8 @@ def parse_args(arch, argv=None):
     p.add_argument("--quantize", default=None, help="int8 or int4: weight-only quantization (quantize.py)")
     p.add_argument("--attn", default="sdpa", choices=BACKENDS, help="the attention backend")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the one-token decode step (compiling takes a while, once per run)")
+                   help="the fast decode path: a static cache and the one-token step torch.compile'd (compiling "
+                   "takes a while, once per run), or on an x86 CPU with cpu_kernels.py run whole in C++")
     p.add_argument("--threads", type=int, default=None, help="CPU threads; unset: 1 for a small model, else "
                    "the cores that are free when it starts")
     p.add_argument("--save", metavar="DIR", help="load (and --quantize) the model, save it into this new "

@@ -39,8 +39,8 @@ def commands(args):
              "--hf-dir", str(args.hf_dir), "--repeats", "5"]
     return {"ceiling": py + ["bench/ceiling.py"],
             "llama.cpp": py + llama,
-            "layers": py + ["bench/big.py", "--layers", "2", "--schemes", "fp32", "int8", "int4", "--threads", "2", "1"],
-            "20b": py + ["bench/big.py", "--schemes", "int4", "--threads", "2", "1"],
+            "layers": py + ["bench/big.py", "--layers", "2", "--schemes", "fp32", "int8", "int4", "--threads", "2", "1", "--compile"],
+            "20b": py + ["bench/big.py", "--schemes", "int4", "--threads", "2", "1", "--compile"],
             "threads": py + ["bench/threads.py", "--repeats", "3"],
             "quantizer": py + ["bench/quantize.py", "--speed"],
             "accuracy": py + ["bench/quantize.py", "--shipped"]}

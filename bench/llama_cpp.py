@@ -22,7 +22,8 @@ Each of --repeats rounds runs, per precision in turn, llama.cpp then ours, both 
              compiled (a warm-up generate) once before the rounds
 
 Both sides read their weights from a memory map of their file (llama.cpp its gguf, ours model.safetensors in
-fp32; int8 and int4 are quantized from it at load, into ordinary memory). First every one of those files is
+fp32; int8 and int4 are quantized from it at load, into memory asked in 2 MB pages: quantize.py's
+empty_in_large_pages). First every one of those files is
 cached afresh (bench/ceiling.py's cache_in_large_pages), so that both are mapped in 2 MB pages alike: which
 pages a file happens to be cached in moved llama.cpp's fp32 rate by 1.45x here (92 -> 134 tok/s) and ours by
 1.1-1.2x; the share of each file in 2 MB pages is printed.
