@@ -28,6 +28,12 @@ cached afresh (bench/ceiling.py's cache_in_large_pages), so that both are mapped
 pages a file happens to be cached in moved llama.cpp's fp32 rate by 1.45x here (92 -> 134 tok/s) and ours by
 1.1-1.2x; the share of each file in 2 MB pages is printed.
 
+Each round also reads the ceiling (bench/ceiling.py's two fastest readers, a torch.sum and our fp32 kernel,
+over fp32 weights mapped in 2 MB pages: here every matrix of our checkpoint; the faster, best of 3 passes
+each), so that each decode is a fraction of the ceiling of its own minute (this VM's memory moves by 10-50%
+from minute to minute): ours reads the bytes of its matmuls' weights (and scales) once a token, GB/s =
+those bytes x tokens/s.
+
 Medians are printed, with the ratio ours / llama.cpp (higher is better), then every round's numbers.
 """
 import argparse
@@ -44,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+import cpu_kernels  # noqa: E402
 import gpt2  # noqa: E402
 from ceiling import cache_in_large_pages, share_in_large_pages  # noqa: E402
 
@@ -68,6 +75,28 @@ def our_rate(model):
     gpt2.generate(model, ids, STEPS + 1, temperature=0, compile=True,
                   on_token=lambda t: stamps.append(time.perf_counter()))
     return STEPS / (stamps[-1] - stamps[0])
+
+
+def read_bytes(model):
+    """The bytes a decode step reads: every matmul's weights, scales and bias (the embeddings but a row)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) or hasattr(m, "kernel")]
+    return sum(t.numel() * t.element_size() for m in layers for t in m.buffers(recurse=False)) + sum(
+        t.numel() * t.element_size() for m in layers for t in m.parameters(recurse=False))
+
+
+def ceiling_rate(matrices):
+    """GB/s of the faster of two readers of `matrices` (memory-mapped fp32): a torch.sum over each, and our
+    fp32 kernel against one token (each matrix read as (out, in) by rows); the best of 3 passes each."""
+    xs = [torch.randn(1, w.shape[1]) for w in matrices]
+    readers = [lambda: [w.sum() for w in matrices],
+               lambda: [cpu_kernels.fp32_linear(x, w) for x, w in zip(xs, matrices)]]
+    best = float("inf")
+    for _ in range(3):
+        for read in readers[:1 + cpu_kernels.available()]:
+            start = time.perf_counter()
+            read()
+            best = min(best, time.perf_counter() - start)
+    return sum(w.numel() * 4 for w in matrices) / best / 1e9
 
 
 def main():
@@ -96,24 +125,35 @@ def main():
         our_rate(models[name])  # warm-up: compiles the step
         print(f"loaded and compiled ours, {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
-    rates = {name: {"llama.cpp": [], "ours": []} for name in precisions}
+    from safetensors.torch import load_file
+    mapped = [t for path in sorted(Path(args.hf_dir).glob("*.safetensors")) for t in load_file(path).values()
+              if t.dtype == torch.float32 and t.dim() == 2]  # (memory maps, as from_pretrained's)
+    rates = {name: {"llama.cpp": [], "ours": [], "of the ceiling": []} for name in precisions}
+    ceilings = []
     for r in range(args.repeats):
+        ceilings.append(ceiling_rate(mapped))
         for name, (gguf, _) in precisions.items():
             rates[name]["llama.cpp"].append(llama_rate(args.llama_bench, args.gguf_dir / gguf))
             rates[name]["ours"].append(our_rate(models[name]))
+            rates[name]["of the ceiling"].append(rates[name]["ours"][-1] * read_bytes(models[name]) / 1e9 / ceilings[-1])
             print(f"round {r + 1} {name}: llama.cpp {rates[name]['llama.cpp'][-1]:.1f}, "
                   f"ours {rates[name]['ours'][-1]:.1f} tok/s", file=sys.stderr, flush=True)
 
     print(f"\nbatch-1 decode, GPT-2 124M, 2 threads, {STEPS} steps, median of {args.repeats} alternating rounds\n")
-    print("| precision | llama.cpp tok/s (median) | ours tok/s (median) | ours / llama.cpp |")
-    print("|---|---:|---:|---:|")
+    print("| precision | llama.cpp tok/s (median) | ours tok/s (median) | ours / llama.cpp | ours: MB a token, "
+          "GB/s, of the ceiling of its round (median) |")
+    print("|---|---:|---:|---:|---:|")
     for name, r in rates.items():
         ll, ours = statistics.median(r["llama.cpp"]), statistics.median(r["ours"])
-        print(f"| {name} | {ll:.1f} | {ours:.1f} | {ours / ll:.2f} |")
-    print("\nper round (tok/s):")
+        mb = read_bytes(models[name]) / 1e6
+        print(f"| {name} | {ll:.1f} | {ours:.1f} | {ours / ll:.2f} | {mb:.0f}, {ours * mb / 1e3:.1f}, "
+              f"{statistics.median(r['of the ceiling']):.2f} |")
+    print(f"\nthe ceiling of each round (GB/s): " + " ".join(f"{c:.1f}" for c in ceilings))
+    print("per round (tok/s; ours as a fraction of its round's ceiling):")
     for name, r in rates.items():
         for side, values in r.items():
-            print(f"  {name:12} {side:9} " + " ".join(f"{v:7.1f}" for v in values))
+            print(f"  {name:12} {side:14} " + " ".join(f"{v:7.2f}" if side == "of the ceiling" else f"{v:7.1f}"
+                                                    for v in values))
     print("\ncommand: python " + shlex.join(sys.argv))
     print(f"llama.cpp: {shlex.join([args.llama_bench, '-m', 'X.gguf', '-p', '0', '-n', str(STEPS), '-t', '2', '-r', '1', '-o', 'json'])}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
