@@ -453,12 +453,31 @@ static void layer_norm(const float* x, int64_t C, const at::Tensor& w, const at:
   for (int64_t c = 0; c < C; c++) y[c] = (x[c] - mu) * rstd * W[c] + B[c];
 }
 
+// e^x for x <= 0 (softmax's exponents, the largest score subtracted): 2^n e^r, n = round(x / ln 2), r = x - n ln 2
+// (ln 2 in two parts, Cephes'), e^r by its Taylor series to r^6: ~1e-7 relative error, as std::exp to a few ulps
+static inline __m512 exp_16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));  // (e^-87 ~ 1e-38: the floats end there)
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x));
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  for (float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);  // p * 2^n
+}
+
+static inline __mmask16 first(int64_t n) {  // the first n of 16 lanes
+  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+// ask for the cache lines PREFETCH bytes past a key's (or value's) n floats: reading the cache key after key,
+// one core otherwise waits for memory at each (as the integer kernels' rows did)
+static inline void ahead(const float* row, int64_t n) {
+  for (int64_t b = 0; b < n * 4; b += 64) _mm_prefetch((const char*)row + PREFETCH + b, _MM_HINT_T0);
+}
+
 static inline float dot(const float* a, const float* b, int64_t n) {
   __m512 s = _mm512_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s);
-  }
+  for (int64_t i = 0; i < n; i += 16)
+    s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(first(n - i), a + i), _mm512_maskz_loadu_ps(first(n - i), b + i), s);
   return _mm512_reduce_add_ps(s);
 }
 
@@ -529,14 +548,29 @@ struct Step {
         float *kh = Kc + (head * L) * hd, *vh = Vc + (head * L) * hd;
         std::copy(k, k + hd, kh + pos * hd);
         std::copy(v, v + hd, vh + pos * hd);
-        float top = -INFINITY, sum = 0.f;
-        for (int64_t j = 0; j <= pos; j++) top = std::max(top, p[j] = dot(q, kh + j * hd, hd) * (float)b.scale);
-        for (int64_t j = 0; j <= pos; j++) sum += (p[j] = std::exp(p[j] - top));
-        float* o = O + head * hd;
-        std::fill(o, o + hd, 0.f);
+        float top = -INFINITY;
         for (int64_t j = 0; j <= pos; j++) {
-          const float pj = p[j] / sum;
-          for (int64_t d = 0; d < hd; d++) o[d] += pj * vh[j * hd + d];
+          ahead(kh + j * hd, hd);
+          top = std::max(top, p[j] = dot(q, kh + j * hd, hd) * (float)b.scale);
+        }
+        __m512 sum = _mm512_setzero_ps();  // p = e^(score - top), 16 at a time, and their sum
+        for (int64_t j = 0; j <= pos; j += 16) {
+          const __m512 e = exp_16(_mm512_sub_ps(_mm512_maskz_loadu_ps(first(pos + 1 - j), p.data() + j), _mm512_set1_ps(top)));
+          _mm512_mask_storeu_ps(p.data() + j, first(pos + 1 - j), e);
+          sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(first(pos + 1 - j), e));
+        }
+        const __m512 norm = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+        float* o = O + head * hd;
+        for (int64_t d = 0; d < hd; d += 64) {  // o = sum over j of p_j v_j, 64 of the head's dims at a time
+          __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+          const __mmask16 m[4] = {first(hd - d), first(hd - d - 16), first(hd - d - 32), first(hd - d - 48)};
+          for (int64_t j = 0; j <= pos; j++) {
+            if (d == 0) ahead(vh + j * hd, hd);
+            const __m512 pj = _mm512_set1_ps(p[j]);
+            const float* v = vh + j * hd + d;
+            for (int c = 0; c < 4; c++) acc[c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m[c], v + 16 * c), acc[c]);
+          }
+          for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(o + d + 16 * c, m[c], _mm512_mul_ps(acc[c], norm));
         }
       }
     });
