@@ -308,6 +308,23 @@ def test_the_step_in_cpp_gives_transformers_logits(arch, data):
 
 @needs_kernels
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("n_embd", [160, 192])
+def test_the_step_in_cpp_at_heads_wider_than_64(arch, n_embd, tmp_path):
+    """Heads of 80 and 96 dims (Pythia-2.8b's, GPT-NeoX-20B's): attention takes a head 64 dims at a time, and
+    the last part masked; transformers' logits at every decoded position."""
+    module, ref = tiny(arch, 90, n_embd)
+    with torch.no_grad():  # (tiny's weights, this wide, give GPT-Neo's unscaled scores logits of ~12: halved)
+        for p in ref.parameters():
+            p.mul_(0.5)
+    save_checkpoint(ref, tmp_path)
+    ids = torch.randint(0, 90, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = ref(ids).logits[0, 5:]
+    assert (decode_in_cpp(module.from_pretrained(tmp_path), ids, 5) - expected).abs().max() <= 1e-4
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
 @pytest.mark.parametrize("scheme", quantize.SCHEMES)
 def test_the_step_in_cpp_runs_quantized_models(arch, scheme):
     """int8 and int4 layers on the kernels: the C++ step's logits are the model's own forward's (eager, over
