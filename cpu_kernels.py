@@ -782,7 +782,8 @@ def model_parts(model):
     norms = [n for ln1, _, _, ln2, *_ in blocks for n in (ln1, ln2)] + [parts["ln_f"]]
     layers = [m for ln1, qkv, out, ln2, fc, proj, _ in blocks for m in (*qkv, out, fc, proj)] + [parts["head"]]
     floats = [parts["wte"], parts["wpe"]] + [t for n in norms for t in (n.weight, n.bias)]
-    if not all(type(n) is nn.LayerNorm for n in norms) or not all(map(supported, layers)) or not all(
+    affine = all(type(n) is nn.LayerNorm and n.weight is not None and n.bias is not None for n in norms)
+    if not affine or not all(map(supported, layers)) or not all(
             t is None or (t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu") for t in floats):
         return None
     return dict(parts, blocks=blocks, gelu=GELUS[act])

@@ -28,11 +28,12 @@ cached afresh (bench/ceiling.py's cache_in_large_pages), so that both are mapped
 pages a file happens to be cached in moved llama.cpp's fp32 rate by 1.45x here (92 -> 134 tok/s) and ours by
 1.1-1.2x; the share of each file in 2 MB pages is printed.
 
-Each round also reads the ceiling (bench/ceiling.py's two fastest readers, a torch.sum and our fp32 kernel,
-over fp32 weights mapped in 2 MB pages: here every matrix of our checkpoint; the faster, best of 3 passes
-each), so that each decode is a fraction of the ceiling of its own minute (this VM's memory moves by 10-50%
-from minute to minute): ours reads the bytes of its matmuls' weights (and scales) once a token, GB/s =
-those bytes x tokens/s.
+Each round also reads the ceiling (bench/ceiling.py's two fastest readers, a torch.sum and our fp32 kernel
+by rows and by columns, over fp32 weights mapped in 2 MB pages: here every matrix of our checkpoint; the
+fastest, best of 3 passes each), so that each decode is a fraction of the ceiling of its own minute (this
+VM's memory moves by 10-50% from minute to minute): ours reads the bytes of its matmuls' weights (and
+scales) once a token, GB/s = those bytes x tokens/s. The ceiling reads for ~30 ms, the decode for ~0.6 s:
+a fraction a little over 1 is the memory's speed moving within the round.
 
 Medians are printed, with the ratio ours / llama.cpp (higher is better), then every round's numbers.
 """
@@ -85,14 +86,16 @@ def read_bytes(model):
 
 
 def ceiling_rate(matrices):
-    """GB/s of the faster of two readers of `matrices` (memory-mapped fp32): a torch.sum over each, and our
-    fp32 kernel against one token (each matrix read as (out, in) by rows); the best of 3 passes each."""
-    xs = [torch.randn(1, w.shape[1]) for w in matrices]
+    """GB/s of the fastest of three readers of `matrices` (memory-mapped fp32): a torch.sum over each, and our
+    fp32 kernel against one token, each matrix read as w by rows and as w.T by columns (as GPT-2's Conv1D
+    weights are); the best of 3 passes each."""
+    rows, cols = [torch.randn(1, w.shape[1]) for w in matrices], [torch.randn(1, w.shape[0]) for w in matrices]
     readers = [lambda: [w.sum() for w in matrices],
-               lambda: [cpu_kernels.fp32_linear(x, w) for x, w in zip(xs, matrices)]]
+               lambda: [cpu_kernels.fp32_linear(x, w) for x, w in zip(rows, matrices)],
+               lambda: [cpu_kernels.fp32_linear(x, w.t()) for x, w in zip(cols, matrices)]]
     best = float("inf")
     for _ in range(3):
-        for read in readers[:1 + cpu_kernels.available()]:
+        for read in readers[:1 + 2 * cpu_kernels.available()]:
             start = time.perf_counter()
             read()
             best = min(best, time.perf_counter() - start)

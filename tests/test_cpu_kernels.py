@@ -392,8 +392,8 @@ def test_a_changed_model_is_caught_on_the_prompts_last_token(monkeypatch):
 
 @needs_kernels
 def test_the_step_in_cpp_refuses_what_it_does_not_run():
-    """None (the compiled step then) for a module with a hook, a layer of another type, another dtype, a
-    batch of two, and an activation it does not have."""
+    """None (the compiled step then) for a module with a hook, a LayerNorm without a bias, a layer of another
+    type, another dtype, a batch of two, and an activation it does not have."""
     module, model = load("gpt_neox", None)
 
     def refused(model, batch=1):
@@ -405,6 +405,10 @@ def test_the_step_in_cpp_refuses_what_it_does_not_run():
     handle = model.gpt_neox.layers[0].mlp.register_forward_hook(lambda *args: None)
     assert refused(model)
     handle.remove()
+    bias = model.gpt_neox.final_layer_norm.bias
+    model.gpt_neox.final_layer_norm.bias = None  # (nn.LayerNorm(bias=False))
+    assert refused(model)
+    model.gpt_neox.final_layer_norm.bias = bias
     model.config.hidden_act = "relu"
     assert refused(model)
     model.config.hidden_act = "gelu"
