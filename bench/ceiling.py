@@ -108,7 +108,10 @@ def reader(name, weights):
         layers = [(quantize.quantized_linear(w, None, name[:4], torch.float32, int8_activations=True), w.shape[1])
                   for w in weights]  # as from_pretrained(quantize=...) builds them here: fp32 activations
         assert all(layer.kernel == quantize.INT8_ACTIVATIONS for layer, _ in layers)
-        return sum(nbytes(layer) for layer, _ in layers), lambda: [layer(x32[k]) for layer, k in layers]
+        kernel = cpu_kernels.int8_linear if name == "int8 (ours)" else cpu_kernels.int4_linear
+        # the kernel itself, as the C++ decode step calls it (the layer's forward adds ~10 us of Python a call)
+        return sum(nbytes(layer) for layer, _ in layers), lambda: [kernel(x32[k], layer.weight, layer.scales)
+                                                                   for layer, k in layers]
     packed = []  # "int8 dynamic": fbgemm's prepacked int8 weights
     for w in weights:
         scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
