@@ -509,14 +509,15 @@ struct Step {
     qkv = at::empty({3 * C}, wte.options());
   }
 
-  static Linear linear(std::tuple<int64_t, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>> l) {
+  // (kind, weight, scales, bias) from Python (cpu_kernels.linear) -> a Linear
+  using Lin = std::tuple<int64_t, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>>;
+  static Linear linear(const Lin& l) {
     Linear out{std::get<0>(l), std::get<1>(l)};
     if (std::get<2>(l)) out.scales = *std::get<2>(l);
     if (std::get<3>(l)) out.bias = *std::get<3>(l);
     return out;
   }
 
-  using Lin = std::tuple<int64_t, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>>;
   void add_block(std::vector<at::Tensor> norms, double eps1, double eps2, std::vector<Lin> qkv_, Lin out,
                  Lin fc, Lin proj, double scale, at::Tensor K, at::Tensor V) {
     Block b{norms[0], norms[1], norms[2], norms[3], eps1, eps2, scale};
