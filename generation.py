@@ -387,13 +387,14 @@ def encode_prompt(tokenizer, text, context, max_new_tokens):
 
 def speed_line(times, compiled):
     """The CLI's report from the start time and each token's arrival: "[n tokens in s: r tokens/s]". With
-    --compile the first decode step (the second token) compiles, which takes seconds to minutes: it is
-    reported apart and the rate counts the compiled steps after it."""
+    --compile the first decode step (the second token) compiles where torch.compile runs, which takes seconds
+    to minutes: it is reported apart and the rate counts the steps after it. (The step in C++ compiles
+    nothing: that first step is then as fast as the others.)"""
     n, seconds = len(times) - 1, times[-1] - times[0]
     if compiled and n > 2:
         rate = (n - 2) / max(times[-1] - times[2], 1e-9)
-        return (f"[{n} tokens in {seconds:.2f}s, of which {times[2] - times[1]:.2f}s the first compiled step "
-                f"(compiling): {rate:.1f} tokens/s after it]")
+        return (f"[{n} tokens in {seconds:.2f}s, of which {times[2] - times[1]:.2f}s the first decode step "
+                f"(where torch.compile compiles): {rate:.1f} tokens/s after it]")
     return f"[{n} tokens in {seconds:.2f}s: {n / max(seconds, 1e-9):.1f} tokens/s]"
 
 

@@ -570,7 +570,8 @@ def test_the_speed_line_leaves_compiling_out(arch):
     times = [0.0, 0.5, 20.5, 20.6, 20.7, 20.8]                   # start, then 5 tokens
     assert generation.speed_line(times, compiled=False) == "[5 tokens in 20.80s: 0.2 tokens/s]"
     line = generation.speed_line(times, compiled=True)
-    assert line == "[5 tokens in 20.80s, of which 20.00s the first compiled step (compiling): 10.0 tokens/s after it]"
+    assert line == ("[5 tokens in 20.80s, of which 20.00s the first decode step (where torch.compile compiles): "
+                    "10.0 tokens/s after it]")
     assert generation.speed_line(times[:3], compiled=True) == "[2 tokens in 20.50s: 0.1 tokens/s]"
 
 
