@@ -296,6 +296,10 @@ static at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
   return y;
 }
 
+static inline __mmask16 first(int64_t n) {  // the first n of 16 lanes
+  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
 // fp32 weights W (N, K) by rows: one dot product of a row of W and a row of x, the row read in memory order
 // (four sums in flight, 64 floats a step; the last K % 16 inputs masked). Reading one row start to end
 // keeps the hardware prefetcher on one stream: 4 rows at a time (4 streams K floats apart) read 0.75x as fast.
@@ -309,8 +313,7 @@ static inline float fp32_row(const float* w, const float* x, int64_t K) {
     a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
   }
   for (; k < K; k += 16) {
-    const __mmask16 m = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
-    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + k), _mm512_maskz_loadu_ps(m, x + k), a0);
+    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(first(K - k), w + k), _mm512_maskz_loadu_ps(first(K - k), x + k), a0);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
@@ -464,21 +467,10 @@ static inline __m512 exp_16(__m512 x) {
   return _mm512_scalef_ps(p, n);  // p * 2^n
 }
 
-static inline __mmask16 first(int64_t n) {  // the first n of 16 lanes
-  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
-}
-
 // ask for the cache lines PREFETCH bytes past a key's (or value's) n floats: reading the cache key after key,
 // one core otherwise waits for memory at each (as the integer kernels' rows did)
 static inline void ahead(const float* row, int64_t n) {
   for (int64_t b = 0; b < n * 4; b += 64) _mm_prefetch((const char*)row + PREFETCH + b, _MM_HINT_T0);
-}
-
-static inline float dot(const float* a, const float* b, int64_t n) {
-  __m512 s = _mm512_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16)
-    s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(first(n - i), a + i), _mm512_maskz_loadu_ps(first(n - i), b + i), s);
-  return _mm512_reduce_add_ps(s);
 }
 
 struct Block {
@@ -552,7 +544,7 @@ struct Step {
         float top = -INFINITY;
         for (int64_t j = 0; j <= pos; j++) {
           ahead(kh + j * hd, hd);
-          top = std::max(top, p[j] = dot(q, kh + j * hd, hd) * (float)b.scale);
+          top = std::max(top, p[j] = fp32_row(kh + j * hd, q, hd) * (float)b.scale);  // q . k
         }
         __m512 sum = _mm512_setzero_ps();  // p = e^(score - top), 16 at a time, and their sum
         for (int64_t j = 0; j <= pos; j += 16) {
@@ -750,9 +742,9 @@ def decode_step(model, buffer):
                                 bool(rotary and c.use_parallel_residual), parts["gelu"], parts["wte"], parts["wpe"],
                                 inv_freq if rotary else None)
     for i, (ln1, qkv, out, ln2, fc, proj, scale) in enumerate(parts["blocks"]):
-        step.add_block([ln1.weight, ln1.bias, ln2.weight, ln2.bias], ln1.eps, ln2.eps, [linear(m) for m in qkv],
-                       linear(out), linear(fc), linear(proj), scale, buffer.k[i], buffer.v[i])
-    step.set_head(parts["ln_f"].weight, parts["ln_f"].bias, parts["ln_f"].eps, linear(parts["head"]))
+        step.add_block([ln1.weight, ln1.bias, ln2.weight, ln2.bias], ln1.eps, ln2.eps, qkv, out, fc, proj, scale,
+                       buffer.k[i], buffer.v[i])
+    step.set_head(parts["ln_f"].weight, parts["ln_f"].bias, parts["ln_f"].eps, parts["head"])
     return step.run
 
 
@@ -781,30 +773,30 @@ def model_parts(model):
     else:
         return None
     norms = [n for ln1, _, _, ln2, *_ in blocks for n in (ln1, ln2)] + [parts["ln_f"]]
-    layers = [m for ln1, qkv, out, ln2, fc, proj, _ in blocks for m in (*qkv, out, fc, proj)] + [parts["head"]]
+    blocks = [(ln1, [linear(m) for m in qkv], linear(out), ln2, linear(fc), linear(proj), scale)
+              for ln1, qkv, out, ln2, fc, proj, scale in blocks]  # the layers as Step takes them
+    parts["head"] = linear(parts["head"])
+    layers = [l for _, qkv, out, _, fc, proj, _ in blocks for l in (*qkv, out, fc, proj)] + [parts["head"]]
     floats = [parts["wte"], parts["wpe"]] + [t for n in norms for t in (n.weight, n.bias)]
     affine = all(type(n) is nn.LayerNorm and n.weight is not None and n.bias is not None for n in norms)
-    if not affine or not all(map(supported, layers)) or not all(
+    if not affine or any(l is None for l in layers) or not all(
             t is None or (t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu") for t in floats):
         return None
     return dict(parts, blocks=blocks, gelu=GELUS[act])
 
 
-def supported(layer):
-    """Whether Step runs this layer: an fp32 nn.Linear (or Float32Linear), or quantize.py's int8/int4 layer on
-    these kernels, not split by tensor parallel."""
+def linear(layer):
+    """(kind, weight, scales, bias) for Step: 0 fp32 by rows, 1 by columns, 2 int8, 3 int4 (quantize.py's); None
+    for a layer Step does not run: one of another type or dtype, or split by tensor parallel."""
     if type(layer) in (nn.Linear, Float32Linear):
         w, b = layer.weight, layer.bias
-        return (w.dtype == torch.float32 and (w.is_contiguous() or w.t().is_contiguous())
-                and (b is None or (b.dtype == torch.float32 and b.is_contiguous())))
-    return (getattr(layer, "kernel", None) == "int8 activations" and layer.reduce is None
-            and (layer.bias is None or layer.bias.dtype == torch.float32))
-
-
-def linear(layer):
-    """(kind, weight, scales, bias) for Step: 0 fp32 by rows, 1 by columns, 2 int8, 3 int4 (quantize.py's)."""
-    if type(layer) in (nn.Linear, Float32Linear):
-        return (0 if layer.weight.is_contiguous() else 1, layer.weight, None, layer.bias)
+        if not (w.dtype == torch.float32 and (w.is_contiguous() or w.t().is_contiguous())
+                and (b is None or (b.dtype == torch.float32 and b.is_contiguous()))):
+            return None
+        return (0 if w.is_contiguous() else 1, w, None, b)
+    if not (getattr(layer, "kernel", None) == "int8 activations" and layer.reduce is None  # (quantize.py's)
+            and (layer.bias is None or layer.bias.dtype == torch.float32)):
+        return None
     N = layer.out_features  # (rows past it: an int4 layer's padding or rows cut off, dropped as outputs does)
     bias = None if layer.bias is None else layer.bias[:N].contiguous()
     return (2 if layer.weight.dtype == torch.int8 else 3, layer.weight[:N], layer.scales[:N], bias)

@@ -183,7 +183,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", scales.to(q.device, dtype))  # (out,)
         self.register_buffer("bias", None if bias is None else bias.to(q.device, dtype))
         self.reduce = None  # tensor parallel's all-reduce for a layer split by its inputs (tp.py)
-        self.kernel = INT8_ACTIVATIONS if int8_activations and self.in_features % 64 == 0 else None
+        self.kernel = int8_kernel(self.in_features, int8_activations)
 
     @classmethod
     def quantize(cls, weight, bias, dtype, key="weight", row_max=None, int8_activations=False):
@@ -196,7 +196,7 @@ class Int8Linear(nn.Module):
         if row_max is not None:
             whole = torch.cat([row_absmax(rows) for rows in weight.split(BLOCK)])
             row_max(whole)
-        fast = int8_activations and K % 64 == 0 and weight.device.type == "cpu"  # cpu_kernels.py's
+        fast = int8_kernel(K, int8_activations) and weight.device.type == "cpu"  # cpu_kernels.py's: 2 MB pages
         q = empty_in_large_pages((N, K), torch.int8) if fast else torch.empty(N, K, dtype=torch.int8, device=weight.device)
         scales, absmax = torch.empty(N, device=weight.device), torch.empty(N, device=weight.device)
         f = torch.empty(BLOCK, K, device=weight.device)  # one buffer for every block: allocating is slow
@@ -345,6 +345,12 @@ INT8_ACTIVATIONS = "int8 activations"  # a layer's `kernel`: cpu_kernels.py's
 def fast_kernels(device):
     """Whether cpu_kernels.py runs on `device`: a CPU that has its instructions (the file is optional)."""
     return cpu_kernels is not None and cpu_kernels.runs_on(device)
+
+
+def int8_kernel(K, int8_activations):
+    """cpu_kernels.py's kernel for an int8 layer of K inputs where asked (the caller checked the CPU) and K is
+    a multiple of 64; else None: PyTorch's kernels, chosen per call by the activations' dtype."""
+    return INT8_ACTIVATIONS if int8_activations and K % 64 == 0 else None
 
 
 def int4_kernel(device, dtype, K, group_size, int8_activations):
@@ -865,7 +871,7 @@ def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None, in
         check_scales(scales, f"{name}.weight_scale")
         packed = t["weight_packed"]
         if bits == 8:
-            if int8_activations and K % 64 == 0:  # cpu_kernels.py's: into 2 MB pages, in one pass
+            if int8_kernel(K, int8_activations):  # cpu_kernels.py's: into 2 MB pages, in one pass
                 q = empty_in_large_pages((N, K), torch.int8)
                 torch.bitwise_xor(from_words(packed, K), 128, out=q.view(torch.uint8))
             else:

@@ -116,7 +116,8 @@ def main():
         if not (args.gguf_dir / gguf).is_file():
             sys.exit(f"error: {args.gguf_dir / gguf} is missing (the docstring says how to make it)")
 
-    files = [args.gguf_dir / gguf for gguf, _ in precisions.values()] + sorted(Path(args.hf_dir).glob("*.safetensors"))
+    our_files = sorted(Path(args.hf_dir).glob("*.safetensors"))
+    files = [args.gguf_dir / gguf for gguf, _ in precisions.values()] + our_files
     for path in files:
         cache_in_large_pages(path)
         print(f"{path}: {share_in_large_pages(path):.0%} in 2 MB pages", file=sys.stderr)
@@ -129,16 +130,16 @@ def main():
         print(f"loaded and compiled ours, {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
     from safetensors.torch import load_file
-    mapped = [t for path in sorted(Path(args.hf_dir).glob("*.safetensors")) for t in load_file(path).values()
+    mapped = [t for path in our_files for t in load_file(path).values()
               if t.dtype == torch.float32 and t.dim() == 2]  # (memory maps, as from_pretrained's)
     rates = {name: {"llama.cpp": [], "ours": [], "of the ceiling": []} for name in precisions}
-    ceilings = []
+    ceilings, read = [], {name: read_bytes(model) for name, model in models.items()}
     for r in range(args.repeats):
         ceilings.append(ceiling_rate(mapped))
         for name, (gguf, _) in precisions.items():
             rates[name]["llama.cpp"].append(llama_rate(args.llama_bench, args.gguf_dir / gguf))
             rates[name]["ours"].append(our_rate(models[name]))
-            rates[name]["of the ceiling"].append(rates[name]["ours"][-1] * read_bytes(models[name]) / 1e9 / ceilings[-1])
+            rates[name]["of the ceiling"].append(rates[name]["ours"][-1] * read[name] / 1e9 / ceilings[-1])
             print(f"round {r + 1} {name}: llama.cpp {rates[name]['llama.cpp'][-1]:.1f}, "
                   f"ours {rates[name]['ours'][-1]:.1f} tok/s", file=sys.stderr, flush=True)
 
@@ -148,7 +149,7 @@ def main():
     print("|---|---:|---:|---:|---:|")
     for name, r in rates.items():
         ll, ours = statistics.median(r["llama.cpp"]), statistics.median(r["ours"])
-        mb = read_bytes(models[name]) / 1e6
+        mb = read[name] / 1e6
         print(f"| {name} | {ll:.1f} | {ours:.1f} | {ours / ll:.2f} | {mb:.0f}, {ours * mb / 1e3:.1f}, "
               f"{statistics.median(r['of the ceiling']):.2f} |")
     print(f"\nthe ceiling of each round (GB/s): " + " ".join(f"{c:.1f}" for c in ceilings))
