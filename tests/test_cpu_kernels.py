@@ -393,7 +393,8 @@ def test_a_changed_model_is_caught_on_the_prompts_last_token(monkeypatch):
 @needs_kernels
 def test_the_step_in_cpp_refuses_what_it_does_not_run():
     """None (the compiled step then) for a module with a hook, a LayerNorm without a bias, a layer of another
-    type, another dtype, a batch of two, and an activation it does not have."""
+    type, another dtype, a quantized layer split by tensor parallel, a batch of two, and an activation it
+    does not have."""
     module, model = load("gpt_neox", None)
 
     def refused(model, batch=1):
@@ -414,6 +415,10 @@ def test_the_step_in_cpp_refuses_what_it_does_not_run():
     model.config.hidden_act = "gelu"
     assert refused(load("gpt_neox", None, dtype=torch.bfloat16)[1])
     assert refused(load("gpt_neox", "int8", dtype=torch.float32)[1])  # PyTorch's int8 kernels: not Step's
+    quantized = load("gpt_neox", "int8")[1]
+    assert not refused(quantized)
+    quantized_layers(quantized)[1].reduce = lambda y: None  # a layer split by its inputs (tp.py's all-reduce)
+    assert refused(quantized)
 
 # ----------------------------------------------------------------------------- where they cannot run
 
