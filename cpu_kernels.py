@@ -134,26 +134,43 @@ static float quantize_row_int8(const T* x, int64_t K, int8_t* q, float* ls) {
   return total;
 }
 
-// int4: blocks of 32 consecutive inputs (the weights' groups) -> levels in the order the kernel reads them (128
-// inputs are one 64-byte load of packed pairs, low nibbles the even inputs, high the odd ones: their levels go
-// [64 evens | 64 odds]), the scale of each block (ls) and the offset it subtracts (lo = 8 * scale * sum of the
-// block's levels, per lane of 4: 2 * ...)
+// int4 weights are read in a layout of the kernel's own, made once at load from the saved pairs
+// (cpu_kernels.to_kernel_layout; the levels and scales unchanged, only their order):
+//  - A row's blocks of 32 inputs go in groups of g = 16 (then 8, then 4 for the last ones). Within a group the
+//    4-byte pieces (8 inputs, as pairs) go piece by piece: the first 8 inputs of each of its g blocks, then the
+//    next 8 of each, and so on. So lane l of each of the group's g / 4 loads of 64 bytes holds block l % g, and
+//    the scales multiply a lane's integer sum once per group, not once per load (half the instructions).
+//  - Rows go in tiles of 4: load c of rows n..n+3 side by side (256 bytes), so the 4 rows read as one stream in
+//    memory order, and each load of the activations serves 4 rows. The last N % 4 rows are plain.
+// The activations: levels in the same order (per load: [64 low nibbles' inputs | 64 high ones'], a byte's low
+// nibble its even input), each block's scale (ls) and the offset it subtracts (lo = 8 * scale * sum of its
+// levels, split over its 16 / g lanes)
+static inline int group_of(int64_t blocks_left) { return blocks_left >= 16 ? 16 : blocks_left >= 8 ? 8 : 4; }
+
 template <typename T>
 static void quantize_row_int4(const T* x, int64_t K, int8_t* q, float* ls, float* lo) {
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-  for (int64_t k = 0; k < K; k += 32) {
-    const __m512 x0 = load_x(x + k), x1 = load_x(x + k + 16);
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-    const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
-    const __m512i ve = levels(_mm512_permutex2var_ps(x0, even, x1), inv);
-    const __m512i vo = levels(_mm512_permutex2var_ps(x0, odd, x1), inv);
-    int8_t* at = q + (k / 128) * 128 + (k % 128) / 2;
-    _mm_storeu_si128((__m128i*)at, _mm512_cvtsepi32_epi8(ve));
-    _mm_storeu_si128((__m128i*)(at + 64), _mm512_cvtsepi32_epi8(vo));
-    const float scale = amax / 127.f;
-    ls[k / 32] = scale;
-    lo[k / 32] = 2.f * scale * _mm512_reduce_add_epi32(_mm512_add_epi32(ve, vo));
+  for (int64_t first = 0, g; first < K / 32; first += g) {
+    g = group_of(K / 32 - first);
+    for (int64_t b = first; b < first + g; b++) {
+      const __m512 x0 = load_x(x + 32 * b), x1 = load_x(x + 32 * b + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+      const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+      const __m512i ve = levels(_mm512_permutex2var_ps(x0, even, x1), inv);
+      const __m512i vo = levels(_mm512_permutex2var_ps(x0, odd, x1), inv);
+      alignas(16) int32_t e[4], o[4];  // chunk c: 4 bytes of levels (inputs 8c..8c+7's evens, odds)
+      _mm_store_si128((__m128i*)e, _mm512_cvtsepi32_epi8(ve));
+      _mm_store_si128((__m128i*)o, _mm512_cvtsepi32_epi8(vo));
+      for (int64_t c = 0; c < 4; c++) {  // chunk c of block b sits at unit c * g + (b - first) of the group
+        const int64_t unit = c * g + (b - first);
+        int32_t* at = (int32_t*)(q + 32 * first + 128 * (unit / 16)) + unit % 16;
+        at[0] = e[c], at[16] = o[c];
+      }
+      const float scale = amax / 127.f;
+      ls[b] = scale;
+      lo[b] = 0.5f * g * scale * _mm512_reduce_add_epi32(_mm512_add_epi32(ve, vo));
+    }
   }
 }
 
@@ -201,40 +218,63 @@ static inline void int8_row_4(const int8_t* w, int64_t K, const int8_t* q, const
   for (int t = 0; t < 4; t++) out[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
-static inline __m128 load4(const float* s) { return _mm_loadu_ps(s); }
-static inline __m128 load4(const c10::BFloat16* s) {  // bf16 is fp32's top half
-  return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i*)s)), 16));
+// g of a row's int4 scales (float or bf16) for lanes 0..15, lane l taking block l % g
+template <int g> static inline __m512 spread(const float* s) {
+  if (g == 16) return _mm512_loadu_ps(s);
+  if (g == 8) return _mm512_broadcast_f32x8(_mm256_loadu_ps(s));
+  return _mm512_broadcast_f32x4(_mm_loadu_ps(s));
+}
+template <int g> static inline __m512 spread(const c10::BFloat16* s) {  // bf16 is fp32's top half
+  if (g == 16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)s)), 16));
+  if (g == 8) return _mm512_broadcast_f32x8(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)s)), 16)));
+  return _mm512_broadcast_f32x4(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i*)s)), 16)));
 }
 
-// int4 pairs P (N, K/2): byte j = level(2j) | level(2j + 1) << 4; scales sw (N, K/32). Row n, 128 inputs a
-// load, lane l holding inputs 8l..8l+7 (4 even, 4 odd), so block 4c + l / 4 of load c:
-// sum over loads of sw * (sx * dot(levels, q) - lo), two loads in flight
-template <typename S>
-static inline __m512 int4_load(const uint8_t* p, const S* sw, const int8_t* q, const float* ls, const float* lo,
-                               __m512 acc) {
+// One group of g blocks of R int4 rows (R = 4, or 1) stored in tiles (load c of row r at p + 64 (R c + r)), their
+// scales `sstride` apart: g / 4 loads of 64 bytes a row, lane l block l % g, each load of the levels serving the
+// R rows. The integer dots of each lane, then sum over blocks of sw * (sx * dot - lo) into acc[r]
+template <int g, int R, typename S>
+static inline void int4_group(const uint8_t* p, const S* sw, int64_t sstride, const int8_t* q,
+                              const float* ls, const float* lo, __m512* acc) {
   const __m512i low = _mm512_set1_epi8(0x0f);
-  const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);  // 4 blocks, 4 lanes each
-  _mm_prefetch((const char*)(p + PREFETCH), _MM_HINT_T0);
-  const __m512i b = _mm512_loadu_si512(p);
-  __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b, low), _mm512_loadu_si512(q));
-  d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(b, 4), low), _mm512_loadu_si512(q + 64));
-  const __m512 sx = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(ls)));
-  const __m512 off = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(lo)));
-  const __m512 s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(load4(sw)));
-  return _mm512_fmadd_ps(s, _mm512_fmsub_ps(_mm512_cvtepi32_ps(d), sx, off), acc);
+  __m512i d0[R], d1[R];
+  for (int r = 0; r < R; r++) d0[r] = d1[r] = _mm512_setzero_si512();
+  for (int c = 0; c < g / 4; c++) {
+    const __m512i q0 = _mm512_loadu_si512(q + 128 * c), q1 = _mm512_loadu_si512(q + 128 * c + 64);
+    for (int r = 0; r < R; r++) {
+      const uint8_t* w = p + 64 * (R * c + r);
+      _mm_prefetch((const char*)(w + PREFETCH), _MM_HINT_T0);
+      const __m512i b = _mm512_loadu_si512(w);
+      d0[r] = _mm512_dpbusd_epi32(d0[r], _mm512_and_si512(b, low), q0);
+      d1[r] = _mm512_dpbusd_epi32(d1[r], _mm512_and_si512(_mm512_srli_epi16(b, 4), low), q1);
+    }
+  }
+  const __m512 sx = spread<g>(ls), off = spread<g>(lo);
+  for (int r = 0; r < R; r++)
+    acc[r] = _mm512_fmadd_ps(spread<g>(sw + r * sstride), _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d0[r], d1[r])), sx, off), acc[r]);
 }
 
-template <typename S>
-static inline float int4_row(const uint8_t* p, const S* sw, int64_t K, const int8_t* q, const float* ls,
-                             const float* lo) {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 256 <= K; k += 256) {
-    acc0 = int4_load(p + k / 2, sw + k / 32, q + k, ls + k / 32, lo + k / 32, acc0);
-    acc1 = int4_load(p + k / 2 + 64, sw + k / 32 + 4, q + k + 128, ls + k / 32 + 4, lo + k / 32 + 4, acc1);
-  }
-  for (; k < K; k += 128) acc0 = int4_load(p + k / 2, sw + k / 32, q + k, ls + k / 32, lo + k / 32, acc0);
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+// out[r] = the sum of acc[r]'s 16 lanes; 4 at once: halves added, then pairs of rows by hadd
+template <int R> static inline void sum_lanes(const __m512* acc, float* out) {
+  if (R == 1) { out[0] = _mm512_reduce_add_ps(acc[0]); return; }
+  __m256 h[4];
+  for (int r = 0; r < 4; r++) h[r] = _mm256_add_ps(_mm512_castps512_ps256(acc[r]), _mm512_extractf32x8_ps(acc[r], 1));
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));  // (r0 r1 r2 r3 | the same)
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+}
+
+// R int4 rows in the kernel's order (P, K/2 bytes each), their scales sw (K/32 each) against one row of levels
+template <int R, typename S>
+static inline void int4_row(const uint8_t* p, const S* sw, int64_t K, const int8_t* q, const float* ls,
+                            const float* lo, float* out) {
+  __m512 acc[R];
+  for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+  const int64_t B = K / 32;
+  int64_t b = 0;
+  for (; b + 16 <= B; b += 16) int4_group<16, R>(p + 16 * R * b, sw + b, B, q + 32 * b, ls + b, lo + b, acc);
+  if (b + 8 <= B) int4_group<8, R>(p + 16 * R * b, sw + b, B, q + 32 * b, ls + b, lo + b, acc), b += 8;
+  if (b + 4 <= B) int4_group<4, R>(p + 16 * R * b, sw + b, B, q + 32 * b, ls + b, lo + b, acc);
+  sum_lanes<R>(acc, out);
 }
 
 // Rows begin..end-1 of int8 weights W (N, K) against M rows of levels q (M, K): Y (M, N). (Functions of their
@@ -259,9 +299,18 @@ static void int8_rows(const int8_t* W, const S* sw, int64_t K, int64_t M, int64_
 template <typename T, typename S>
 static void int4_rows(const uint8_t* P, const S* sw, int64_t K, int64_t M, int64_t N, const int8_t* q,
                       const float* ls, const float* lo, int64_t L, int64_t begin, int64_t end, T* Y) {
-  for (int64_t n = begin; n < end; n++)
-    for (int64_t m = 0; m < M; m++)
-      Y[m * N + n] = static_cast<T>(int4_row(P + n * (K / 2), sw + n * (K / 32), K, q + m * K, ls + m * L, lo + m * L));
+  float out[4];
+  int64_t n = begin;
+  for (; n + 4 <= end && n + 4 <= N - N % 4; n += 4)
+    for (int64_t m = 0; m < M; m++) {
+      int4_row<4>(P + n * (K / 2), sw + n * (K / 32), K, q + m * K, ls + m * L, lo + m * L, out);
+      for (int r = 0; r < 4; r++) Y[m * N + n + r] = static_cast<T>(out[r]);
+    }
+  for (; n < end; n++)
+    for (int64_t m = 0; m < M; m++) {
+      int4_row<1>(P + n * (K / 2), sw + n * (K / 32), K, q + m * K, ls + m * L, lo + m * L, out);
+      Y[m * N + n] = static_cast<T>(out[0]);
+    }
 }
 
 // x (M, K) float or bf16, w int8 (N, K) or int4 pairs uint8 (N, K/2), sw float (N,) or (N, K/32) -> Y (M, N)
@@ -281,9 +330,9 @@ static void linear_into(const T* X, int64_t M, int64_t K, const at::Tensor& w, c
   const uint8_t* W4 = int4 ? w.data_ptr<uint8_t>() : nullptr;
   // one row at a time, each thread a run of rows: the weights stream through memory in order, once, and
   // each row stays in the cache for all M activations
-  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-    if (int4)
-      int4_rows(W4, W_scale, K, M, N, q.data(), ls.data(), lo.data(), L, begin, end, Y);
+  at::parallel_for(0, int4 ? (N + 3) / 4 : N, int4 ? 16 : 64, [&](int64_t begin, int64_t end) {
+    if (int4)  // (runs of whole tiles of 4 rows)
+      int4_rows(W4, W_scale, K, M, N, q.data(), ls.data(), lo.data(), L, 4 * begin, std::min(N, 4 * end), Y);
     else
       int8_rows(W8, W_scale, K, M, N, q.data(), ls.data(), total.data(), L, begin, end, Y);
   });
@@ -431,7 +480,7 @@ TORCH_LIBRARY_IMPL(gpt_kernels, CPU, m) {
 // (the Python between them, dynamo's guards, inductor's small kernels).
 
 struct Linear {  // one nn.Linear (or quantize.py's layer): y (N) = x (K) @ W.T + bias
-  int64_t kind;  // 0: fp32 W (N, K) by rows; 1: fp32 by columns (GPT-2's Conv1D); 2: int8; 3: int4 pairs
+  int64_t kind;  // 0: fp32 W (N, K) by rows; 1: fp32 by columns (GPT-2's Conv1D); 2: int8; 3: int4
   at::Tensor w, scales, bias;
 };
 
@@ -675,9 +724,40 @@ def int8_linear(x, w, scales):
     return torch.ops.gpt_kernels.int8_linear(x, w, scales)
 
 
-def int4_linear(x, pairs, scales):
-    """x (M, K), pairs uint8 (N, K/2) (byte j: level 2j low, 2j + 1 high), scales fp32/bf16 (N, K/32). K % 128 == 0."""
-    return torch.ops.gpt_kernels.int4_linear(x, pairs, scales)
+def int4_linear(x, weight, scales):
+    """x (M, K), weight uint8 (N, K/2) in the kernel's layout (to_kernel_layout of the saved pairs), scales
+    fp32/bf16 (N, K/32). K % 128 == 0."""
+    return torch.ops.gpt_kernels.int4_linear(x, weight, scales)
+
+
+def kernel_order(K):
+    """Where the int4 kernel keeps a row's 4-byte pieces (8 inputs each): piece order[p] of the saved row at
+    position p. Blocks of 32 inputs (4 pieces) in groups of 16, then 8, then 4; within a group of g blocks,
+    the pieces (g blocks, 4) are stored transposed, (4, g) (the C++ above says why)."""
+    order, first, blocks = [], 0, K // 32
+    while first < blocks:
+        g = 16 if blocks - first >= 16 else 8 if blocks - first >= 8 else 4
+        order.append(torch.arange(4 * first, 4 * (first + g)).view(g, 4).T.reshape(-1))
+        first += g
+    return torch.cat(order)
+
+
+def to_kernel_layout(pairs):
+    """Saved int4 pairs (N, K/2) uint8 (byte j: level 2j low, 2j + 1 high) -> the kernel's layout: each row's
+    pieces in kernel_order, then rows in tiles of 4, load c (64 bytes) of each of the 4 side by side."""
+    N, P = pairs.shape
+    rows = pairs.view(torch.int32)[:, kernel_order(2 * P)].view(torch.uint8)
+    T = N - N % 4  # (the last N % 4 rows stay plain)
+    tiles = rows[:T].reshape(T // 4, 4, P // 64, 64).transpose(1, 2).reshape(T, P)
+    return torch.cat([tiles, rows[T:]])
+
+
+def to_pairs(weight):
+    """to_kernel_layout undone: (N, K/2) in the kernel's layout -> the saved pairs."""
+    N, P = weight.shape
+    T = N - N % 4
+    rows = torch.cat([weight[:T].reshape(T // 4, P // 64, 4, 64).transpose(1, 2).reshape(T, P), weight[T:]])
+    return rows.view(torch.int32)[:, torch.argsort(kernel_order(2 * P))].view(torch.uint8)
 
 
 def fp32_linear(x, w, bias=None):
@@ -797,9 +877,11 @@ def linear(layer):
     if not (getattr(layer, "kernel", None) == "int8 activations" and layer.reduce is None  # (quantize.py's)
             and (layer.bias is None or layer.bias.dtype == torch.float32)):
         return None
-    N = layer.out_features  # (rows past it: an int4 layer's padding or rows cut off, dropped as outputs does)
-    bias = None if layer.bias is None else layer.bias[:N].contiguous()
-    return (2 if layer.weight.dtype == torch.int8 else 3, layer.weight[:N], layer.scales[:N], bias)
+    N, int4 = layer.out_features, layer.weight.dtype == torch.uint8
+    if int4 and len(layer.weight) != N:  # (rows cut off: the tiles of 4 rows are the whole layer's)
+        return None
+    bias = None if layer.bias is None else layer.bias[:N].contiguous()  # (int8: rows cut off, dropped as outputs does)
+    return (3 if int4 else 2, layer.weight[:N], layer.scales[:N], bias)
 
 
 # ----------------------------------------------------------------------------- the same arithmetic, in PyTorch

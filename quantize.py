@@ -85,7 +85,8 @@ SCHEMES = ("int8", "int4")
 GROUP_SIZES = (32, 64, 128, 256)
 GROUP_SIZE = 32  # int4: input weights per scale, chosen by perplexity (docs/quantization.md)
 # Rows quantized at a time: the fp32 copy of a block of a 6144-wide weight (1.5 MB) stays in the CPU's cache
-# while the pass works on it, and 64 is a whole number of the CPU int4 packer's blocks of rows (16, 32, 64).
+# while the pass works on it, and 64 is a whole number of the CPU int4 packer's blocks of rows (16, 32, 64) and
+# of cpu_kernels.py's tiles of 4.
 BLOCK = 64
 
 
@@ -237,15 +238,14 @@ class Int4Linear(nn.Module):
         self.in_features, self.out_features, self.group_size = K, N, group_size
         self.kernel = int4_kernel(torch.device(device), dtype, K, group_size, int8_activations)
         self.reduce = None  # as Int8Linear's
-        if self.kernel == INT8_ACTIVATIONS:  # cpu_kernels.py reads the saved layout: pairs, scales (N, K/G)
+        if self.kernel == INT8_ACTIVATIONS:  # cpu_kernels.py's layout of the saved pairs, scales (N, K/G)
             weight = empty_in_large_pages((N, K // 2), torch.uint8)  # (a CPU: the caller checked)
-            if pairs is not None:
-                weight.copy_(pairs)
-            else:
-                start = 0
-                for q in q_blocks:  # (n, K) levels 0..15, as floats or uint8
-                    weight[start:start + len(q)] = levels_to_pairs(q.to(torch.uint8))
-                    start += len(q)
+            blocks = ((pairs[s:s + BLOCK] for s in range(0, N, BLOCK)) if pairs is not None
+                      else (levels_to_pairs(q.to(torch.uint8)) for q in q_blocks))  # (q: levels, floats or uint8)
+            start = 0
+            for p in blocks:  # (BLOCK rows, a multiple of the kernel's tiles of 4, the last block short)
+                weight[start:start + len(p)] = cpu_kernels.to_kernel_layout(p)
+                start += len(p)
             self.register_buffer("weight", weight)
             # bf16 whatever the activations (half the bytes to read; PyTorch's kernels store them so too)
             self.register_buffer("scales", scales.to(device, torch.bfloat16).contiguous())
@@ -319,7 +319,7 @@ class Int4Linear(nn.Module):
         integers in a saved checkpoint's layout."""
         N = self.out_features
         if self.kernel == INT8_ACTIVATIONS:
-            return self.weight[:N], self.scales[:N]
+            return cpu_kernels.to_pairs(self.weight)[:N], self.scales[:N]
         if self.kernel == "cpu":
             pairs = cpu_int4_to_pairs(self.weight, N)
         elif self.kernel is None:

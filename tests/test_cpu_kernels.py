@@ -76,12 +76,24 @@ def test_int8_kernel_equals_its_reference(M, N, blocks, data, dtype, scales):
 @given(M=st.integers(1, 4), N=st.integers(1, 70), loads=st.integers(1, 13), data=st.data(),
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), scales=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_int4_kernel_equals_its_reference(M, N, loads, data, dtype, scales):
+    """Input widths of 128 to 1664: every mix of the kernel's groups of 16, 8 and 4 blocks; tiles of 4 rows
+    and a last 1-3 rows; the weights in the kernel's layout, the reference reading the saved pairs."""
     K = 128 * loads
     w = torch.randn(N, K) * data.draw(st.sampled_from([0.02, 3.0]))
     q, s, _ = quantize.quantize_int4(w, 32)
     pairs, s = quantize.levels_to_pairs(q).contiguous(), s.to(scales).contiguous()
     x = data.draw(activations(M, K)).to(dtype)
-    check_kernel(cpu_kernels.int4_linear, cpu_kernels.reference_int4, x, pairs, s, quantize.dequantize_int4(q, s, 32))
+    kernel = lambda x, pairs, s: cpu_kernels.int4_linear(x, cpu_kernels.to_kernel_layout(pairs), s)
+    check_kernel(kernel, cpu_kernels.reference_int4, x, pairs, s, quantize.dequantize_int4(q, s, 32))
+
+
+@given(N=st.integers(1, 13), loads=st.integers(1, 13), seed=st.integers(0, 2**16))
+def test_the_int4_kernels_layout_is_a_reordering_undone_by_to_pairs(N, loads, seed):
+    """Each byte of the saved pairs lands once, and to_pairs brings every one back."""
+    pairs = torch.randint(0, 256, (N, 64 * loads), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    ours = cpu_kernels.to_kernel_layout(pairs)
+    assert ours.shape == pairs.shape and torch.equal(ours.flatten().sort().values, pairs.flatten().sort().values)
+    assert torch.equal(cpu_kernels.to_pairs(ours), pairs)
 
 
 def on_the_grid(M, K, blocks, seed):
@@ -109,7 +121,7 @@ def test_the_kernels_are_exact_where_the_activations_round_exactly(scheme, K):
     else:
         q, s, _ = quantize.quantize_int4(w, 32)
         x = on_the_grid(3, K, torch.arange(K) // 32, seed=K)
-        out = cpu_kernels.int4_linear(x, quantize.levels_to_pairs(q).contiguous(), s.contiguous())
+        out = cpu_kernels.int4_linear(x, cpu_kernels.to_kernel_layout(quantize.levels_to_pairs(q)), s.contiguous())
         expected = x.double() @ quantize.dequantize_int4(q, s, 32).double().T
     check_against(out, expected, x.double().abs() @ w.double().abs().T * 2, torch.float32)
 
@@ -168,8 +180,8 @@ def test_quantized_models_run_the_kernels_by_default(arch, scheme, monkeypatch):
     monkeypatch.setattr(cpu_kernels, "int8_linear", checked(cpu_kernels.int8_linear, cpu_kernels.reference_int8,
                                                             quantize.dequantize_int8))
     monkeypatch.setattr(cpu_kernels, "int4_linear", checked(
-        cpu_kernels.int4_linear, cpu_kernels.reference_int4,
-        lambda pairs, s: quantize.dequantize_int4(quantize.pairs_to_levels(pairs), s, 32)))
+        cpu_kernels.int4_linear, lambda x, w, s: cpu_kernels.reference_int4(x, cpu_kernels.to_pairs(w), s),
+        lambda w, s: quantize.dequantize_int4(quantize.pairs_to_levels(cpu_kernels.to_pairs(w)), s, 32)))
     ids = torch.randint(0, 90, (2, 11), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, :4] = 0  # a left-padded row
@@ -194,8 +206,8 @@ def test_compiled_decoding_runs_the_kernels(scheme):
 
 @needs_kernels
 def test_an_int4_model_saved_from_the_kernels_layout_reloads_in_either(tmp_path):
-    """The kernels read the saved layout itself (pairs, scales per row and group): a save from it reloads
-    bit for bit, and into PyTorch's layout (dtype given) as the same integers."""
+    """The kernels read the saved pairs reordered (cpu_kernels.to_kernel_layout): a save from that layout
+    reloads bit for bit, and into PyTorch's layout (dtype given) as the same integers."""
     module, model = load("gpt_neox", "int4")
     module.save_pretrained(model, tmp_path / "q")
     again = module.from_pretrained(tmp_path / "q")
