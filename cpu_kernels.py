@@ -63,14 +63,23 @@ SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <immintrin.h>
+#include <omp.h>
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-// The integer kernels ask for the weights 4 KB ahead of where they read (_mm_prefetch): their arithmetic per
-// byte is enough that, left to the hardware's prefetcher, a core waits for memory between rows; asking ahead
-// read 1.1-1.3x faster here (bench/ceiling.py; 2 KB ahead 1.1x, 8 KB as 4). fp32's plain loop needs none.
-constexpr int64_t PREFETCH = 4096;
+// The kernels ask for the weights 32 KB ahead of where they read (_mm_prefetch): left to the hardware's
+// prefetcher, a core waits for memory between rows. One core keeps only so many reads in flight, and at ~100 ns
+// for each, 4 KB ahead (the first choice) capped a core near the rate its share of this machine's memory needs
+// on a fast minute. Whole GPT-2 124M decodes, fraction of the ceiling (bench/llama_cpp.py's), alternating
+// rounds: int4 0.98 with 32 KB against 0.90 with 4 KB (0.91 with 16 KB, 0.77 with none), int8 1.01 against
+// 0.98, fp32 0.96 against 0.91 (by rows; by columns, GPT-2's Conv1D, asking ahead made it slower).
+constexpr int64_t PREFETCH = 32768;
+
+// ask for the cache lines `distance` bytes past the n bytes at p
+static inline void ahead(const void* p, int64_t n, int64_t distance) {
+  for (int64_t b = 0; b < n; b += 64) _mm_prefetch((const char*)p + distance + b, _MM_HINT_T0);
+}
 
 // int8: inputs are read 64 at a time, lane l of a load holding inputs 4l..4l+3 of it. A lane's inputs over 8
 // loads in a row (512 inputs) form one block of 32, so the lane adds integers for 8 loads before its one scale
@@ -370,8 +379,10 @@ static inline float fp32_row(const float* w, const float* x, int64_t K) {
 // w (N, K) by rows: each thread a run of rows, each row for all M tokens while it is in the cache
 static void fp32_by_rows(const float* X, const float* W, const float* B, int64_t M, int64_t K, int64_t N, float* Y) {
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; n++)
+    for (int64_t n = begin; n < end; n++) {
+      ahead(W + n * K, 4 * K, PREFETCH);
       for (int64_t m = 0; m < M; m++) Y[m * N + n] = fp32_row(W + n * K, X + m * K, K) + (B ? B[n] : 0.f);
+    }
   });
 }
 
@@ -484,14 +495,68 @@ struct Linear {  // one nn.Linear (or quantize.py's layer): y (N) = x (K) @ W.T 
   at::Tensor w, scales, bias;
 };
 
-static void run_linear(const Linear& l, const float* x, float* y) {
+// The step runs as one parallel region (Step::run): each of the T threads runs all of it, computes its share of
+// every matmul's outputs and of the attention heads, and waits at a barrier before anything reads what the
+// others wrote. What is small (the LayerNorms, the residual adds) every thread computes whole, on its own copy:
+// cheaper than waiting. (A region per matmul, parallel_for's, cost ~2.5 us each to start and end here.)
+struct Team {
+  int t, T;  // this thread, of T
+  int64_t from(int64_t n) const { return n * t / T; }  // this thread's share of n things: from(n)..to(n)-1
+  int64_t to(int64_t n) const { return n * (t + 1) / T; }
+};
+
+struct Scratch {  // one thread's quantized activations
+  std::vector<int8_t> q;
+  std::vector<float> ls, lo;
+};
+
+template <typename S>
+static void int_part(const Linear& l, const float* x, int64_t K, float* y, int64_t begin, int64_t end, Scratch& s) {
+  const int64_t N = l.w.size(0), L = s.ls.size();  // (L: room for any K's scales; the rows read their own)
+  if (l.kind == 2) {
+    const float total = quantize_row_int8(x, K, s.q.data(), s.ls.data());
+    int8_rows<float, S>(l.w.data_ptr<int8_t>(), l.scales.data_ptr<S>(), K, 1, N, s.q.data(), s.ls.data(), &total, L, begin, end, y);
+  } else {
+    quantize_row_int4(x, K, s.q.data(), s.ls.data(), s.lo.data());
+    int4_rows<float, S>(l.w.data_ptr<uint8_t>(), l.scales.data_ptr<S>(), K, 1, N, s.q.data(), s.ls.data(), s.lo.data(), L, begin, end, y);
+  }
+}
+
+// This thread's part of y (N) = x (K) @ W.T + bias: a run of the rows (int4: of its tiles of 4 rows), or, for
+// W stored by columns (GPT-2's fp32 Conv1D), a run of W.T's rows into the thread's partial sums (partial, T * N),
+// then, after a barrier, a run of y summed over the T partial sums. Returns the rows of y it wrote.
+static std::pair<int64_t, int64_t> linear_part(const Linear& l, const float* x, float* y, float* partial, Scratch& s,
+                                               const Team& team) {
   const int64_t N = l.w.size(0), K = l.w.size(1) * (l.kind == 3 ? 2 : 1);
   const float* B = l.bias.defined() ? l.bias.data_ptr<float>() : nullptr;
-  if (l.kind == 0) return fp32_by_rows(x, l.w.data_ptr<float>(), B, 1, K, N, y);
-  if (l.kind == 1) return fp32_by_columns(x, l.w.data_ptr<float>(), B, 1, K, N, y);
-  if (l.scales.scalar_type() == at::kBFloat16) linear_into<float, c10::BFloat16>(x, 1, K, l.w, l.scales, l.kind == 3, y);
-  else linear_into<float, float>(x, 1, K, l.w, l.scales, l.kind == 3, y);
-  if (B) for (int64_t n = 0; n < N; n++) y[n] += B[n];
+  int64_t begin = team.from(N), end = team.to(N);
+  if (l.kind == 0) {
+    const float* W = l.w.data_ptr<float>();
+    for (int64_t n = begin; n < end; n++) {
+      ahead(W + n * K, 4 * K, PREFETCH);
+      y[n] = fp32_row(W + n * K, x, K) + (B ? B[n] : 0.f);
+    }
+  } else if (l.kind == 1) {
+    const float* WT = l.w.data_ptr<float>();
+    float* p = partial + team.t * N;
+    std::fill(p, p + N, 0.f);
+    int64_t k = team.from(K);
+    for (; k + 8 <= team.to(K); k += 8) fp32_axpy_8(WT + k * N, N, x + k, p);
+    for (; k < team.to(K); k++)  // the last 1-7 rows of the run
+      for (int64_t n = 0; n < N; n++) p[n] += x[k] * WT[k * N + n];
+#pragma omp barrier
+    for (int64_t n = begin; n < end; n++) {
+      float v = B ? B[n] : 0.f;
+      for (int u = 0; u < team.T; u++) v += partial[u * N + n];
+      y[n] = v;
+    }
+  } else {
+    if (l.kind == 3) begin = std::min(N, 4 * team.from((N + 3) / 4)), end = std::min(N, 4 * team.to((N + 3) / 4));
+    if (l.scales.scalar_type() == at::kBFloat16) int_part<c10::BFloat16>(l, x, K, y, begin, end, s);
+    else int_part<float>(l, x, K, y, begin, end, s);
+    for (int64_t n = begin; B && n < end; n++) y[n] += B[n];
+  }
+  return {begin, end};
 }
 
 // nn.LayerNorm of one row: (x - mean) / sqrt(var + eps) * w + b, mean and var over the row
@@ -516,11 +581,9 @@ static inline __m512 exp_16(__m512 x) {
   return _mm512_scalef_ps(p, n);  // p * 2^n
 }
 
-// ask for the cache lines PREFETCH bytes past a key's (or value's) n floats: reading the cache key after key,
-// one core otherwise waits for memory at each (as the integer kernels' rows did)
-static inline void ahead(const float* row, int64_t n) {
-  for (int64_t b = 0; b < n * 4; b += 64) _mm_prefetch((const char*)row + PREFETCH + b, _MM_HINT_T0);
-}
+// The KV cache's keys and values are asked for 4 KB ahead: reading the cache key after key, one core otherwise
+// waits for memory at each (as the kernels' rows did)
+constexpr int64_t KV_AHEAD = 4096;
 
 struct Block {
   at::Tensor norm1_w, norm1_b, norm2_w, norm2_b;
@@ -539,23 +602,26 @@ struct Step {
   at::Tensor norm_w, norm_b;
   double eps = 1e-5;
   Linear head;
-  at::Tensor x, h, qkv, att, a, f;  // scratch: (C), (C), (3C), (C), (C), (the MLP's width)
+  at::Tensor qkv, att, a, mlp, f;  // what the threads share: (3C), (C), (C), (C), (the MLP's width)
+  int64_t widest = 0, columns = 0;  // the widest input of any matmul; the most outputs of one stored by columns
 
   Step(int64_t C, int64_t nh, int64_t layout, bool parallel, std::string gelu, at::Tensor wte,
        c10::optional<at::Tensor> wpe, c10::optional<at::Tensor> inv_freq)
       : C(C), nh(nh), hd(C / nh), layout(layout), parallel(parallel), gelu(gelu), wte(wte) {
     if (wpe) this->wpe = *wpe;
     if (inv_freq) this->inv_freq = *inv_freq;
-    for (at::Tensor* t : {&x, &h, &att, &a}) *t = at::empty({C}, wte.options());
+    for (at::Tensor* t : {&att, &a, &mlp}) *t = at::empty({C}, wte.options());
     qkv = at::empty({3 * C}, wte.options());
   }
 
   // (kind, weight, scales, bias) from Python (cpu_kernels.linear) -> a Linear
   using Lin = std::tuple<int64_t, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>>;
-  static Linear linear(const Lin& l) {
+  Linear linear(const Lin& l) {
     Linear out{std::get<0>(l), std::get<1>(l)};
     if (std::get<2>(l)) out.scales = *std::get<2>(l);
     if (std::get<3>(l)) out.bias = *std::get<3>(l);
+    widest = std::max(widest, out.w.size(1) * (out.kind == 3 ? 2 : 1));
+    if (out.kind == 1) columns = std::max(columns, out.w.size(0));
     return out;
   }
 
@@ -570,84 +636,100 @@ struct Step {
 
   void set_head(at::Tensor w, at::Tensor b, double eps_, Lin l) { norm_w = w, norm_b = b, eps = eps_, head = linear(l); }
 
-  // Attention of the new token at slot pos over slots 0..pos, each head: its keys and values are written
-  // into the cache first (rotated first, with rotary), then softmax(q . k * scale) @ v.
-  void attend(Block& b, int64_t pos, const std::vector<float>& cos, const std::vector<float>& sin) {
+  // Attention of the new token at slot pos over slots 0..pos, this thread's heads: their keys and values are
+  // written into the cache first (rotated first, with rotary), then softmax(q . k * scale) @ v.
+  void attend(Block& b, int64_t pos, const std::vector<float>& cos, const std::vector<float>& sin, const Team& team) {
     const int64_t L = b.K.size(2), half = cos.size();  // half of the rotary dims
     float *QKV = qkv.data_ptr<float>(), *Kc = b.K.data_ptr<float>(), *Vc = b.V.data_ptr<float>(), *O = att.data_ptr<float>();
-    at::parallel_for(0, nh, std::max<int64_t>(1, 32768 / ((pos + 1) * hd)), [&](int64_t begin, int64_t end) {
-      std::vector<float> p(pos + 1);
-      for (int64_t head = begin; head < end; head++) {
-        float* q = QKV + (layout == 0 ? head * hd : head * 3 * hd);
-        float* k = QKV + (layout == 0 ? C + head * hd : head * 3 * hd + hd);
-        float* v = QKV + (layout == 0 ? 2 * C + head * hd : head * 3 * hd + 2 * hd);
-        for (float* t : {q, k})  // rotary (GPT-NeoX): dims i and i + r/2 of the first r turn by one angle
-          for (int64_t i = 0; i < half; i++) {
-            const float x1 = t[i], x2 = t[i + half];
-            t[i] = x1 * cos[i] - x2 * sin[i];
-            t[i + half] = x2 * cos[i] + x1 * sin[i];
-          }
-        float *kh = Kc + (head * L) * hd, *vh = Vc + (head * L) * hd;
-        std::copy(k, k + hd, kh + pos * hd);
-        std::copy(v, v + hd, vh + pos * hd);
-        float top = -INFINITY;
-        for (int64_t j = 0; j <= pos; j++) {
-          ahead(kh + j * hd, hd);
-          top = std::max(top, p[j] = fp32_row(kh + j * hd, q, hd) * (float)b.scale);  // q . k
+    std::vector<float> p(pos + 1);
+    for (int64_t head = team.from(nh); head < team.to(nh); head++) {
+      float* q = QKV + (layout == 0 ? head * hd : head * 3 * hd);
+      float* k = QKV + (layout == 0 ? C + head * hd : head * 3 * hd + hd);
+      float* v = QKV + (layout == 0 ? 2 * C + head * hd : head * 3 * hd + 2 * hd);
+      for (float* t : {q, k})  // rotary (GPT-NeoX): dims i and i + r/2 of the first r turn by one angle
+        for (int64_t i = 0; i < half; i++) {
+          const float x1 = t[i], x2 = t[i + half];
+          t[i] = x1 * cos[i] - x2 * sin[i];
+          t[i + half] = x2 * cos[i] + x1 * sin[i];
         }
-        __m512 sum = _mm512_setzero_ps();  // p = e^(score - top), 16 at a time, and their sum
-        for (int64_t j = 0; j <= pos; j += 16) {
-          const __m512 e = exp_16(_mm512_sub_ps(_mm512_maskz_loadu_ps(first(pos + 1 - j), p.data() + j), _mm512_set1_ps(top)));
-          _mm512_mask_storeu_ps(p.data() + j, first(pos + 1 - j), e);
-          sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(first(pos + 1 - j), e));
-        }
-        const __m512 norm = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
-        float* o = O + head * hd;
-        for (int64_t d = 0; d < hd; d += 64) {  // o = sum over j of p_j v_j, 64 of the head's dims at a time
-          __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-          const __mmask16 m[4] = {first(hd - d), first(hd - d - 16), first(hd - d - 32), first(hd - d - 48)};
-          for (int64_t j = 0; j <= pos; j++) {
-            if (d == 0) ahead(vh + j * hd, hd);
-            const __m512 pj = _mm512_set1_ps(p[j]);
-            const float* v = vh + j * hd + d;
-            for (int c = 0; c < 4; c++) acc[c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m[c], v + 16 * c), acc[c]);
-          }
-          for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(o + d + 16 * c, m[c], _mm512_mul_ps(acc[c], norm));
-        }
+      float *kh = Kc + (head * L) * hd, *vh = Vc + (head * L) * hd;
+      std::copy(k, k + hd, kh + pos * hd);
+      std::copy(v, v + hd, vh + pos * hd);
+      float top = -INFINITY;
+      for (int64_t j = 0; j <= pos; j++) {
+        ahead(kh + j * hd, 4 * hd, KV_AHEAD);
+        top = std::max(top, p[j] = fp32_row(kh + j * hd, q, hd) * (float)b.scale);  // q . k
       }
-    });
+      __m512 sum = _mm512_setzero_ps();  // p = e^(score - top), 16 at a time, and their sum
+      for (int64_t j = 0; j <= pos; j += 16) {
+        const __m512 e = exp_16(_mm512_sub_ps(_mm512_maskz_loadu_ps(first(pos + 1 - j), p.data() + j), _mm512_set1_ps(top)));
+        _mm512_mask_storeu_ps(p.data() + j, first(pos + 1 - j), e);
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(first(pos + 1 - j), e));
+      }
+      const __m512 norm = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+      float* o = O + head * hd;
+      for (int64_t d = 0; d < hd; d += 64) {  // o = sum over j of p_j v_j, 64 of the head's dims at a time
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        const __mmask16 m[4] = {first(hd - d), first(hd - d - 16), first(hd - d - 32), first(hd - d - 48)};
+        for (int64_t j = 0; j <= pos; j++) {
+          if (d == 0) ahead(vh + j * hd, 4 * hd, KV_AHEAD);
+          const __m512 pj = _mm512_set1_ps(p[j]);
+          const float* v = vh + j * hd + d;
+          for (int c = 0; c < 4; c++) acc[c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m[c], v + 16 * c), acc[c]);
+        }
+        for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(o + d + 16 * c, m[c], _mm512_mul_ps(acc[c], norm));
+      }
+    }
   }
 
   at::Tensor run(int64_t token, int64_t pos) {
     TORCH_CHECK(token >= 0 && token < wte.size(0) && pos >= 0 && pos < blocks[0].K.size(2), "token or position out of range");
-    float *X = x.data_ptr<float>(), *H = h.data_ptr<float>(), *A = a.data_ptr<float>(), *F = f.data_ptr<float>();
-    const float* E = wte.data_ptr<float>() + token * C;
-    for (int64_t c = 0; c < C; c++) X[c] = E[c] + (wpe.defined() ? wpe.data_ptr<float>()[pos * C + c] : 0.f);
+    at::Tensor logits = at::empty({1, head.w.size(0)}, wte.options());
     std::vector<float> cos, sin;  // rotary's angles at this position, as the model's: pos * inv_freq, in fp32
     for (int64_t i = 0; inv_freq.defined() && i < inv_freq.numel(); i++) {
       const float angle = (float)pos * inv_freq.data_ptr<float>()[i];
       cos.push_back(std::cos(angle));
       sin.push_back(std::sin(angle));
     }
-    for (Block& b : blocks) {
-      layer_norm(X, C, b.norm1_w, b.norm1_b, b.eps1, H);
-      if (b.qkv.size() == 1) run_linear(b.qkv[0], H, qkv.data_ptr<float>());
-      else for (int i = 0; i < 3; i++) run_linear(b.qkv[i], H, qkv.data_ptr<float>() + i * C);
-      attend(b, pos, cos, sin);
-      run_linear(b.out, att.data_ptr<float>(), A);
-      if (!parallel) for (int64_t c = 0; c < C; c++) X[c] += A[c];
-      layer_norm(X, C, b.norm2_w, b.norm2_b, b.eps2, H);  // (parallel: from the block's input, X unchanged)
-      const int64_t I = b.fc.w.size(0);
-      run_linear(b.fc, H, F);
-      at::Tensor act = f.narrow(0, 0, I);
-      at::gelu_(act, gelu);
-      run_linear(b.proj, F, H);
-      for (int64_t c = 0; c < C; c++) X[c] = parallel ? X[c] + A[c] + H[c] : X[c] + H[c];
-    }
-    layer_norm(X, C, norm_w, norm_b, eps, H);
-    at::Tensor logits = at::empty({1, head.w.size(0)}, wte.options());
-    run_linear(head, H, logits.data_ptr<float>());
+    const int T = std::max(1, at::get_num_threads());
+    std::vector<float> partial(T * columns);  // the partial sums of a matmul by columns, each thread's
+#pragma omp parallel num_threads(T)
+    run_on(Team{omp_get_thread_num(), omp_get_num_threads()}, token, pos, cos, sin, partial.data(), logits.data_ptr<float>());
     return logits;
+  }
+
+  // What each thread of the region runs: the whole step, its share of the matmuls and heads
+  void run_on(const Team& team, int64_t token, int64_t pos, const std::vector<float>& cos, const std::vector<float>& sin,
+              float* partial, float* logits) {
+    std::vector<float> x(C), h(C);  // this thread's copy of the residual stream, and of a LayerNorm's output
+    Scratch s{std::vector<int8_t>(widest), std::vector<float>(widest / 16 + 16), std::vector<float>(widest / 16 + 16)};
+    float *QKV = qkv.data_ptr<float>(), *A = a.data_ptr<float>(), *M = mlp.data_ptr<float>(), *F = f.data_ptr<float>();
+    const float* E = wte.data_ptr<float>() + token * C;
+    for (int64_t c = 0; c < C; c++) x[c] = E[c] + (wpe.defined() ? wpe.data_ptr<float>()[pos * C + c] : 0.f);
+    for (Block& b : blocks) {
+      layer_norm(x.data(), C, b.norm1_w, b.norm1_b, b.eps1, h.data());
+      for (size_t i = 0; i < b.qkv.size(); i++) {  // one fused projection, or q, k, v
+        linear_part(b.qkv[i], h.data(), QKV + i * C, partial, s, team);
+#pragma omp barrier
+      }
+      attend(b, pos, cos, sin, team);
+#pragma omp barrier
+      linear_part(b.out, att.data_ptr<float>(), A, partial, s, team);
+#pragma omp barrier
+      if (!parallel) for (int64_t c = 0; c < C; c++) x[c] += A[c];
+      layer_norm(x.data(), C, b.norm2_w, b.norm2_b, b.eps2, h.data());  // (parallel: from the block's input)
+      const auto rows = linear_part(b.fc, h.data(), F, partial, s, team);
+      if (rows.second > rows.first) {  // GELU (PyTorch's) of the rows it wrote
+        at::Tensor own = f.narrow(0, rows.first, rows.second - rows.first);
+        at::gelu_(own, gelu);
+      }
+#pragma omp barrier
+      linear_part(b.proj, F, M, partial, s, team);
+#pragma omp barrier
+      for (int64_t c = 0; c < C; c++) x[c] = parallel ? x[c] + A[c] + M[c] : x[c] + M[c];
+    }
+    layer_norm(x.data(), C, norm_w, norm_b, eps, h.data());
+    linear_part(head, h.data(), logits, partial, s, team);
   }
 };
 

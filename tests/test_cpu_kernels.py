@@ -357,6 +357,37 @@ def test_the_step_in_cpp_runs_quantized_models(arch, scheme):
 
 @needs_kernels
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_step_in_cpp_on_any_number_of_threads(arch, threads, tmp_path):
+    """The step's one parallel region splits every matmul's rows (int4: tiles of 4 rows; GPT-2's weights by
+    columns: partial sums over runs of inputs) and the heads over the threads: on 1 thread and on 3 (shares
+    that are not whole tiles or heads), transformers' logits in fp32, and the int4 model's own forward."""
+    module, ref = tiny(arch, 90, 160)
+    with torch.no_grad():  # (as test_the_step_in_cpp_at_heads_wider_than_64)
+        for p in ref.parameters():
+            p.mul_(0.5)
+    save_checkpoint(ref, tmp_path)
+    ids = torch.randint(0, 90, (1, 16), generator=torch.Generator().manual_seed(2))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            expected = ref(ids).logits[0, 5:]
+        assert (decode_in_cpp(module.from_pretrained(tmp_path), ids, 5) - expected).abs().max() <= 1e-4
+        _, model = load(arch, "int4", n_embd=256)  # (int4 on the kernels: widths a multiple of 128)
+        got, cache = decode_in_cpp(model, ids, 6), model.make_cache(static_len=16)
+        with torch.no_grad():
+            generation.last_logits(model, ids[:, :6], None, cache)
+            buffer = FullBuffer(cache)
+            expected = torch.cat([generation.last_logits(model, ids[:, t:t + 1], (torch.arange(16) <= t).long()[None],
+                                                         buffer) for t in range(6, 16)])
+        assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
 @pytest.mark.parametrize("scheme", [None, "int4"])
 def test_compiled_generate_runs_the_step_in_cpp_for_one_prompt(arch, scheme, monkeypatch):
     """generate(compile=True) on one unpadded prompt: every decode step in C++ (counted), the plain path's
