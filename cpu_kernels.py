@@ -72,8 +72,8 @@ SOURCE = r"""
 // prefetcher, a core waits for memory between rows. One core keeps only so many reads in flight, and at ~100 ns
 // for each, 4 KB ahead (the first choice) capped a core near the rate its share of this machine's memory needs
 // on a fast minute. Whole GPT-2 124M decodes, fraction of the ceiling (bench/llama_cpp.py's), alternating
-// rounds: int4 0.98 with 32 KB against 0.90 with 4 KB (0.91 with 16 KB, 0.77 with none), int8 1.01 against
-// 0.98, fp32 0.96 against 0.91 (by rows; by columns, GPT-2's Conv1D, asking ahead made it slower).
+// rounds: int4 0.98 with 32 KB against 0.90 with 4 KB (16 KB 0.91; none 0.77 against 0.81, another run), int8
+// 1.01 against 0.98, fp32 0.96 against 0.91 (by rows; by columns, GPT-2's Conv1D, asking ahead was slower).
 constexpr int64_t PREFETCH = 32768;
 
 // ask for the cache lines `distance` bytes past the n bytes at p
