@@ -522,6 +522,22 @@ static void int_part(const Linear& l, const float* x, int64_t K, float* y, int64
   }
 }
 
+// Ask for the start of this thread's share of l's weights (PREFETCH bytes, the distance at which the kernels'
+// own requests run ahead) and of its scales: called before the barrier ahead of l, so that they arrive while
+// the threads wait and the small work between the matmuls runs, instead of l starting by waiting on memory.
+static void warm(const Linear& l, const Team& team) {
+  const int64_t N = l.w.size(0), K = l.w.size(1) * (l.kind == 3 ? 2 : 1), bytes = l.w.numel() * l.w.element_size();
+  int64_t row = team.from(N);  // the first row (by columns: of W.T, an input) of the share, and a row's bytes
+  if (l.kind == 1) row = team.from(K);
+  if (l.kind == 3) row = std::min(N, 4 * team.from((N + 3) / 4));
+  const int64_t stride = bytes / (l.kind == 1 ? K : N);
+  ahead((const char*)l.w.data_ptr() + row * stride, std::min(PREFETCH, bytes - row * stride), 0);
+  if (l.kind >= 2) {
+    const int64_t per_row = l.scales.numel() / N * l.scales.element_size();
+    ahead((const char*)l.scales.data_ptr() + row * per_row, std::min<int64_t>(4096, (N - row) * per_row), 0);
+  }
+}
+
 // This thread's part of y (N) = x (K) @ W.T + bias: a run of the rows (int4: of its tiles of 4 rows), or, for
 // W stored by columns (GPT-2's fp32 Conv1D), a run of W.T's rows into the thread's partial sums (partial, T * N),
 // then, after a barrier, a run of y summed over the T partial sums. Returns the rows of y it wrote.
@@ -706,15 +722,19 @@ struct Step {
     float *QKV = qkv.data_ptr<float>(), *A = a.data_ptr<float>(), *M = mlp.data_ptr<float>(), *F = f.data_ptr<float>();
     const float* E = wte.data_ptr<float>() + token * C;
     for (int64_t c = 0; c < C; c++) x[c] = E[c] + (wpe.defined() ? wpe.data_ptr<float>()[pos * C + c] : 0.f);
-    for (Block& b : blocks) {
+    warm(blocks[0].qkv[0], team);  // (each matmul's start asked for before the barrier ahead of it: warm)
+    for (size_t i = 0; i < blocks.size(); i++) {
+      Block& b = blocks[i];
       layer_norm(x.data(), C, b.norm1_w, b.norm1_b, b.eps1, h.data());
-      for (size_t i = 0; i < b.qkv.size(); i++) {  // one fused projection, or q, k, v
-        linear_part(b.qkv[i], h.data(), QKV + i * C, partial, s, team);
+      for (size_t j = 0; j < b.qkv.size(); j++) {  // one fused projection, or q, k, v
+        linear_part(b.qkv[j], h.data(), QKV + j * C, partial, s, team);
+        warm(j + 1 < b.qkv.size() ? b.qkv[j + 1] : b.out, team);
 #pragma omp barrier
       }
       attend(b, pos, cos, sin, team);
 #pragma omp barrier
       linear_part(b.out, att.data_ptr<float>(), A, partial, s, team);
+      warm(b.fc, team);
 #pragma omp barrier
       if (!parallel) for (int64_t c = 0; c < C; c++) x[c] += A[c];
       layer_norm(x.data(), C, b.norm2_w, b.norm2_b, b.eps2, h.data());  // (parallel: from the block's input)
@@ -723,8 +743,10 @@ struct Step {
         at::Tensor own = f.narrow(0, rows.first, rows.second - rows.first);
         at::gelu_(own, gelu);
       }
+      warm(b.proj, team);
 #pragma omp barrier
       linear_part(b.proj, F, M, partial, s, team);
+      warm(i + 1 < blocks.size() ? blocks[i + 1].qkv[0] : head, team);
 #pragma omp barrier
       for (int64_t c = 0; c < C; c++) x[c] = parallel ? x[c] + A[c] + M[c] : x[c] + M[c];
     }
