@@ -205,17 +205,20 @@ def test_compiled_decoding_runs_the_kernels(scheme):
 
 
 @needs_kernels
-def test_an_int4_model_saved_from_the_kernels_layout_reloads_in_either(tmp_path):
-    """The kernels read the saved pairs reordered (cpu_kernels.to_kernel_layout): a save from that layout
-    reloads bit for bit, and into PyTorch's layout (dtype given) as the same integers."""
-    module, model = load("gpt_neox", "int4")
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_a_model_saved_from_the_kernels_layout_reloads_in_either(scheme, tmp_path):
+    """The int4 kernel reads the saved pairs reordered (cpu_kernels.int4_layout), the int8 kernel the levels
+    as they are: a save from the kernels' layers reloads bit for bit, and into PyTorch's layout (dtype given)
+    as the same integers."""
+    module, model = load("gpt_neox", scheme)
     module.save_pretrained(model, tmp_path / "q")
     again = module.from_pretrained(tmp_path / "q")
     pytorchs = module.from_pretrained(tmp_path / "q", dtype=torch.float32)
+    saved = (lambda m: (m.weight, m.scales)) if scheme == "int8" else (lambda m: m.pairs())
     for a, b, c in zip(quantized_layers(model), quantized_layers(again), quantized_layers(pytorchs)):
         assert b.kernel == quantize.INT8_ACTIVATIONS != c.kernel
-        assert all(torch.equal(x, y) for x, y in zip(a.pairs(), b.pairs()))
-        assert torch.equal(a.pairs()[0], c.pairs()[0]) and torch.equal(a.pairs()[1].float(), c.pairs()[1].float())
+        assert all(torch.equal(x, y) for x, y in zip(saved(a), saved(b)))
+        assert torch.equal(saved(a)[0], saved(c)[0]) and torch.equal(saved(a)[1].float(), saved(c)[1].float())
 
 
 def linears(model):
