@@ -144,17 +144,22 @@ static float quantize_row_int8(const T* x, int64_t K, int8_t* q, float* ls) {
 }
 
 // int4 weights are read in a layout of the kernel's own, made once at load from the saved pairs
-// (cpu_kernels.to_kernel_layout; the levels and scales unchanged, only their order):
+// (cpu_kernels.int4_layout; the levels and scales unchanged, only their order):
 //  - A row's blocks of 32 inputs go in groups of g = 16 (then 8, then 4 for the last ones). Within a group the
 //    4-byte pieces (8 inputs, as pairs) go piece by piece: the first 8 inputs of each of its g blocks, then the
 //    next 8 of each, and so on. So lane l of each of the group's g / 4 loads of 64 bytes holds block l % g, and
 //    the scales multiply a lane's integer sum once per group, not once per load (half the instructions).
-//  - Rows go in tiles of 4: load c of rows n..n+3 side by side (256 bytes), so the 4 rows read as one stream in
-//    memory order, and each load of the activations serves 4 rows. The last N % 4 rows are plain.
+//  - Rows go in tiles of 4 (where K <= 4096, tile_rows): load c of rows n..n+3 side by side (256 bytes), so the 4
+//    rows read as one stream in memory order, and each load of the activations serves 4 rows. The last N % 4
+//    rows are plain.
 // The activations: levels in the same order (per load: [64 low nibbles' inputs | 64 high ones'], a byte's low
 // nibble its even input), each block's scale (ls) and the offset it subtracts (lo = 8 * scale * sum of its
 // levels, split over its 16 / g lanes)
 static inline int group_of(int64_t blocks_left) { return blocks_left >= 16 ? 16 : blocks_left >= 8 ? 8 : 4; }
+
+// Rows in tiles of 4 only where rows are short (K <= 4096: GPT-2's widths, 1.2-1.45x in the cache); at the 20B's
+// widths (6144, 24576) tiles of 4 read 35 GB/s from memory against 43 for its rows one after the other
+static inline int64_t tile_rows(int64_t K) { return K <= 4096 ? 4 : 1; }
 
 template <typename T>
 static void quantize_row_int4(const T* x, int64_t K, int8_t* q, float* ls, float* lo) {
@@ -304,13 +309,14 @@ static void int8_rows(const int8_t* W, const S* sw, int64_t K, int64_t M, int64_
   }
 }
 
-// The same for int4 pairs P (N, K/2), scales sw (N, K/32)
+// The same for int4 weights P (N, K/2) in the kernel's layout (tiles of 4 rows: begin a multiple of 4), scales
+// sw (N, K/32)
 template <typename T, typename S>
 static void int4_rows(const uint8_t* P, const S* sw, int64_t K, int64_t M, int64_t N, const int8_t* q,
                       const float* ls, const float* lo, int64_t L, int64_t begin, int64_t end, T* Y) {
   float out[4];
   int64_t n = begin;
-  for (; n + 4 <= end && n + 4 <= N - N % 4; n += 4)
+  for (; tile_rows(K) == 4 && n + 4 <= end && n + 4 <= N - N % 4; n += 4)
     for (int64_t m = 0; m < M; m++) {
       int4_row<4>(P + n * (K / 2), sw + n * (K / 32), K, q + m * K, ls + m * L, lo + m * L, out);
       for (int r = 0; r < 4; r++) Y[m * N + n + r] = static_cast<T>(out[r]);
@@ -322,7 +328,8 @@ static void int4_rows(const uint8_t* P, const S* sw, int64_t K, int64_t M, int64
     }
 }
 
-// x (M, K) float or bf16, w int8 (N, K) or int4 pairs uint8 (N, K/2), sw float (N,) or (N, K/32) -> Y (M, N)
+// x (M, K) float or bf16, w int8 (N, K) or int4 uint8 (N, K/2, the kernel's layout), sw float (N,) or (N, K/32)
+// -> Y (M, N)
 template <typename T, typename S>
 static void linear_into(const T* X, int64_t M, int64_t K, const at::Tensor& w, const at::Tensor& sw, bool int4, T* Y) {
   const int64_t N = w.size(0);
@@ -473,15 +480,44 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& pairs, const at::T
   return dispatch(x, pairs, sw, true);
 }
 
+// Saved int4 pairs (N, K/2) -> the int4 kernel's layout (cpu_kernels.int4_layout), or back (int4_pairs): a copy
+// of 4-byte pieces, piece u of a row going to piece at[u] of the row (int4_order), the row's pieces then in its
+// tile: load c (16 pieces) of row n % 4 of tile n / 4 at 16 (4 c + n % 4) of the tile's 4 P pieces
+void int4_relayout(const at::Tensor& from, at::Tensor& out, bool back) {
+  TORCH_CHECK(from.is_contiguous() && out.is_contiguous() && from.sizes() == out.sizes() && from.dim() == 2 &&
+              from.scalar_type() == at::kByte && out.scalar_type() == at::kByte && from.size(1) % 64 == 0,
+              "int4 layout: (N, K/2) uint8, K a multiple of 128");
+  const int64_t N = from.size(0), P = from.size(1) / 4, blocks = from.size(1) / 16;  // P: pieces a row
+  const int64_t T = tile_rows(2 * from.size(1)) == 4 ? N - N % 4 : 0;  // the rows in tiles
+  std::vector<int64_t> at(P);
+  for (int64_t first = 0, g; first < blocks; first += g) {
+    g = group_of(blocks - first);
+    for (int64_t b = 0; b < g; b++)
+      for (int64_t c = 0; c < 4; c++) at[4 * (first + b) + c] = 4 * first + c * g + b;
+  }
+  const int32_t* src = (const int32_t*)from.data_ptr();
+  int32_t* dst = (int32_t*)out.data_ptr();
+  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; n++)
+      for (int64_t u = 0; u < P; u++) {
+        const int64_t p = at[u], there = n < T ? (n / 4) * 4 * P + 16 * (4 * (p / 16) + n % 4) + p % 16 : n * P + p;
+        if (back) dst[n * P + u] = src[there];
+        else dst[there] = src[n * P + u];
+      }
+  });
+}
+
 TORCH_LIBRARY(gpt_kernels, m) {
   m.def("int8_linear(Tensor x, Tensor w, Tensor scales) -> Tensor");
   m.def("int4_linear(Tensor x, Tensor pairs, Tensor scales) -> Tensor");
   m.def("fp32_linear(Tensor x, Tensor w, Tensor? bias) -> Tensor");
+  m.def("int4_relayout(Tensor src, Tensor(a!) out, bool back) -> ()");
 }
 TORCH_LIBRARY_IMPL(gpt_kernels, CPU, m) {
   m.impl("int8_linear", int8_linear);
   m.impl("int4_linear", int4_linear);
   m.impl("fp32_linear", fp32_linear);
+  m.impl("int4_relayout", int4_relayout);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -829,39 +865,25 @@ def int8_linear(x, w, scales):
 
 
 def int4_linear(x, weight, scales):
-    """x (M, K), weight uint8 (N, K/2) in the kernel's layout (to_kernel_layout of the saved pairs), scales
+    """x (M, K), weight uint8 (N, K/2) in the kernel's layout (int4_layout of the saved pairs), scales
     fp32/bf16 (N, K/32). K % 128 == 0."""
     return torch.ops.gpt_kernels.int4_linear(x, weight, scales)
 
 
-def kernel_order(K):
-    """Where the int4 kernel keeps a row's 4-byte pieces (8 inputs each): piece order[p] of the saved row at
-    position p. Blocks of 32 inputs (4 pieces) in groups of 16, then 8, then 4; within a group of g blocks,
-    the pieces (g blocks, 4) are stored transposed, (4, g) (the C++ above says why)."""
-    order, first, blocks = [], 0, K // 32
-    while first < blocks:
-        g = 16 if blocks - first >= 16 else 8 if blocks - first >= 8 else 4
-        order.append(torch.arange(4 * first, 4 * (first + g)).view(g, 4).T.reshape(-1))
-        first += g
-    return torch.cat(order)
+def int4_layout(pairs, out=None):
+    """Saved int4 pairs (N, K/2) uint8 (byte j: level 2j low, 2j + 1 high) -> the int4 kernel's layout (into
+    `out` if given). reference_int4_layout, below, says it in PyTorch ops; this is the same copy in C++, which
+    keeps loading a 20B as fast as before (the PyTorch ops, 64 rows at a time, doubled its load)."""
+    out = torch.empty_like(pairs) if out is None else out
+    torch.ops.gpt_kernels.int4_relayout(pairs.contiguous(), out, False)
+    return out
 
 
-def to_kernel_layout(pairs):
-    """Saved int4 pairs (N, K/2) uint8 (byte j: level 2j low, 2j + 1 high) -> the kernel's layout: each row's
-    pieces in kernel_order, then rows in tiles of 4, load c (64 bytes) of each of the 4 side by side."""
-    N, P = pairs.shape
-    rows = pairs.view(torch.int32)[:, kernel_order(2 * P)].view(torch.uint8)
-    T = N - N % 4  # (the last N % 4 rows stay plain)
-    tiles = rows[:T].reshape(T // 4, 4, P // 64, 64).transpose(1, 2).reshape(T, P)
-    return torch.cat([tiles, rows[T:]])
-
-
-def to_pairs(weight):
-    """to_kernel_layout undone: (N, K/2) in the kernel's layout -> the saved pairs."""
-    N, P = weight.shape
-    T = N - N % 4
-    rows = torch.cat([weight[:T].reshape(T // 4, P // 64, 4, 64).transpose(1, 2).reshape(T, P), weight[T:]])
-    return rows.view(torch.int32)[:, torch.argsort(kernel_order(2 * P))].view(torch.uint8)
+def int4_pairs(weight):
+    """int4_layout undone: the saved pairs."""
+    out = torch.empty_like(weight)
+    torch.ops.gpt_kernels.int4_relayout(weight.contiguous(), out, True)
+    return out
 
 
 def fp32_linear(x, w, bias=None):
@@ -1017,6 +1039,27 @@ def reference(x, w, blocks):
 
 def reference_int8(x, w, scales):
     return (reference(x, w, blocks_int8(w.shape[1])).sum(-1) * scales.double()).to(x.dtype)
+
+
+def int4_order(K):
+    """Where the int4 kernel keeps a row's 4-byte pieces (8 inputs each): piece order[p] of the saved row at
+    position p. Blocks of 32 inputs (4 pieces) in groups of 16, then 8, then 4; within a group of g blocks,
+    the pieces (g blocks, 4) are stored transposed, (4, g)."""
+    order, first, blocks = [], 0, K // 32
+    while first < blocks:
+        g = 16 if blocks - first >= 16 else 8 if blocks - first >= 8 else 4
+        order.append(torch.arange(4 * first, 4 * (first + g)).view(g, 4).T.reshape(-1))
+        first += g
+    return torch.cat(order)
+
+
+def reference_int4_layout(pairs):
+    """int4_layout in PyTorch ops: each row's pieces in int4_order, then rows in tiles of 4, load c (64 bytes)
+    of each of the 4 side by side (the last N % 4 rows plain), where rows are short."""
+    N, P = pairs.shape
+    rows = pairs.view(torch.int32)[:, int4_order(2 * P)].view(torch.uint8)
+    T = N - N % 4 if 2 * P <= 4096 else 0  # (tiles only for rows of up to 4096 inputs: the C++'s tile_rows)
+    return torch.cat([rows[:T].reshape(T // 4, 4, P // 64, 64).transpose(1, 2).reshape(T, P), rows[T:]])
 
 
 def reference_int4(x, pairs, scales):

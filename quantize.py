@@ -240,12 +240,12 @@ class Int4Linear(nn.Module):
         self.reduce = None  # as Int8Linear's
         if self.kernel == INT8_ACTIVATIONS:  # cpu_kernels.py's layout of the saved pairs, scales (N, K/G)
             weight = empty_in_large_pages((N, K // 2), torch.uint8)  # (a CPU: the caller checked)
-            blocks = ((pairs[s:s + BLOCK] for s in range(0, N, BLOCK)) if pairs is not None
-                      else (levels_to_pairs(q.to(torch.uint8)) for q in q_blocks))  # (q: levels, floats or uint8)
+            if pairs is not None:
+                cpu_kernels.int4_layout(pairs, out=weight)
             start = 0
-            for p in blocks:  # (BLOCK rows, a multiple of the kernel's tiles of 4, the last block short)
-                weight[start:start + len(p)] = cpu_kernels.to_kernel_layout(p)
-                start += len(p)
+            for q in q_blocks:  # (n, K) levels 0..15, as floats or uint8; BLOCK rows, a multiple of the tiles of 4
+                cpu_kernels.int4_layout(levels_to_pairs(q.to(torch.uint8)), out=weight[start:start + len(q)])
+                start += len(q)
             self.register_buffer("weight", weight)
             # bf16 whatever the activations (half the bytes to read; PyTorch's kernels store them so too)
             self.register_buffer("scales", scales.to(device, torch.bfloat16).contiguous())
@@ -319,7 +319,7 @@ class Int4Linear(nn.Module):
         integers in a saved checkpoint's layout."""
         N = self.out_features
         if self.kernel == INT8_ACTIVATIONS:
-            return cpu_kernels.to_pairs(self.weight)[:N], self.scales[:N]
+            return cpu_kernels.int4_pairs(self.weight)[:N], self.scales[:N]
         if self.kernel == "cpu":
             pairs = cpu_int4_to_pairs(self.weight, N)
         elif self.kernel is None:

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from reference import recording_compile, save_checkpoint
 from safetensors.torch import load_file
@@ -73,27 +73,45 @@ def test_int8_kernel_equals_its_reference(M, N, blocks, data, dtype, scales):
 
 
 @needs_kernels
-@given(M=st.integers(1, 4), N=st.integers(1, 70), loads=st.integers(1, 13), data=st.data(),
+@given(M=st.integers(1, 4), N=st.integers(1, 70), loads=st.one_of(st.integers(1, 13), st.just(44)), data=st.data(),
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), scales=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_int4_kernel_equals_its_reference(M, N, loads, data, dtype, scales):
-    """Input widths of 128 to 1664: every mix of the kernel's groups of 16, 8 and 4 blocks; tiles of 4 rows
-    and a last 1-3 rows; the weights in the kernel's layout, the reference reading the saved pairs."""
+    """Input widths of 128 to 1664: every mix of the kernel's groups of 16, 8 and 4 blocks, tiles of 4 rows
+    and a last 1-3 rows; 5632 (176 blocks: 11 groups of 16), rows one after the other as at the 20B's widths;
+    the weights in the kernel's layout, the reference reading the saved pairs."""
     K = 128 * loads
     w = torch.randn(N, K) * data.draw(st.sampled_from([0.02, 3.0]))
     q, s, _ = quantize.quantize_int4(w, 32)
     pairs, s = quantize.levels_to_pairs(q).contiguous(), s.to(scales).contiguous()
     x = data.draw(activations(M, K)).to(dtype)
-    kernel = lambda x, pairs, s: cpu_kernels.int4_linear(x, cpu_kernels.to_kernel_layout(pairs), s)
+    kernel = lambda x, pairs, s: cpu_kernels.int4_linear(x, cpu_kernels.int4_layout(pairs), s)
     check_kernel(kernel, cpu_kernels.reference_int4, x, pairs, s, quantize.dequantize_int4(q, s, 32))
 
 
-@given(N=st.integers(1, 13), loads=st.integers(1, 13), seed=st.integers(0, 2**16))
-def test_the_int4_kernels_layout_is_a_reordering_undone_by_to_pairs(N, loads, seed):
-    """Each byte of the saved pairs lands once, and to_pairs brings every one back."""
+@needs_kernels
+@given(N=st.integers(1, 13), loads=st.one_of(st.integers(1, 13), st.just(44)), seed=st.integers(0, 2**16))
+@example(N=7, loads=44, seed=0)  # (rows one after the other, as at the 20B's widths, every run)
+def test_the_int4_kernels_layout_is_its_reference_and_undone_by_int4_pairs(N, loads, seed):
+    """The C++ copy is reference_int4_layout (PyTorch ops), each byte of the saved pairs lands once, and
+    int4_pairs brings every one back."""
     pairs = torch.randint(0, 256, (N, 64 * loads), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    ours = cpu_kernels.to_kernel_layout(pairs)
-    assert ours.shape == pairs.shape and torch.equal(ours.flatten().sort().values, pairs.flatten().sort().values)
-    assert torch.equal(cpu_kernels.to_pairs(ours), pairs)
+    ours = cpu_kernels.int4_layout(pairs)
+    assert torch.equal(ours, cpu_kernels.reference_int4_layout(pairs))
+    assert torch.equal(ours.flatten().sort().values, pairs.flatten().sort().values)
+    assert torch.equal(cpu_kernels.int4_pairs(ours), pairs)
+
+
+@needs_kernels
+@pytest.mark.parametrize("K", [1664, 5632])
+def test_int4_kernel_at_widths_with_and_without_tiles(K):
+    """Every run (beside the drawn shapes above): a width in tiles of 4 rows and one past tile_rows' 4096, rows
+    one after the other, 2 tokens, 7 rows (a tile and 3), against the reference."""
+    w = torch.randn(7, K, generator=torch.Generator().manual_seed(K)) * 0.02
+    q, s, _ = quantize.quantize_int4(w, 32)
+    pairs, s = quantize.levels_to_pairs(q).contiguous(), s.contiguous()
+    x = torch.randn(2, K, generator=torch.Generator().manual_seed(1))
+    kernel = lambda x, pairs, s: cpu_kernels.int4_linear(x, cpu_kernels.int4_layout(pairs), s)
+    check_kernel(kernel, cpu_kernels.reference_int4, x, pairs, s, quantize.dequantize_int4(q, s, 32))
 
 
 def on_the_grid(M, K, blocks, seed):
@@ -121,7 +139,7 @@ def test_the_kernels_are_exact_where_the_activations_round_exactly(scheme, K):
     else:
         q, s, _ = quantize.quantize_int4(w, 32)
         x = on_the_grid(3, K, torch.arange(K) // 32, seed=K)
-        out = cpu_kernels.int4_linear(x, cpu_kernels.to_kernel_layout(quantize.levels_to_pairs(q)), s.contiguous())
+        out = cpu_kernels.int4_linear(x, cpu_kernels.int4_layout(quantize.levels_to_pairs(q)), s.contiguous())
         expected = x.double() @ quantize.dequantize_int4(q, s, 32).double().T
     check_against(out, expected, x.double().abs() @ w.double().abs().T * 2, torch.float32)
 
@@ -180,8 +198,8 @@ def test_quantized_models_run_the_kernels_by_default(arch, scheme, monkeypatch):
     monkeypatch.setattr(cpu_kernels, "int8_linear", checked(cpu_kernels.int8_linear, cpu_kernels.reference_int8,
                                                             quantize.dequantize_int8))
     monkeypatch.setattr(cpu_kernels, "int4_linear", checked(
-        cpu_kernels.int4_linear, lambda x, w, s: cpu_kernels.reference_int4(x, cpu_kernels.to_pairs(w), s),
-        lambda w, s: quantize.dequantize_int4(quantize.pairs_to_levels(cpu_kernels.to_pairs(w)), s, 32)))
+        cpu_kernels.int4_linear, lambda x, w, s: cpu_kernels.reference_int4(x, cpu_kernels.int4_pairs(w), s),
+        lambda w, s: quantize.dequantize_int4(quantize.pairs_to_levels(cpu_kernels.int4_pairs(w)), s, 32)))
     ids = torch.randint(0, 90, (2, 11), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, :4] = 0  # a left-padded row
