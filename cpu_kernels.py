@@ -70,15 +70,19 @@ SOURCE = r"""
 
 // The kernels ask for the weights 32 KB ahead of where they read (_mm_prefetch): left to the hardware's
 // prefetcher, a core waits for memory between rows. One core keeps only so many reads in flight, and at ~100 ns
-// for each, 4 KB ahead (the first choice) capped a core near the rate its share of this machine's memory needs
-// on a fast minute. Whole GPT-2 124M decodes, fraction of the ceiling (bench/llama_cpp.py's), alternating
-// rounds: int4 0.98 with 32 KB against 0.90 with 4 KB (16 KB 0.91; none 0.77 against 0.81, another run), int8
-// 1.01 against 0.98, fp32 0.96 against 0.91 (by rows; by columns, GPT-2's Conv1D, asking ahead was slower).
+// each, 4 KB ahead (the first choice) capped a core below its share of this machine's memory on a fast minute.
+// Whole GPT-2 124M decodes, fractions of the ceiling read in each round (bench/llama_cpp.py's), alternating:
+// int4 0.98 with 32 KB against 0.90 with 4 KB (16 KB 0.91; none 0.77 against 0.81, another run), int8 1.01
+// against 0.98, fp32 0.96 against 0.91 (by rows; by columns, GPT-2's Conv1D, asking ahead was slower).
+// Non-temporal (NTA): weights are read once a step, so they should be the first lines the caches drop, not the
+// activations, the KV cache or the Python around the step. Against asking for them as any other data: int8
+// 0.795 against 0.755 on fast minutes (ahead in 11 of 13 rounds), fp32 0.978 against 0.943, int4 0.99 against
+// 0.96; the 20B's shapes alike.
 constexpr int64_t PREFETCH = 32768;
 
-// ask for the cache lines `distance` bytes past the n bytes at p
+// ask for the cache lines `distance` bytes past the n bytes of weights at p
 static inline void ahead(const void* p, int64_t n, int64_t distance) {
-  for (int64_t b = 0; b < n; b += 64) _mm_prefetch((const char*)p + distance + b, _MM_HINT_T0);
+  for (int64_t b = 0; b < n; b += 64) _mm_prefetch((const char*)p + distance + b, _MM_HINT_NTA);
 }
 
 // int8: inputs are read 64 at a time, lane l of a load holding inputs 4l..4l+3 of it. A lane's inputs over 8
@@ -193,7 +197,7 @@ static inline __m512i int8_dot(const int8_t* w, const int8_t* q, int loads) {
   const __m512i flip = _mm512_set1_epi8((char)0x80);
   __m512i d[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
   for (int c = 0; c < loads; c++) {
-    _mm_prefetch((const char*)(w + 64 * c + PREFETCH), _MM_HINT_T0);
+    _mm_prefetch((const char*)(w + 64 * c + PREFETCH), _MM_HINT_NTA);
     d[c % 4] = _mm512_dpbusd_epi32(d[c % 4], _mm512_xor_si512(_mm512_loadu_si512(w + 64 * c), flip),
                                    _mm512_loadu_si512(q + 64 * c));
   }
@@ -257,7 +261,7 @@ static inline void int4_group(const uint8_t* p, const S* sw, int64_t sstride, co
     const __m512i q0 = _mm512_loadu_si512(q + 128 * c), q1 = _mm512_loadu_si512(q + 128 * c + 64);
     for (int r = 0; r < R; r++) {
       const uint8_t* w = p + 64 * (R * c + r);
-      _mm_prefetch((const char*)(w + PREFETCH), _MM_HINT_T0);
+      _mm_prefetch((const char*)(w + PREFETCH), _MM_HINT_NTA);
       const __m512i b = _mm512_loadu_si512(w);
       d0[r] = _mm512_dpbusd_epi32(d0[r], _mm512_and_si512(b, low), q0);
       d1[r] = _mm512_dpbusd_epi32(d1[r], _mm512_and_si512(_mm512_srli_epi16(b, 4), low), q1);
@@ -635,7 +639,9 @@ static inline __m512 exp_16(__m512 x) {
 
 // The KV cache's keys and values are asked for 4 KB ahead: reading the cache key after key, one core otherwise
 // waits for memory at each (as the kernels' rows did)
-constexpr int64_t KV_AHEAD = 4096;
+static inline void kv_ahead(const float* row, int64_t n) {
+  for (int64_t b = 0; b < 4 * n; b += 64) _mm_prefetch((const char*)row + 4096 + b, _MM_HINT_T0);
+}
 
 struct Block {
   at::Tensor norm1_w, norm1_b, norm2_w, norm2_b;
@@ -709,7 +715,7 @@ struct Step {
       std::copy(v, v + hd, vh + pos * hd);
       float top = -INFINITY;
       for (int64_t j = 0; j <= pos; j++) {
-        ahead(kh + j * hd, 4 * hd, KV_AHEAD);
+        kv_ahead(kh + j * hd, hd);
         top = std::max(top, p[j] = fp32_row(kh + j * hd, q, hd) * (float)b.scale);  // q . k
       }
       __m512 sum = _mm512_setzero_ps();  // p = e^(score - top), 16 at a time, and their sum
@@ -724,7 +730,7 @@ struct Step {
         __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         const __mmask16 m[4] = {first(hd - d), first(hd - d - 16), first(hd - d - 32), first(hd - d - 48)};
         for (int64_t j = 0; j <= pos; j++) {
-          if (d == 0) ahead(vh + j * hd, 4 * hd, KV_AHEAD);
+          if (d == 0) kv_ahead(vh + j * hd, hd);
           const __m512 pj = _mm512_set1_ps(p[j]);
           const float* v = vh + j * hd + d;
           for (int c = 0; c < 4; c++) acc[c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m[c], v + 16 * c), acc[c]);
