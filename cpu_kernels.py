@@ -73,11 +73,11 @@ SOURCE = r"""
 // each, 4 KB ahead (the first choice) capped a core below its share of this machine's memory on a fast minute.
 // Whole GPT-2 124M decodes, fractions of the ceiling read in each round (bench/llama_cpp.py's), alternating:
 // int4 0.98 with 32 KB against 0.90 with 4 KB (16 KB 0.91; none 0.77 against 0.81, another run), int8 1.01
-// against 0.98, fp32 0.96 against 0.91 (by rows; by columns, GPT-2's Conv1D, asking ahead was slower).
-// Non-temporal (NTA): weights are read once a step, so they should be the first lines the caches drop, not the
-// activations, the KV cache or the Python around the step. Against asking for them as any other data: int8
-// 0.795 against 0.755 on fast minutes (ahead in 11 of 13 rounds), fp32 0.978 against 0.943, int4 0.99 against
-// 0.96; the 20B's shapes alike.
+// against 0.98. Non-temporal (NTA): weights are read once a step, so they should be the first lines the caches
+// drop, not the activations, the KV cache or the Python around the step: int8 0.795 against 0.755 on fast
+// minutes (ahead in 11 of 13 rounds), int4 0.99 against 0.96, the 20B's shapes alike. fp32's plain loop is
+// left to the hardware: asking ahead by rows gained 1.05x at GPT-2's rows (768 inputs) but lost 1.3x at the
+// 20B's (6144), and by columns (GPT-2's Conv1D) it was slower.
 constexpr int64_t PREFETCH = 32768;
 
 // ask for the cache lines `distance` bytes past the n bytes of weights at p
@@ -391,7 +391,6 @@ static inline float fp32_row(const float* w, const float* x, int64_t K) {
 static void fp32_by_rows(const float* X, const float* W, const float* B, int64_t M, int64_t K, int64_t N, float* Y) {
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; n++) {
-      ahead(W + n * K, 4 * K, PREFETCH);
       for (int64_t m = 0; m < M; m++) Y[m * N + n] = fp32_row(W + n * K, X + m * K, K) + (B ? B[n] : 0.f);
     }
   });
@@ -589,7 +588,6 @@ static std::pair<int64_t, int64_t> linear_part(const Linear& l, const float* x, 
   if (l.kind == 0) {
     const float* W = l.w.data_ptr<float>();
     for (int64_t n = begin; n < end; n++) {
-      ahead(W + n * K, 4 * K, PREFETCH);
       y[n] = fp32_row(W + n * K, x, K) + (B ? B[n] : 0.f);
     }
   } else if (l.kind == 1) {
