@@ -268,6 +268,9 @@ static inline void int4_group(const uint8_t* p, const S* sw, int64_t sstride, co
     }
   }
   const __m512 sx = spread<g>(ls), off = spread<g>(lo);
+  // the rows' scales too, as far ahead as their weights (an eighth of the bytes): whole int4 GPT-2 on fast
+  // minutes, alternating, 0.835 of the ceiling against 0.78 without (ahead in 7 of 8 rounds); the 20B's alike
+  for (int r = 0; r < R; r++) _mm_prefetch((const char*)(sw + r * sstride) + PREFETCH / 8, _MM_HINT_NTA);
   for (int r = 0; r < R; r++)
     acc[r] = _mm512_fmadd_ps(spread<g>(sw + r * sstride), _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d0[r], d1[r])), sx, off), acc[r]);
 }
