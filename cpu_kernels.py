@@ -80,9 +80,10 @@ SOURCE = r"""
 // 20B's (6144), and by columns (GPT-2's Conv1D) it was slower.
 constexpr int64_t PREFETCH = 32768;
 
-// ask for the cache lines `distance` bytes past the n bytes of weights at p
+// ask for the cache lines `distance` bytes past the n bytes at p (weights: non-temporally)
+template <int hint = _MM_HINT_NTA>
 static inline void ahead(const void* p, int64_t n, int64_t distance) {
-  for (int64_t b = 0; b < n; b += 64) _mm_prefetch((const char*)p + distance + b, _MM_HINT_NTA);
+  for (int64_t b = 0; b < n; b += 64) _mm_prefetch((const char*)p + distance + b, (enum _mm_hint)hint);
 }
 
 // int8: inputs are read 64 at a time, lane l of a load holding inputs 4l..4l+3 of it. A lane's inputs over 8
@@ -393,9 +394,8 @@ static inline float fp32_row(const float* w, const float* x, int64_t K) {
 // w (N, K) by rows: each thread a run of rows, each row for all M tokens while it is in the cache
 static void fp32_by_rows(const float* X, const float* W, const float* B, int64_t M, int64_t K, int64_t N, float* Y) {
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; n++) {
+    for (int64_t n = begin; n < end; n++)
       for (int64_t m = 0; m < M; m++) Y[m * N + n] = fp32_row(W + n * K, X + m * K, K) + (B ? B[n] : 0.f);
-    }
   });
 }
 
@@ -414,6 +414,18 @@ static inline void fp32_axpy_8(const float* w, int64_t N, const float* x, float*
     for (int r = 0; r < 8; r++) p[n] += w[r * N + n] * x[r];
 }
 
+// Rows k0..k1-1 of wt (K, N) times X (M, K) added into partial sums P (M, N): 8 rows at a time, each for all
+// M tokens while it is in the cache
+static void fp32_columns_run(const float* WT, int64_t K, int64_t N, const float* X, int64_t M, int64_t k0, int64_t k1,
+                             float* P) {
+  int64_t k = k0;
+  for (; k + 8 <= k1; k += 8)
+    for (int64_t m = 0; m < M; m++) fp32_axpy_8(WT + k * N, N, X + m * K + k, P + m * N);
+  for (; k < k1; k++)  // the last 1-7 rows of the run
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) P[m * N + n] += X[m * K + k] * WT[k * N + n];
+}
+
 // w (N, K) stored by columns, i.e. wt = w.T (K, N) by rows (GPT-2's Conv1D weights, as the file holds them):
 // y[m, :] = sum over k of x[m, k] * wt[k, :]. Each thread takes a run of rows of wt (one stretch of memory,
 // read in order, 8 rows at a time) into its own partial sums; the partial sums are added at the end.
@@ -422,15 +434,8 @@ static void fp32_by_columns(const float* X, const float* WT, const float* B, int
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), K / 64));
   std::vector<float> partial(parts * M * N, 0.f);
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; p++) {
-      const int64_t k1 = K * (p + 1) / parts;
-      int64_t k = K * p / parts;
-      for (; k + 8 <= k1; k += 8)
-        for (int64_t m = 0; m < M; m++) fp32_axpy_8(WT + k * N, N, X + m * K + k, partial.data() + (p * M + m) * N);
-      for (; k < k1; k++)  // the last 1-7 rows of the run
-        for (int64_t m = 0; m < M; m++)
-          for (int64_t n = 0; n < N; n++) partial[(p * M + m) * N + n] += X[m * K + k] * WT[k * N + n];
-    }
+    for (int64_t p = begin; p < end; p++)
+      fp32_columns_run(WT, K, N, X, M, K * p / parts, K * (p + 1) / parts, partial.data() + p * M * N);
   });
   for (int64_t m = 0; m < M; m++)
     for (int64_t n = 0; n < N; n++) {
@@ -564,15 +569,20 @@ static void int_part(const Linear& l, const float* x, int64_t K, float* y, int64
   }
 }
 
+// This thread's run of l's rows (outputs), int4's in whole tiles of 4 rows
+static std::pair<int64_t, int64_t> rows_of(const Linear& l, const Team& team) {
+  const int64_t N = l.w.size(0), tiles = (N + 3) / 4;
+  if (l.kind != 3) return {team.from(N), team.to(N)};
+  return {std::min(N, 4 * team.from(tiles)), std::min(N, 4 * team.to(tiles))};
+}
+
 // Ask for the start of this thread's share of l's weights (PREFETCH bytes, the distance at which the kernels'
 // own requests run ahead) and of its scales: called before the barrier ahead of l, so that they arrive while
 // the threads wait and the small work between the matmuls runs, instead of l starting by waiting on memory.
 static void warm(const Linear& l, const Team& team) {
   const int64_t N = l.w.size(0), K = l.w.size(1) * (l.kind == 3 ? 2 : 1), bytes = l.w.numel() * l.w.element_size();
-  int64_t row = team.from(N);  // the first row (by columns: of W.T, an input) of the share, and a row's bytes
-  if (l.kind == 1) row = team.from(K);
-  if (l.kind == 3) row = std::min(N, 4 * team.from((N + 3) / 4));
-  const int64_t stride = bytes / (l.kind == 1 ? K : N);
+  // the first row (by columns: of W.T, an input) of the share, and a row's bytes
+  const int64_t row = l.kind == 1 ? team.from(K) : rows_of(l, team).first, stride = bytes / (l.kind == 1 ? K : N);
   ahead((const char*)l.w.data_ptr() + row * stride, std::min(PREFETCH, bytes - row * stride), 0);
   if (l.kind >= 2) {
     const int64_t per_row = l.scales.numel() / N * l.scales.element_size();
@@ -587,20 +597,15 @@ static std::pair<int64_t, int64_t> linear_part(const Linear& l, const float* x, 
                                                const Team& team) {
   const int64_t N = l.w.size(0), K = l.w.size(1) * (l.kind == 3 ? 2 : 1);
   const float* B = l.bias.defined() ? l.bias.data_ptr<float>() : nullptr;
-  int64_t begin = team.from(N), end = team.to(N);
+  const auto [begin, end] = rows_of(l, team);
   if (l.kind == 0) {
     const float* W = l.w.data_ptr<float>();
-    for (int64_t n = begin; n < end; n++) {
-      y[n] = fp32_row(W + n * K, x, K) + (B ? B[n] : 0.f);
-    }
+    for (int64_t n = begin; n < end; n++) y[n] = fp32_row(W + n * K, x, K) + (B ? B[n] : 0.f);
   } else if (l.kind == 1) {
     const float* WT = l.w.data_ptr<float>();
     float* p = partial + team.t * N;
     std::fill(p, p + N, 0.f);
-    int64_t k = team.from(K);
-    for (; k + 8 <= team.to(K); k += 8) fp32_axpy_8(WT + k * N, N, x + k, p);
-    for (; k < team.to(K); k++)  // the last 1-7 rows of the run
-      for (int64_t n = 0; n < N; n++) p[n] += x[k] * WT[k * N + n];
+    fp32_columns_run(WT, K, N, x, 1, team.from(K), team.to(K), p);
 #pragma omp barrier
     for (int64_t n = begin; n < end; n++) {
       float v = B ? B[n] : 0.f;
@@ -608,7 +613,6 @@ static std::pair<int64_t, int64_t> linear_part(const Linear& l, const float* x, 
       y[n] = v;
     }
   } else {
-    if (l.kind == 3) begin = std::min(N, 4 * team.from((N + 3) / 4)), end = std::min(N, 4 * team.to((N + 3) / 4));
     if (l.scales.scalar_type() == at::kBFloat16) int_part<c10::BFloat16>(l, x, K, y, begin, end, s);
     else int_part<float>(l, x, K, y, begin, end, s);
     for (int64_t n = begin; B && n < end; n++) y[n] += B[n];
@@ -638,11 +642,9 @@ static inline __m512 exp_16(__m512 x) {
   return _mm512_scalef_ps(p, n);  // p * 2^n
 }
 
-// The KV cache's keys and values are asked for 4 KB ahead: reading the cache key after key, one core otherwise
-// waits for memory at each (as the kernels' rows did)
-static inline void kv_ahead(const float* row, int64_t n) {
-  for (int64_t b = 0; b < 4 * n; b += 64) _mm_prefetch((const char*)row + 4096 + b, _MM_HINT_T0);
-}
+// The KV cache's keys and values are asked for 4 KB ahead, as any other data: reading the cache key after key,
+// one core otherwise waits for memory at each (as the kernels' rows did)
+constexpr int64_t KV_AHEAD = 4096;
 
 struct Block {
   at::Tensor norm1_w, norm1_b, norm2_w, norm2_b;
@@ -663,6 +665,7 @@ struct Step {
   Linear head;
   at::Tensor qkv, att, a, mlp, f;  // what the threads share: (3C), (C), (C), (C), (the MLP's width)
   int64_t widest = 0, columns = 0;  // the widest input of any matmul; the most outputs of one stored by columns
+  std::vector<float> partial;       // each thread's partial sums of a matmul by columns (T * columns)
 
   Step(int64_t C, int64_t nh, int64_t layout, bool parallel, std::string gelu, at::Tensor wte,
        c10::optional<at::Tensor> wpe, c10::optional<at::Tensor> inv_freq)
@@ -716,7 +719,7 @@ struct Step {
       std::copy(v, v + hd, vh + pos * hd);
       float top = -INFINITY;
       for (int64_t j = 0; j <= pos; j++) {
-        kv_ahead(kh + j * hd, hd);
+        ahead<_MM_HINT_T0>(kh + j * hd, 4 * hd, KV_AHEAD);
         top = std::max(top, p[j] = fp32_row(kh + j * hd, q, hd) * (float)b.scale);  // q . k
       }
       __m512 sum = _mm512_setzero_ps();  // p = e^(score - top), 16 at a time, and their sum
@@ -731,7 +734,7 @@ struct Step {
         __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         const __mmask16 m[4] = {first(hd - d), first(hd - d - 16), first(hd - d - 32), first(hd - d - 48)};
         for (int64_t j = 0; j <= pos; j++) {
-          if (d == 0) kv_ahead(vh + j * hd, hd);
+          if (d == 0) ahead<_MM_HINT_T0>(vh + j * hd, 4 * hd, KV_AHEAD);
           const __m512 pj = _mm512_set1_ps(p[j]);
           const float* v = vh + j * hd + d;
           for (int c = 0; c < 4; c++) acc[c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(m[c], v + 16 * c), acc[c]);
@@ -751,7 +754,7 @@ struct Step {
       sin.push_back(std::sin(angle));
     }
     const int T = std::max(1, at::get_num_threads());
-    std::vector<float> partial(T * columns);  // the partial sums of a matmul by columns, each thread's
+    if ((int64_t)partial.size() < T * columns) partial.resize(T * columns);  // (each thread zeroes its own)
 #pragma omp parallel num_threads(T)
     run_on(Team{omp_get_thread_num(), omp_get_num_threads()}, token, pos, cos, sin, partial.data(), logits.data_ptr<float>());
     return logits;
