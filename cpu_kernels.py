@@ -41,7 +41,7 @@ them, dynamo's guards, inductor's small kernels): 45% of an int4 GPT-2 124M's st
 `decode_step(model, buffer)` reads the model's modules once (the three architectures: GPT-2's fused
 [q | k | v], GPT-NeoX's per-head [q k v] with rotary and a parallel residual, GPT-Neo's three projections)
 and runs one token through all of them in C++: LayerNorms, the kernels above for every matmul, attention
-over the KV cache, GELU (PyTorch's), the LM head. The same arithmetic as the models' forward (transformers'
+over the KV cache, GELU, the LM head. The same arithmetic as the models' forward (transformers'
 logits within 1e-4 in fp32: tests/test_cpu_kernels.py); generate(compile=True) runs it for one unpadded
 prompt, after checking it once against the model's own logits (generation.step_in_cpp).
 
@@ -518,19 +518,6 @@ void int4_relayout(const at::Tensor& from, at::Tensor& out, bool back) {
   });
 }
 
-TORCH_LIBRARY(gpt_kernels, m) {
-  m.def("int8_linear(Tensor x, Tensor w, Tensor scales) -> Tensor");
-  m.def("int4_linear(Tensor x, Tensor pairs, Tensor scales) -> Tensor");
-  m.def("fp32_linear(Tensor x, Tensor w, Tensor? bias) -> Tensor");
-  m.def("int4_relayout(Tensor src, Tensor(a!) out, bool back) -> ()");
-}
-TORCH_LIBRARY_IMPL(gpt_kernels, CPU, m) {
-  m.impl("int8_linear", int8_linear);
-  m.impl("int4_linear", int4_linear);
-  m.impl("fp32_linear", fp32_linear);
-  m.impl("int4_relayout", int4_relayout);
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // The whole one-token decode step, batch 1, in C++ (Step below; cpu_kernels.decode_step builds one from a
 // model). The same arithmetic as the model files' forward on one token, with the kernels above for every
@@ -620,18 +607,26 @@ static std::pair<int64_t, int64_t> linear_part(const Linear& l, const float* x, 
   return {begin, end};
 }
 
-// nn.LayerNorm of one row: (x - mean) / sqrt(var + eps) * w + b, mean and var over the row
+// nn.LayerNorm of one row: (x - mean) / sqrt(var + eps) * w + b, mean and var over the row (summed in 16 lanes:
+// the plain loop in doubles, 25 rows a token on each thread, was ~4% of an int4 GPT-2 step)
 static void layer_norm(const float* x, int64_t C, const at::Tensor& w, const at::Tensor& b, double eps, float* y) {
-  double mean = 0, var = 0;
-  for (int64_t c = 0; c < C; c++) mean += x[c];
-  mean /= C;
-  for (int64_t c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
-  const float rstd = 1.0 / std::sqrt(var / C + eps), mu = mean;
+  __m512 sum = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; c += 16) sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(first(C - c), x + c));
+  const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / C);
+  for (int64_t c = 0; c < C; c += 16) {
+    const __m512 d = _mm512_maskz_sub_ps(first(C - c), _mm512_maskz_loadu_ps(first(C - c), x + c), mean);
+    sq = _mm512_fmadd_ps(d, d, sq);
+  }
+  const __m512 rstd = _mm512_set1_ps(1.f / std::sqrt(_mm512_reduce_add_ps(sq) / C + (float)eps));
   const float *W = w.data_ptr<float>(), *B = b.data_ptr<float>();
-  for (int64_t c = 0; c < C; c++) y[c] = (x[c] - mu) * rstd * W[c] + B[c];
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = first(C - c);
+    const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + c), mean);
+    _mm512_mask_storeu_ps(y + c, m, _mm512_fmadd_ps(_mm512_mul_ps(d, rstd), _mm512_maskz_loadu_ps(m, W + c), _mm512_maskz_loadu_ps(m, B + c)));
+  }
 }
 
-// e^x for x <= 0 (softmax's exponents, the largest score subtracted): 2^n e^r, n = round(x / ln 2), r = x - n ln 2
+// e^x for x <= 88 (softmax's exponents, the largest score subtracted, and GELU's): 2^n e^r, n = round(x / ln 2), r = x - n ln 2
 // (ln 2 in two parts, Cephes'), e^r by its Taylor series to r^6: ~1e-7 relative error, as std::exp to a few ulps
 static inline __m512 exp_16(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));  // (e^-87 ~ 1e-38: the floats end there)
@@ -640,6 +635,39 @@ static inline __m512 exp_16(__m512 x) {
   __m512 p = _mm512_set1_ps(1.f / 720);
   for (float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
   return _mm512_scalef_ps(p, n);  // p * 2^n
+}
+
+// GELU of n floats in place, as F.gelu: x * P(x), P the normal distribution's CDF, 0.5 (1 + erf(x / sqrt 2));
+// or its tanh form ("tanh", GPT-2's), 0.5 (1 + tanh u) = 1 / (1 + e^(-2u)), u = sqrt(2 / pi) (x + 0.044715 x^3).
+// erf(z), z >= 0, by Abramowitz and Stegun's 7.1.26: 1 - t (a1 + t (a2 + ... + t a5)) e^(-z^2), t = 1 / (1 + p z),
+// |error| < 1.5e-7 (F.gelu's fp32 is as close: test_the_steps_gelu_is_f_gelu). PyTorch's at::gelu_ on each thread's
+// rows cost ~5% of an int4 GPT-2 step here (its dispatch, more than its arithmetic).
+static void gelu_inplace(float* x, int64_t n, bool tanh_form) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    __m512 cdf;
+    if (tanh_form) {
+      const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608f), _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), _mm512_mul_ps(v, v), v));
+      const __m512 e = exp_16(_mm512_min_ps(_mm512_mul_ps(_mm512_set1_ps(-2.f), u), _mm512_set1_ps(88.f)));
+      cdf = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_add_ps(_mm512_set1_ps(1.f), e));
+    } else {
+      const __m512 z = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(0.70710678f));
+      const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), z, _mm512_set1_ps(1.f)));
+      __m512 poly = _mm512_set1_ps(1.061405429f);
+      for (float a : {-1.453152027f, 1.421413741f, -0.284496736f, 0.254829592f}) poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(a));
+      const __m512 erfc = _mm512_mul_ps(_mm512_mul_ps(poly, t), exp_16(_mm512_mul_ps(_mm512_set1_ps(-1.f), _mm512_mul_ps(z, z))));
+      // P(x) = 1 - erfc / 2 for x >= 0, erfc / 2 for x < 0
+      const __m512 half = _mm512_mul_ps(_mm512_set1_ps(0.5f), erfc);
+      cdf = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_sub_ps(_mm512_set1_ps(1.f), half), half);
+    }
+    _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(v, cdf));
+  }
+}
+
+void gelu_(at::Tensor& x, bool tanh_form) {  // (cpu_kernels.gelu_: the step's GELU, for its test)
+  TORCH_CHECK(x.is_contiguous() && x.scalar_type() == at::kFloat, "gelu_: a contiguous fp32 tensor");
+  gelu_inplace(x.data_ptr<float>(), x.numel(), tanh_form);
 }
 
 // The KV cache's keys and values are asked for 4 KB ahead, as any other data: reading the cache key after key,
@@ -785,10 +813,7 @@ struct Step {
       if (!parallel) for (int64_t c = 0; c < C; c++) x[c] += A[c];
       layer_norm(x.data(), C, b.norm2_w, b.norm2_b, b.eps2, h.data());  // (parallel: from the block's input)
       const auto rows = linear_part(b.fc, h.data(), F, partial, s, team);
-      if (rows.second > rows.first) {  // GELU (PyTorch's) of the rows it wrote
-        at::Tensor own = f.narrow(0, rows.first, rows.second - rows.first);
-        at::gelu_(own, gelu);
-      }
+      gelu_inplace(F + rows.first, rows.second - rows.first, gelu == "tanh");  // of the rows it wrote
       warm(b.proj, team);
 #pragma omp barrier
       linear_part(b.proj, F, M, partial, s, team);
@@ -800,6 +825,21 @@ struct Step {
     linear_part(head, h.data(), logits, partial, s, team);
   }
 };
+
+TORCH_LIBRARY(gpt_kernels, m) {
+  m.def("int8_linear(Tensor x, Tensor w, Tensor scales) -> Tensor");
+  m.def("int4_linear(Tensor x, Tensor pairs, Tensor scales) -> Tensor");
+  m.def("fp32_linear(Tensor x, Tensor w, Tensor? bias) -> Tensor");
+  m.def("int4_relayout(Tensor src, Tensor(a!) out, bool back) -> ()");
+  m.def("gelu_(Tensor(a!) x, bool tanh_form) -> ()");
+}
+TORCH_LIBRARY_IMPL(gpt_kernels, CPU, m) {
+  m.impl("int8_linear", int8_linear);
+  m.impl("int4_linear", int4_linear);
+  m.impl("fp32_linear", fp32_linear);
+  m.impl("int4_relayout", int4_relayout);
+  m.impl("gelu_", gelu_);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Step>(m, "Step", pybind11::module_local())  // (module_local: two copies of this file may load)
@@ -894,6 +934,13 @@ def int4_pairs(weight):
     out = torch.empty_like(weight)
     torch.ops.gpt_kernels.int4_relayout(weight.contiguous(), out, True)
     return out
+
+
+def gelu_(x, approximate="none"):
+    """F.gelu(x, approximate=...) ("none" or "tanh") in place, x contiguous fp32: the C++ step's own GELU,
+    exposed for its test (tests/test_cpu_kernels.py)."""
+    torch.ops.gpt_kernels.gelu_(x, approximate == "tanh")
+    return x
 
 
 def fp32_linear(x, w, bias=None):

@@ -357,6 +357,46 @@ def test_the_step_in_cpp_at_heads_wider_than_64(arch, n_embd, tmp_path):
 
 
 @needs_kernels
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_the_steps_gelu_is_f_gelu(approximate):
+    """The step's own GELU (erf by a polynomial, the tanh form by e^x) against F.gelu in float64, from -30 to
+    30 and on a length that is not a multiple of 16: within 5e-7 * max(1, |x|) (F.gelu's own fp32 is 3e-7)."""
+    x = torch.cat([torch.linspace(-30, 30, 120001), torch.randn(1003, generator=torch.Generator().manual_seed(0))])
+    expected = F.gelu(x.double(), approximate=approximate)
+    got = cpu_kernels.gelu_(x.clone(), approximate).double()
+    assert ((got - expected).abs() / x.abs().clamp(min=1)).max() <= 5e-7
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_the_step_in_cpp_gelu_and_layernorm_far_from_zero(arch, tmp_path):
+    """The step's own GELU (GPT-2's tanh form, GPT-NeoX's erf) and LayerNorm, on inputs a random model's small
+    weights never give: the MLP's first layer scaled so its outputs span +-12 (GELU's tails), and the
+    embeddings offset and scaled (a row's mean far from 0, its spread ~100x): transformers' logits."""
+    module, ref = tiny(arch, 90, 160)
+    fc = [m for n, m in ref.named_modules() if n.endswith(("mlp.c_fc", "mlp.dense_h_to_4h"))]
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.mul_(0.5)
+        for m in fc:
+            m.weight.mul_(40)
+        embeddings = ref.get_input_embeddings().weight
+        embeddings.mul_(100).add_(30)
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.detach())) for m in fc]
+    save_checkpoint(ref, tmp_path)
+    ids = torch.randint(0, 90, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = ref(ids).logits[0, 5:]
+    for h in hooks:
+        h.remove()
+    inputs = torch.cat([o.flatten() for o in seen])
+    assert inputs.min() < -12 and inputs.max() > 12  # the tails are reached
+    got = decode_in_cpp(module.from_pretrained(tmp_path), ids, 5)
+    assert (got - expected).abs().max() <= 1e-4 * max(1.0, expected.abs().max())
+
+
+@needs_kernels
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
 @pytest.mark.parametrize("scheme", quantize.SCHEMES)
 def test_the_step_in_cpp_runs_quantized_models(arch, scheme):
