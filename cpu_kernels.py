@@ -774,7 +774,8 @@ struct Step {
 
   // Ask for this thread's heads' keys and values so far (slots 0..pos-1) of block b, before the barrier ahead of
   // the block: the ~70 MB of weights a token reads push the cache out of the caches, and attention otherwise
-  // waits on memory (an int4 GPT-2's attention, 64 tokens: ~90 us a token, ~35 with its cache in the caches)
+  // waits on memory (an int4 GPT-2's attention at 1..64 tokens, each thread: ~90 us a token, ~50 with this, ~14 with
+  // the cache wholly in the caches)
   void warm_kv(Block& b, int64_t pos, const Team& team) {
     const int64_t L = b.K.size(2);
     for (int64_t head = team.from(nh); head < team.to(nh); head++)
