@@ -575,6 +575,10 @@ static void warm(const Linear& l, const Team& team) {
     const int64_t per_row = l.scales.numel() / N * l.scales.element_size();
     ahead((const char*)l.scales.data_ptr() + row * per_row, std::min<int64_t>(4096, (N - row) * per_row), 0);
   }
+  if (l.bias.defined()) {  // the bias of the rows it writes, added last (into L2: the weights stream through L1)
+    const auto [begin, end] = rows_of(l, team);
+    ahead<_MM_HINT_T1>(l.bias.data_ptr<float>() + begin, 4 * (end - begin), 0);
+  }
 }
 
 // This thread's part of y (N) = x (K) @ W.T + bias: a run of the rows (int4: of its tiles of 4 rows), or, for
