@@ -466,7 +466,10 @@ def save_pretrained(model, directory, hub_state_dict, *, max_shard_size="5GB", c
         if quantized:
             optional("quantize").save_quantized(model, tmp, max_shard_size)
         else:
-            save_torch_state_dict(hub_state_dict(model), tmp, max_shard_size=max_shard_size)
+            # contiguous copies of views (GPT-2's Conv1D weights transposed back): huggingface_hub takes views
+            # into one block of memory (cpu_kernels.py's 2 MB pages) for tied tensors, and refuses them
+            tensors = {k: v.contiguous() for k, v in hub_state_dict(model).items()}
+            save_torch_state_dict(tensors, tmp, max_shard_size=max_shard_size)
         for name, data in tokenizer_files.items():
             (tmp / name).write_bytes(data)
     stale = [f.name for f in Path(directory).iterdir() if WEIGHTS.fullmatch(f.name)] \

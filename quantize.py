@@ -67,7 +67,6 @@ import json
 import mmap
 import re
 import sys
-import threading
 from pathlib import Path
 
 import torch
@@ -198,7 +197,7 @@ class Int8Linear(nn.Module):
             whole = torch.cat([row_absmax(rows) for rows in weight.split(BLOCK)])
             row_max(whole)
         fast = int8_kernel(K, int8_activations) and weight.device.type == "cpu"  # cpu_kernels.py's: 2 MB pages
-        q = empty_in_large_pages((N, K), torch.int8) if fast else torch.empty(N, K, dtype=torch.int8, device=weight.device)
+        q = cpu_kernels.empty_in_large_pages((N, K), torch.int8) if fast else torch.empty(N, K, dtype=torch.int8, device=weight.device)
         scales, absmax = torch.empty(N, device=weight.device), torch.empty(N, device=weight.device)
         f = torch.empty(BLOCK, K, device=weight.device)  # one buffer for every block: allocating is slow
         for start in range(0, N, BLOCK):
@@ -239,7 +238,7 @@ class Int4Linear(nn.Module):
         self.kernel = int4_kernel(torch.device(device), dtype, K, group_size, int8_activations)
         self.reduce = None  # as Int8Linear's
         if self.kernel == INT8_ACTIVATIONS:  # cpu_kernels.py's layout of the saved pairs, scales (N, K/G)
-            weight = empty_in_large_pages((N, K // 2), torch.uint8)  # (a CPU: the caller checked)
+            weight = cpu_kernels.empty_in_large_pages((N, K // 2), torch.uint8)  # (a CPU: the caller checked)
             if pairs is not None:
                 cpu_kernels.int4_layout(pairs, out=weight)
             start = 0
@@ -543,29 +542,6 @@ def load_the_rest(model, state_dict, dtype, device):
         if converted.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
             release(tensor)
         del tensor, converted
-
-
-def empty_in_large_pages(shape, dtype):
-    """torch.empty(shape, dtype=dtype) on the CPU, in memory asked of Linux in 2 MB pages (transparent huge
-    pages: madvise(MADV_HUGEPAGE) before the memory is first touched; the kernel may still give 4 KB ones).
-    The int8-activation kernels read their weights 1.07-1.08x faster from them here (bench/ceiling.py's 2 MB
-    pages: one TLB entry per 2 MB of a stream). Small tensors share 64 MB chunks, so that they too can sit
-    in 2 MB pages; a chunk is freed with the last tensor in it. Elsewhere: torch.empty."""
-    if sys.platform != "linux" or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape, dtype=dtype)
-    n = torch.Size(shape).numel() * dtype.itemsize
-    with LARGE_PAGES["lock"]:
-        chunk, used = LARGE_PAGES["chunk"], LARGE_PAGES["used"]
-        if chunk is None or used + n > len(chunk):
-            size = max(64 << 20, -(-n // (2 << 20)) * (2 << 20))
-            memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            memory.madvise(mmap.MADV_HUGEPAGE)
-            chunk, used = torch.frombuffer(memory, dtype=torch.uint8), 0  # (the tensor keeps the map alive)
-        LARGE_PAGES["chunk"], LARGE_PAGES["used"] = chunk, used + -(-n // 64) * 64  # 64-byte aligned
-    return chunk[used:used + n].view(dtype).view(shape)
-
-
-LARGE_PAGES = {"chunk": None, "used": 0, "lock": threading.Lock()}  # empty_in_large_pages' current chunk
 
 
 def release(tensor):
@@ -872,7 +848,7 @@ def load_saved(model, state_dict, config, dtype, device="cpu", quantize=None, in
         packed = t["weight_packed"]
         if bits == 8:
             if int8_kernel(K, int8_activations):  # cpu_kernels.py's: into 2 MB pages, in one pass
-                q = empty_in_large_pages((N, K), torch.int8)
+                q = cpu_kernels.empty_in_large_pages((N, K), torch.int8)
                 torch.bitwise_xor(from_words(packed, K), 128, out=q.view(torch.uint8))
             else:
                 q = (from_words(packed, K) ^ 128).view(torch.int8).to(device)  # one pass: a new tensor

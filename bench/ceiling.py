@@ -13,7 +13,7 @@ fastest is the ceiling to measure a decode against ("fraction of the ceiling" in
 The fp32 readers read weights memory-mapped from a file, as from_pretrained's fp32 weights are (a safetensors
 file written first, then cached afresh so that the kernel keeps it in 2 MB pages where it can: see
 cache_in_large_pages); the quantized readers read what quantizing those weights makes, where the quantized
-models have it: ours in memory asked in 2 MB pages (quantize.empty_in_large_pages), PyTorch's in ordinary
+models have it: ours in memory asked in 2 MB pages (cpu_kernels.empty_in_large_pages), PyTorch's in ordinary
 memory. On this VM 2 MB pages read 1.07-1.2x faster than 4 KB ones.
 
   sum             torch.sum over fp32 weights

@@ -22,18 +22,19 @@ Each of --repeats rounds runs, per precision in turn, llama.cpp then ours, both 
              compiled (a warm-up generate) once before the rounds
 
 Both sides read their weights from a memory map of their file (llama.cpp its gguf, ours model.safetensors in
-fp32; int8 and int4 are quantized from it at load, into memory asked in 2 MB pages: quantize.py's
-empty_in_large_pages). First every one of those files is
-cached afresh (bench/ceiling.py's cache_in_large_pages), so that both are mapped in 2 MB pages alike: which
+fp32), but for what ours makes at load, in memory asked in 2 MB pages (cpu_kernels.empty_in_large_pages):
+GPT-2's Conv1D weights copied into rows (fp32), and the int8 and int4 weights. First every one of those files
+is cached afresh (bench/ceiling.py's cache_in_large_pages), so that both are mapped in 2 MB pages alike: which
 pages a file happens to be cached in moved llama.cpp's fp32 rate by 1.45x here (92 -> 134 tok/s) and ours by
 1.1-1.2x; the share of each file in 2 MB pages is printed.
 
-Each round also reads the ceiling (bench/ceiling.py's two fastest readers, a torch.sum and our fp32 kernel
-by rows and by columns, over fp32 weights mapped in 2 MB pages: here every matrix of our checkpoint; the
-fastest, best of 3 passes each), so that each decode is a fraction of the ceiling of its own minute (this
-VM's memory moves by 10-50% from minute to minute): ours reads the bytes of its matmuls' weights (and
-scales) once a token, GB/s = those bytes x tokens/s. The ceiling reads for ~30 ms, the decode for ~0.6 s:
-a fraction a little over 1 is the memory's speed moving within the round.
+Each round also reads the ceiling (bench/ceiling.py's two fastest readers, a torch.sum and our fp32 kernel,
+over fp32 weights mapped in 2 MB pages: here every matrix of our checkpoint, read by rows as the file holds it
+(the Conv1D ones as (in, out) matrices: the same bytes); the fastest, best of 3 passes each), so that each
+decode is a fraction of the ceiling of its own minute (this VM's memory moves by 10-50% from minute to
+minute): ours reads the bytes of its matmuls' weights (and scales) once a token, GB/s = those bytes x
+tokens/s. The ceiling reads for ~30 ms, the decode for ~0.6 s: a fraction a little over 1 is the memory's
+speed moving within the round.
 
 Medians are printed, with the ratio ours / llama.cpp (higher is better), then every round's numbers.
 """
@@ -86,16 +87,14 @@ def read_bytes(model):
 
 
 def ceiling_rate(matrices):
-    """GB/s of the fastest of three readers of `matrices` (memory-mapped fp32): a torch.sum over each, and our
-    fp32 kernel against one token, each matrix read as w by rows and as w.T by columns (as GPT-2's Conv1D
-    weights are); the best of 3 passes each."""
-    rows, cols = [torch.randn(1, w.shape[1]) for w in matrices], [torch.randn(1, w.shape[0]) for w in matrices]
+    """GB/s of the faster of two readers of `matrices` (memory-mapped fp32): a torch.sum over each, and our
+    fp32 kernel against one token, each matrix read by rows as the file holds it; best of 3 passes each."""
+    rows = [torch.randn(1, w.shape[1]) for w in matrices]
     readers = [lambda: [w.sum() for w in matrices],
-               lambda: [cpu_kernels.fp32_linear(x, w) for x, w in zip(rows, matrices)],
-               lambda: [cpu_kernels.fp32_linear(x, w.t()) for x, w in zip(cols, matrices)]]
+               lambda: [cpu_kernels.fp32_linear(x, w) for x, w in zip(rows, matrices)]]
     best = float("inf")
     for _ in range(3):
-        for read in readers[:1 + 2 * cpu_kernels.available()]:
+        for read in readers[:1 + cpu_kernels.available()]:
             start = time.perf_counter()
             read()
             best = min(best, time.perf_counter() - start)

@@ -146,16 +146,16 @@ def test_the_kernels_are_exact_where_the_activations_round_exactly(scheme, K):
 
 @needs_kernels
 @given(M=st.integers(1, 9), N=st.integers(1, 70), K=st.one_of(st.integers(1, 200), st.sampled_from([768, 3077])),
-       bias=st.booleans(), transposed=st.booleans(), seed=st.integers(0, 2**16))
-def test_fp32_kernel_equals_f_linear(M, N, K, bias, transposed, seed):
-    """Any width (a last partial load of 16), any number of rows (a last 1-3), the weight stored by rows or
-    by columns (a transposed view, as GPT-2's: runs of rows of w.T, 4 at a time, and a last 1-3), with and
-    without a bias; the error bound of any order of summing K + 1 fp32 terms."""
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_fp32_kernel_equals_f_linear(M, N, K, bias, seed):
+    """Any width (a last partial load of 16), any number of rows (a last 1-3), with and without a bias; the
+    error bound of any order of summing K + 1 fp32 terms. A weight stored by columns is refused."""
     g = torch.Generator().manual_seed(seed)
     x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
     b = b if bias else None
-    if transposed:
-        w = w.T.contiguous().T
+    if N > 1 and K > 1:
+        with pytest.raises(RuntimeError, match="stored by rows"):
+            cpu_kernels.fp32_linear(x, w.T.contiguous().T, b)
     out = cpu_kernels.fp32_linear(x, w, b)
     expected = F.linear(x.double(), w.double(), None if b is None else b.double())
     magnitude = x.double().abs() @ w.double().abs().T + (0 if b is None else b.double().abs())
@@ -246,14 +246,15 @@ def linears(model):
 @needs_kernels
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
 def test_fp32_models_decode_with_the_fp32_kernel(arch, monkeypatch, tmp_path):
-    """No dtype: every nn.Linear is a Float32Linear. A few tokens without gradients (decoding) run the fp32
-    kernel, with transformers' logits; more than MAX_TOKENS tokens, or a forward that keeps gradients, run
+    """No dtype: every nn.Linear is a Float32Linear, its weight stored by rows (GPT-2's Conv1D weights copied
+    from the file's transposed matrices). A few tokens without gradients (decoding) run the fp32 kernel, with
+    transformers' logits; more than MAX_TOKENS tokens, or a forward that keeps gradients, run
     nn.Linear's; the tokens are those of the plain model (dtype given); a save is the file it came from."""
     module, ref = tiny(arch, 90, 128)
     save_checkpoint(ref, tmp_path / "ref")
     model = module.from_pretrained(tmp_path / "ref")
     plain = module.from_pretrained(tmp_path / "ref", dtype=torch.float32)
-    assert all(type(m) is cpu_kernels.Float32Linear for m in linears(model))
+    assert all(type(m) is cpu_kernels.Float32Linear and m.weight.is_contiguous() for m in linears(model))
     assert all(type(m) is nn.Linear for m in linears(plain))
     calls = []
 
@@ -296,12 +297,16 @@ def thp_eligible(address):
 @pytest.mark.parametrize("scheme", quantize.SCHEMES)
 def test_the_kernels_weights_sit_in_memory_asked_in_2_mb_pages(scheme, tmp_path):
     """Quantized and reloaded alike, every kernel layer's weights are in memory that Linux may back with 2 MB
-    pages; tensors carved from one chunk are 64-byte aligned and do not overlap."""
+    pages, and so are GPT-2's fp32 Conv1D weights, copied into rows; tensors carved from one chunk are 64-byte
+    aligned and do not overlap."""
     module, model = load("gpt_neox", scheme)
     module.save_pretrained(model, tmp_path / "q")
     for m in (model, module.from_pretrained(tmp_path / "q")):
         assert all(thp_eligible(layer.weight.data_ptr()) == 1 for layer in quantized_layers(m))
-    a, b = quantize.empty_in_large_pages((3, 5), torch.int8), quantize.empty_in_large_pages((7,), torch.float32)
+    _, fp32 = load("gpt2", None)
+    copied = [m for m in fp32.transformer.h.modules() if isinstance(m, nn.Linear)]
+    assert len(copied) == 8 and all(m.weight.is_contiguous() and thp_eligible(m.weight.data_ptr()) == 1 for m in copied)
+    a, b = cpu_kernels.empty_in_large_pages((3, 5), torch.int8), cpu_kernels.empty_in_large_pages((7,), torch.float32)
     a.fill_(1), b.fill_(2)
     assert a.shape == (3, 5) and b.dtype == torch.float32 and (a == 1).all() and (b == 2).all()
     assert a.data_ptr() % 64 == b.data_ptr() % 64 == 0 and a.data_ptr() + 15 <= b.data_ptr()
@@ -420,9 +425,9 @@ def test_the_step_in_cpp_runs_quantized_models(arch, scheme):
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neo", "gpt_neox"])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_the_step_in_cpp_on_any_number_of_threads(arch, threads, tmp_path):
-    """The step's one parallel region splits every matmul's rows (int4: tiles of 4 rows; GPT-2's weights by
-    columns: partial sums over runs of inputs) and the heads over the threads: on 1 thread and on 3 (shares
-    that are not whole tiles or heads), transformers' logits in fp32, and the int4 model's own forward."""
+    """The step's one parallel region splits every matmul's rows (int4: tiles of 4 rows) and the heads over
+    the threads: on 1 thread and on 3 (shares that are not whole tiles or heads), transformers' logits in
+    fp32, and the int4 model's own forward."""
     module, ref = tiny(arch, 90, 160)
     with torch.no_grad():  # (as test_the_step_in_cpp_at_heads_wider_than_64)
         for p in ref.parameters():
