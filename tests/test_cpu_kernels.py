@@ -77,8 +77,8 @@ def test_int8_kernel_equals_its_reference(M, N, blocks, data, dtype, scales):
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), scales=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_int4_kernel_equals_its_reference(M, N, loads, data, dtype, scales):
     """Input widths of 128 to 1664: every mix of the kernel's groups of 16, 8 and 4 blocks, tiles of 4 rows
-    and a last 1-3 rows; 5632 (176 blocks: 11 groups of 16), rows one after the other as at the 20B's widths;
-    the weights in the kernel's layout, the reference reading the saved pairs."""
+    and a last 1-3 rows; 5632 (176 blocks: 11 groups of 16, rows as long as the 20B's); the weights in the
+    kernel's layout, the reference reading the saved pairs."""
     K = 128 * loads
     w = torch.randn(N, K) * data.draw(st.sampled_from([0.02, 3.0]))
     q, s, _ = quantize.quantize_int4(w, 32)
@@ -90,7 +90,7 @@ def test_int4_kernel_equals_its_reference(M, N, loads, data, dtype, scales):
 
 @needs_kernels
 @given(N=st.integers(1, 13), loads=st.one_of(st.integers(1, 13), st.just(44)), seed=st.integers(0, 2**16))
-@example(N=7, loads=44, seed=0)  # (rows one after the other, as at the 20B's widths, every run)
+@example(N=7, loads=44, seed=0)  # (rows as long as the 20B's, a tile and 3, every run)
 def test_the_int4_kernels_layout_is_its_reference_and_undone_by_int4_pairs(N, loads, seed):
     """The C++ copy is reference_int4_layout (PyTorch ops), each byte of the saved pairs lands once, and
     int4_pairs brings every one back."""
@@ -103,9 +103,9 @@ def test_the_int4_kernels_layout_is_its_reference_and_undone_by_int4_pairs(N, lo
 
 @needs_kernels
 @pytest.mark.parametrize("K", [1664, 5632])
-def test_int4_kernel_at_widths_with_and_without_tiles(K):
-    """Every run (beside the drawn shapes above): a width in tiles of 4 rows and one past tile_rows' 4096, rows
-    one after the other, 2 tokens, 7 rows (a tile and 3), against the reference."""
+def test_int4_kernel_at_gpt2s_and_the_20bs_widths(K):
+    """Every run (beside the drawn shapes above): a width of GPT-2's order and one of the 20B's, 2 tokens, 7 rows
+    (a tile of 4 and 3 rows), against the reference."""
     w = torch.randn(7, K, generator=torch.Generator().manual_seed(K)) * 0.02
     q, s, _ = quantize.quantize_int4(w, 32)
     pairs, s = quantize.levels_to_pairs(q).contiguous(), s.contiguous()
