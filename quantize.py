@@ -605,7 +605,9 @@ def scheme_config(targets, bits, strategy, group_size, symmetric):
 def to_words(b):
     """(R, C) uint8 -> (R, ceil(C / 4)) int32: the bytes in order, four to a word, the first lowest."""
     assert sys.byteorder == "little", "the packed layout is written byte by byte, for little-endian machines"
-    return F.pad(b, (0, -b.shape[1] % 4)).contiguous().view(torch.int32)
+    if b.shape[1] % 4:  # (F.pad copies even when it adds nothing: a 20B's whole int4 weights, on saving)
+        b = F.pad(b, (0, -b.shape[1] % 4))
+    return b.contiguous().view(torch.int32)
 
 
 def from_words(packed, C):
