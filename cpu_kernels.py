@@ -511,6 +511,7 @@ void int4_relayout(const at::Tensor& from, at::Tensor& out, bool back) {
 struct Linear {  // one nn.Linear (or quantize.py's layer): y (N) = x (K) @ W.T + bias
   int64_t kind;  // 0: fp32 W (N, K) by rows; 1: int8; 2: int4
   at::Tensor w, scales, bias;
+  int64_t K() const { return w.size(1) * (kind == 2 ? 2 : 1); }  // (int4: two inputs a byte)
 };
 
 // The step runs as one parallel region (Step::run): each of the T threads runs all of it, computes its share of
@@ -547,32 +548,30 @@ static std::pair<int64_t, int64_t> rows_of(const Linear& l, const Team& team) {
   return {std::min(N, 4 * team.from(tiles)), std::min(N, 4 * team.to(tiles))};
 }
 
-// Ask for the start of this thread's share of l's weights (WARM bytes) and of its scales: called before the
-// barrier ahead of l, so that they arrive while the threads wait and the small work between the matmuls runs,
-// instead of l starting by waiting on memory. Half the kernels' own distance (PREFETCH): a core asked for more
-// waits to issue the requests (with 32 KB, these and warm_kv took ~50 us a token of an int4 GPT-2 on each
-// thread), and the hardware's
-// prefetcher takes the stream on. In turns, int4 GPT-2 at 1..128 tokens: 1.041 of the ceiling against 1.012
-// (32 KB; 8 KB 1.019), 1.004 against 0.955 another run; int8 on fast minutes (66-71 GB/s) ahead in 4 of 5.
+// Ask for the start of this thread's share of l's weights (WARM bytes), of its scales, and its bias: called
+// before the barrier ahead of l, so that they arrive while the threads wait and the small work between the
+// matmuls runs, instead of l starting by waiting on memory. Half the kernels' own distance (PREFETCH): a core
+// asked for more waits to issue the requests (with 32 KB, these and warm_kv took ~50 us a token of an int4
+// GPT-2 on each thread), and the hardware's prefetcher takes the stream on. In turns, int4 GPT-2 at 1..128
+// tokens: 1.041 of the ceiling against 1.012 (32 KB; 8 KB 1.019), 1.004 against 0.955 another run; int8 on
+// fast minutes (66-71 GB/s) ahead in 4 of 5.
 constexpr int64_t WARM = 16384;
 static void warm(const Linear& l, const Team& team) {
-  const int64_t N = l.w.size(0), bytes = l.w.numel() * l.w.element_size();
-  const int64_t row = rows_of(l, team).first, stride = bytes / N;  // the share's first row, and a row's bytes
+  const int64_t N = l.w.size(0), bytes = l.w.numel() * l.w.element_size(), stride = bytes / N;  // a row's bytes
+  const auto [row, end] = rows_of(l, team);
   ahead((const char*)l.w.data_ptr() + row * stride, std::min(WARM, bytes - row * stride), 0);
   if (l.kind >= 1) {
     const int64_t per_row = l.scales.numel() / N * l.scales.element_size();
     ahead((const char*)l.scales.data_ptr() + row * per_row, std::min<int64_t>(4096, (N - row) * per_row), 0);
   }
-  if (l.bias.defined()) {  // the bias of the rows it writes, added last (into L2: the weights stream through L1)
-    const auto [begin, end] = rows_of(l, team);
-    ahead<_MM_HINT_T1>(l.bias.data_ptr<float>() + begin, 4 * (end - begin), 0);
-  }
+  if (l.bias.defined())  // the bias of the rows it writes, added last (into L2: the weights stream through L1)
+    ahead<_MM_HINT_T1>(l.bias.data_ptr<float>() + row, 4 * (end - row), 0);
 }
 
 // This thread's part of y (N) = x (K) @ W.T + bias: a run of the rows (int4: of its tiles of 4 rows). Returns the
 // rows of y it wrote.
 static std::pair<int64_t, int64_t> linear_part(const Linear& l, const float* x, float* y, Scratch& s, const Team& team) {
-  const int64_t N = l.w.size(0), K = l.w.size(1) * (l.kind == 2 ? 2 : 1);
+  const int64_t N = l.w.size(0), K = l.K();
   const float* B = l.bias.defined() ? l.bias.data_ptr<float>() : nullptr;
   const auto [begin, end] = rows_of(l, team);
   if (l.kind == 0) {
@@ -693,7 +692,7 @@ struct Step {
     Linear out{std::get<0>(l), std::get<1>(l)};
     if (std::get<2>(l)) out.scales = *std::get<2>(l);
     if (std::get<3>(l)) out.bias = *std::get<3>(l);
-    widest = std::max(widest, out.w.size(1) * (out.kind == 2 ? 2 : 1));
+    widest = std::max(widest, out.K());
     return out;
   }
 
@@ -937,8 +936,9 @@ def gelu_(x, approximate="none"):
 
 
 def fp32_linear(x, w, bias=None):
-    """x (M, K) fp32, w (N, K) fp32 stored by rows (contiguous), bias (N,) or None -> (M, N): F.linear, reading w at 1.6-3.6x the rate of PyTorch's gemv on this build
-    at one token (bench/ceiling.py); exact up to the order of the sums."""
+    """x (M, K) fp32, w (N, K) fp32 stored by rows (contiguous), bias (N,) or None -> (M, N): F.linear,
+    reading w at 1.6-3.6x the rate of PyTorch's gemv on this build at one token (bench/ceiling.py); exact up
+    to the order of the sums."""
     return torch.ops.gpt_kernels.fp32_linear(x, w, bias)
 
 

@@ -197,7 +197,8 @@ class Int8Linear(nn.Module):
             whole = torch.cat([row_absmax(rows) for rows in weight.split(BLOCK)])
             row_max(whole)
         fast = int8_kernel(K, int8_activations) and weight.device.type == "cpu"  # cpu_kernels.py's: 2 MB pages
-        q = cpu_kernels.empty_in_large_pages((N, K), torch.int8) if fast else torch.empty(N, K, dtype=torch.int8, device=weight.device)
+        q = (cpu_kernels.empty_in_large_pages((N, K), torch.int8) if fast
+             else torch.empty(N, K, dtype=torch.int8, device=weight.device))
         scales, absmax = torch.empty(N, device=weight.device), torch.empty(N, device=weight.device)
         f = torch.empty(BLOCK, K, device=weight.device)  # one buffer for every block: allocating is slow
         for start in range(0, N, BLOCK):
